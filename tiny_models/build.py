@@ -1,0 +1,250 @@
+"""Build a tiny but real Qwen2-VL checkpoint from scratch, with no hub access.
+
+Why a real architecture: the tiny model runs through exactly the code a user's Qwen2-VL would
+(`Qwen2VLForConditionalGeneration`, M-RoPE, the vision tower, `save_pretrained`/`from_pretrained`),
+so every bug in our processing, generation and re-scoring shows up on a laptop CPU first.
+
+The recipe: train a byte-level BPE tokenizer on a small generated corpus, wrap it as a transformers
+tokenizer with Qwen's special and vision tokens and a Qwen-style chat template, size the image
+processor so a 32x32 image is not upscaled, build a `Qwen2VLConfig` whose token ids match the
+tokenizer, initialise the model at random (seeded) and save everything to one folder.
+The supervised warm start is a separate step.
+
+    python -m tiny_models.build --out tiny_models/qwen2vl-tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+)
+
+from copd_lab.vlm.processing import Qwen2VLProcessorNoTorchvision, placeholder_token_ids
+
+PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = (
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+SPECIAL_TOKENS = [PAD, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD]
+# Plain added tokens (decoded, not skipped): one id each makes the answer format easy to learn.
+ANSWER_TOKENS = ["<answer>", "</answer>"]
+
+# Qwen2's pre-tokenizer split: single digits, letters with one leading non-letter, punctuation runs.
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# Qwen2-VL's chat template without the default system message (it would cost ~8 tokens a prompt).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Words of the procedural text/image/video tasks (copd_lab.tasks: count, compare, add, order) and
+# of completions; BPE merges them into whole tokens, anything else still encodes byte by byte.
+TASK_WORDS = """
+how many what which is are there in the a of and or to from with each all
+count sum plus minus total larger smaller more fewer first last comes appears before after
+image frame frames video show shows dot dots square squares shape move moves left right
+leftmost rightmost top bottom colour color red green blue yellow cyan pink white black orange purple
+does has have same answer think so because result number
+zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
+sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety
+""".split()
+
+
+@dataclass(frozen=True)
+class TinySizes:
+    """Sizes of the tiny Qwen2-VL; the defaults give about 2M parameters."""
+
+    vocab_size: int = 1024  # BPE target: 256 bytes + merges + special/answer tokens
+    hidden_size: int = 160  # text width; head_dim = hidden_size / num_attention_heads
+    intermediate_size: int = 640  # SwiGLU width of the text MLP
+    num_hidden_layers: int = 4  # text decoder layers
+    num_attention_heads: int = 4  # text query heads
+    num_key_value_heads: int = 2  # text key/value heads (GQA, as in Qwen2-VL-2B)
+    vision_embed_dim: int = 64  # width of the vision tower
+    vision_depth: int = 2  # vision transformer blocks
+    vision_num_heads: int = 4  # vision attention heads
+    patch_size: int = 4  # pixels per patch side; merge 2x2 patches -> one LLM token
+    image_side: int = 32  # images and frames are resized to a budget of image_side**2 pixels
+    max_position_embeddings: int = 2048  # longest prompt + completion
+
+
+def _corpus(rng: random.Random, lines: int = 4000) -> list[str]:
+    """Prompts and completions shaped like the tasks', so merges cover their words and numbers.
+
+    No random letter strings: merges of letter pairs would make letter-counting prompts harder.
+    """
+    out = []
+    for _ in range(lines):
+        words = " ".join(
+            word.capitalize() if rng.random() < 0.2 else word
+            for word in rng.choices(TASK_WORDS, k=rng.randint(3, 10))
+        )
+        options = " ".join(
+            f"{i}={rng.choice(TASK_WORDS + [str(rng.randint(0, 99))])}" for i in range(rng.randint(2, 4))
+        )
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        question = f"{words}? {options} {a} + {b} = {a + b}."
+        out.append(f"{question}\nAnswer with <answer>N</answer>.\n<answer>{rng.randint(0, 99)}</answer>")
+    return out
+
+
+def build_tokenizer(vocab_size: int, seed: int = 0) -> PreTrainedTokenizerFast:
+    """Train a Qwen2-style byte-level BPE on the generated corpus and wrap it for transformers."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(ANSWER_TOKENS),
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(random.Random(seed)), trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=IM_END,
+        pad_token=PAD,
+        padding_side="left",  # decoder-only generation pads on the left
+        chat_template=CHAT_TEMPLATE,
+    )
+    wrapped.add_tokens(ANSWER_TOKENS)
+    return wrapped
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Split head_dim/2 rotary frequencies into (time, height, width) in Qwen2-VL's 16:24:24 ratio."""
+    half = head_dim // 2
+    spatial = 3 * half // 8
+    return [half - 2 * spatial, spatial, spatial]
+
+
+def build_config(tokenizer: PreTrainedTokenizerFast, sizes: TinySizes) -> Qwen2VLConfig:
+    """A Qwen2VLConfig whose special token ids are the tokenizer's."""
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    head_dim = sizes.hidden_size // sizes.num_attention_heads
+    return Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=sizes.hidden_size,
+            intermediate_size=sizes.intermediate_size,
+            num_hidden_layers=sizes.num_hidden_layers,
+            num_attention_heads=sizes.num_attention_heads,
+            num_key_value_heads=sizes.num_key_value_heads,
+            max_position_embeddings=sizes.max_position_embeddings,
+            max_window_layers=sizes.num_hidden_layers,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": _mrope_section(head_dim),
+            },
+            bos_token_id=ids[PAD],
+            eos_token_id=ids[IM_END],
+            pad_token_id=ids[PAD],
+        ),
+        vision_config=dict(
+            depth=sizes.vision_depth,
+            embed_dim=sizes.vision_embed_dim,
+            hidden_size=sizes.hidden_size,  # the merger projects into the text width
+            num_heads=sizes.vision_num_heads,
+            mlp_ratio=4,
+            patch_size=sizes.patch_size,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        image_token_id=ids[IMAGE_PAD],
+        video_token_id=ids[VIDEO_PAD],
+        vision_start_token_id=ids[VISION_START],
+        vision_end_token_id=ids[VISION_END],
+        tie_word_embeddings=True,  # as Qwen2-VL-2B; halves the embedding parameters
+    )
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast, sizes: TinySizes) -> Qwen2VLProcessorNoTorchvision:
+    """Processor whose pixel budget keeps a 32x32 image at 32x32 (the default would upscale it 3.5x)."""
+    pixels = sizes.image_side**2
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=sizes.patch_size, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels
+    )
+    return Qwen2VLProcessorNoTorchvision(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
+
+
+def build_tiny(
+    seed: int = 0, **sizes: int
+) -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLProcessorNoTorchvision]:
+    """The tiny Qwen2-VL, randomly initialised from `seed`, and its processor, in memory."""
+    tiny = TinySizes(**sizes)
+    tokenizer = build_tokenizer(tiny.vocab_size, seed)
+    processor = build_processor(tokenizer, tiny)
+    config = build_config(tokenizer, tiny)
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    text = config.text_config
+    model.generation_config = GenerationConfig(
+        bos_token_id=text.bos_token_id,
+        # As Qwen2-VL-Instruct: stop at <|im_end|> or <|endoftext|>.
+        eos_token_id=[text.eos_token_id, text.pad_token_id],
+        pad_token_id=text.pad_token_id,
+        # A sampled placeholder would break the re-scoring forward of the rollout.
+        suppress_tokens=placeholder_token_ids(processor),
+    )
+    return model, processor
+
+
+def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, **sizes: int) -> Path:
+    """Build the tiny Qwen2-VL (see `build_tiny`) and save model and processor to `out_dir`; return it."""
+    out = Path(out_dir)
+    model, processor = build_tiny(seed, **sizes)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    # The image processor also in its own preprocessor_config.json, where older loaders and vLLM look.
+    processor.image_processor.save_pretrained(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("tiny_models/qwen2vl-tiny"), help="output folder")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the tokenizer corpus and the random init"
+    )
+    for field in fields(TinySizes):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)
+    args = vars(parser.parse_args())
+    out, seed = args.pop("out"), args.pop("seed")
+    path = build_tiny_qwen2vl(out, seed=seed, **args)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(path)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"saved {path}: {n_params:,} parameters, sizes {asdict(TinySizes(**args))}")
+
+
+if __name__ == "__main__":
+    main()
