@@ -1,0 +1,199 @@
+"""Losses and advantages of CoPD as pure functions on tensors.
+
+Shapes: arbitrary leading dims ``...`` (requests, pairs, branches), then N rollouts, then T tokens, then V
+vocab for full distributions. ``mask`` [..., N, T] (bool or 0/1 float) marks real completion tokens; masked
+positions may hold garbage and never reach a result. Aggregations reduce over N and T only and return [...];
+an all-masked slice gives 0, not nan.
+
+Phase I (Eq. 7) is GRPO: ``group_advantages`` + ``clipped_pg_loss``. Phase II feeds Eq. 8's sampled-token
+advantage (``opd_sampled_advantage``) to the same clipped loss. ``topk_reverse_kl`` / ``full_reverse_kl`` are
+the thunlp/OPD (arXiv 2604.13016) support variants, for comparison.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
+TOPK_SUPPORTS = ("student", "teacher")
+
+
+def group_advantages(
+    rewards: Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
+) -> Tensor:
+    """GRPO advantage Â_i = (r_i − mean_G r) / (std_G r + eps) (Eq. 7's Â^RL), per group of G rollouts.
+
+    rewards [..., N], N = n_prompts * group_size, prompt-major (a prompt's G rollouts are contiguous).
+    The std is the population one (unbiased=False): it is defined for G = 1 and does not depend on G;
+    verl uses Bessel's correction, which is larger by sqrt(G/(G−1)) (≈1.07 at G = 8). A group with equal
+    rewards gets advantage 0 either way. ``scale_by_std=False`` only centres (Dr.GRPO).
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size={group_size} must be a positive integer")
+    n = rewards.shape[-1]
+    if n % group_size != 0:
+        raise ValueError(f"rewards has N={n} rollouts, not a multiple of group_size={group_size}")
+    if not rewards.is_floating_point():
+        rewards = rewards.to(torch.get_default_dtype())
+    groups = rewards.reshape(*rewards.shape[:-1], n // group_size, group_size)
+    centred = groups - groups.mean(dim=-1, keepdim=True)
+    if scale_by_std:
+        centred = centred / (groups.std(dim=-1, unbiased=False, keepdim=True) + eps)
+    return centred.reshape(rewards.shape)
+
+
+def aggregate(per_token: Tensor, mask: Tensor, mode: str, constant: float | None = None) -> Tensor:
+    """Reduce a per-token quantity [..., N, T] over the masked tokens of N and T to [...].
+
+    * "token_mean": Σ masked / #masked tokens (all rollouts pooled; long rollouts weigh more).
+    * "seq_mean_token_mean": mean over rollouts of each rollout's token mean — the 1/G Σ_i 1/|y_i| Σ_t of
+      Eq. 7. Rollouts without tokens are left out of the mean over rollouts.
+    * "constant": Σ masked / (N · constant), constant = T by default (Dr.GRPO, no length bias).
+    """
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"aggregation mode={mode!r} is not one of {AGGREGATIONS}")
+    per_token, keep = torch.broadcast_tensors(per_token, mask.bool())
+    # where, not multiply: a masked inf/nan would survive 0 * x.
+    masked = torch.where(keep, per_token, torch.zeros_like(per_token))
+    if mode == "token_mean":
+        count = keep.sum(dim=(-2, -1)).to(per_token.dtype)
+        return masked.sum(dim=(-2, -1)) / count.clamp(min=1)
+    if mode == "seq_mean_token_mean":
+        lengths = keep.sum(dim=-1).to(per_token.dtype)
+        seq_mean = masked.sum(dim=-1) / lengths.clamp(min=1)
+        non_empty = (lengths > 0).to(per_token.dtype)
+        return (seq_mean * non_empty).sum(dim=-1) / non_empty.sum(dim=-1).clamp(min=1)
+    n, t = per_token.shape[-2], per_token.shape[-1]
+    constant = float(t) if constant is None else float(constant)
+    if constant <= 0:
+        raise ValueError(f"constant={constant} for aggregation 'constant' must be > 0")
+    return masked.sum(dim=(-2, -1)) / (max(n, 1) * constant)
+
+
+def _masked_log_ratio(logprobs: Tensor, other_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """logprobs − other on real tokens, 0 on padding, so that exp() never sees padding garbage."""
+    diff = logprobs - other_logprobs
+    return torch.where(mask.bool(), diff, torch.zeros_like(diff))
+
+
+def clipped_pg_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    aggregation: str = "token_mean",
+    constant: float | None = None,
+) -> Tensor:
+    """Clipped surrogate of Eq. 7 with clip-higher (ε_low 0.2, ε_high 0.28), returned as a loss [...].
+
+    ρ = exp(logprobs − old_logprobs); objective min(ρ·Â, clip(ρ, 1−ε_low, 1+ε_high)·Â); loss =
+    −aggregate(objective). ``advantages`` broadcasts to [..., N, T]: [..., N, 1] for GRPO's sequence
+    advantage, [..., N, T] for Eq. 8's per-token OPD advantage.
+    """
+    ratio = torch.exp(_masked_log_ratio(logprobs, old_logprobs, mask))
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantages
+    return -aggregate(torch.minimum(unclipped, clipped), mask, aggregation, constant)
+
+
+def clip_fraction(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+) -> Tensor:
+    """Fraction of real tokens whose gradient the clip removes (ρ > 1+ε_high with Â > 0, or ρ < 1−ε_low
+    with Â < 0), [...]. A diagnostic: the result carries no gradient."""
+    ratio = torch.exp(_masked_log_ratio(logprobs, old_logprobs, mask)).detach()
+    advantages = advantages.detach()
+    active = ((ratio > 1.0 + clip_high) & (advantages > 0)) | ((ratio < 1.0 - clip_low) & (advantages < 0))
+    return aggregate(active.to(ratio.dtype), mask, "token_mean")
+
+
+def kl_penalty(
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    mask: Tensor,
+    aggregation: str = "token_mean",
+    constant: float | None = None,
+) -> Tensor:
+    """The −β·KL(π_θ‖π_ref) term of GRPO (paper's Preliminaries), by Schulman's "k3" estimator per token
+    exp(d) − d − 1 with d = log π_ref − log π_θ: unbiased, non-negative, low variance. Differentiable in
+    ``logprobs``; aggregated to [...]. Off by default in CoPD (notes §1.2)."""
+    d = _masked_log_ratio(ref_logprobs, logprobs, mask)
+    return aggregate(torch.exp(d) - d - 1.0, mask, aggregation, constant)
+
+
+def opd_sampled_advantage(teacher_logprobs: Tensor, student_logprobs: Tensor, beta: float | Tensor) -> Tensor:
+    """Eq. 8 token advantage Â_{i,t} = β_k · (log π_θj(y_t) − log π_θk(y_t)), [..., N, T].
+
+    Discount 0: each token is graded by its own log-ratio. The whole advantage is detached (the student
+    term included), so gradients flow only through the policy-gradient ratio of ``clipped_pg_loss``.
+    ``beta`` is a float or a tensor [...] (one β per leading index, e.g. per branch).
+    """
+    beta = torch.as_tensor(beta, dtype=student_logprobs.dtype, device=student_logprobs.device)
+    if beta.dim() > 0:
+        beta = beta[..., None, None]
+    return (beta * (teacher_logprobs - student_logprobs)).detach()
+
+
+def topk_mask(logp: Tensor, k: int) -> Tensor:
+    """Bool [..., V] membership of TopK(logp) along V, exactly min(k, V) ids per position.
+
+    Ties at the k-th value go to the lowest token ids, so the set is reproducible across devices (torch.topk
+    leaves tie order unspecified, and bf16 log-probs tie often)."""
+    if k < 1:
+        raise ValueError(f"k={k} must be >= 1")
+    k = min(k, logp.shape[-1])
+    kth = logp.topk(k, dim=-1).values[..., -1:]
+    above = logp > kth
+    tied = logp == kth
+    room = k - above.sum(dim=-1, keepdim=True)
+    return above | (tied & (tied.cumsum(dim=-1) <= room))
+
+
+def topk_ids(logp: Tensor, k: int) -> Tensor:
+    """Long [..., min(k, V)]: the ids of ``topk_mask``, in increasing id order."""
+    members = topk_mask(logp, k)
+    k = min(k, logp.shape[-1])
+    # every row holds exactly k members and nonzero() is row-major, so the last column reshapes cleanly
+    return members.nonzero()[:, -1].reshape(*members.shape[:-1], k)
+
+
+def topk_reverse_kl(
+    student_logp: Tensor, teacher_logp: Tensor, mask: Tensor, k: int, support: str = "student"
+) -> Tensor:
+    """Per-token reverse KL on a top-k support S_t (thunlp/OPD, arXiv 2604.13016), [..., N, T].
+
+    Σ_{v∈S} p̄(v) (log p̄(v) − log q̄(v)), with p (student) and q (teacher) both renormalised on S; S is the
+    student's top-k ids ("student", thunlp's default) or the teacher's ("teacher"). The choice of S carries
+    no gradient; the KL is differentiable in ``student_logp``. 0 on masked positions.
+    """
+    if support not in TOPK_SUPPORTS:
+        raise ValueError(f"support={support!r} is not one of {TOPK_SUPPORTS}")
+    chooser = student_logp if support == "student" else teacher_logp
+    ids = topk_ids(chooser.detach(), k)
+    student_bar = torch.log_softmax(student_logp.gather(-1, ids), dim=-1)
+    teacher_bar = torch.log_softmax(teacher_logp.gather(-1, ids), dim=-1)
+    kl = (student_bar.exp() * (student_bar - teacher_bar)).sum(dim=-1)
+    return torch.where(mask.bool(), kl, torch.zeros_like(kl))
+
+
+def full_reverse_kl(student_logp: Tensor, teacher_logp: Tensor, mask: Tensor) -> Tensor:
+    """Exact per-token KL(p‖q) = Σ_v p (log p − log q) over the vocabulary (the Preliminaries' OPD loss),
+    [..., N, T]. Ids with p = 0 add 0 (even where q = 0 too); 0 on masked positions."""
+    kl = kl_per_position(student_logp, teacher_logp)
+    return torch.where(mask.bool(), kl, torch.zeros_like(kl))
+
+
+def kl_per_position(p_logp: Tensor, q_logp: Tensor) -> Tensor:
+    """KL(p‖q) along the last dim of full log-probs, with 0·log 0 = 0 and no nan in the gradient."""
+    p = p_logp.exp()
+    # where before the multiply: p = 0 with log p − log q = −inf or nan must give 0, also in backward
+    diff = torch.where(p > 0, p_logp - q_logp, torch.zeros_like(p_logp))
+    return (p * diff).sum(dim=-1)
