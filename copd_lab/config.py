@@ -1,0 +1,343 @@
+"""Experiment configuration: frozen dataclasses with one documented default per field.
+
+Configs are validated once, at the edge (TOML file, ``--set`` overrides, notebook knobs), so a bad
+value fails before any work starts, with a message naming the field, the value and what is allowed.
+Defaults follow the paper (COPD_NOTES.md section 1) where it gives a value; where it is silent the
+field's comment says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config value is not allowed; the message names field, value and what is allowed."""
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} = {value!r} is not allowed: {allowed}")
+
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
+OPD_ESTIMATORS = ("sampled", "topk", "full")
+TOPOLOGIES = ("hub", "all_pairs", "ring", "one_way", "edges")
+MERGE_METHODS = ("average", "task_arithmetic", "ties", "dare")
+TEACHER_MODES = ("live", "frozen")
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """Phase I: GRPO with verifiable rewards (paper Eq. 7)."""
+
+    group_size: int = 8  # G rollouts per prompt (paper: 8)
+    prompts_per_step: int = 8  # prompts per branch per step; rollouts per step = G * this (64)
+    temperature: float = 1.0  # rollout temperature (paper: 1.0)
+    clip_low: float = 0.2  # ε_low of the clipped ratio (paper: 0.2)
+    clip_high: float = 0.28  # ε_high, "clip-higher" (paper: 0.28)
+    kl_coef: float = 0.0  # KL to the base as reference; paper's framework disables it (probably)
+    aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean (Eq. 7) | constant (Dr.GRPO)
+    scale_by_std: bool = True  # divide group-centred rewards by the group std (False: Dr.GRPO)
+    epochs: int = 1  # policy updates per sampled batch; >1 makes the clip active
+    lr: float = 0.02  # learning rate (paper: 1e-6 for a 4B model; the simulator needs a larger one)
+
+    def __post_init__(self) -> None:
+        _require(self.group_size >= 2, "group_size", self.group_size, "an integer >= 2 (GRPO needs a group)")
+        _require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, "an integer >= 1")
+        _require(self.temperature > 0, "temperature", self.temperature, "a number > 0")
+        _require(0 <= self.clip_low < 1, "clip_low", self.clip_low, "a number in [0, 1)")
+        _require(self.clip_high >= 0, "clip_high", self.clip_high, "a number >= 0")
+        _require(self.kl_coef >= 0, "kl_coef", self.kl_coef, "a number >= 0")
+        _require(self.aggregation in AGGREGATIONS, "aggregation", self.aggregation, f"one of {AGGREGATIONS}")
+        _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _require(self.lr > 0, "lr", self.lr, "a number > 0")
+
+
+@dataclass(frozen=True)
+class OPDConfig:
+    """Phase II signal: on-policy distillation from a teacher branch (paper Eq. 8)."""
+
+    beta: float = 1.0  # β, weight of the OPD advantage; the paper gives no value
+    estimator: str = "sampled"  # sampled (paper: log-ratio of the sampled token) | topk | full reverse KL
+    topk: int = 16  # support size of the top-k estimator (thunlp/OPD default 16)
+    teacher: str = "live"  # live: neighbours' current weights; frozen: snapshot at phase start (open)
+
+    def __post_init__(self) -> None:
+        _require(self.beta >= 0, "beta", self.beta, "a number >= 0")
+        _require(self.estimator in OPD_ESTIMATORS, "estimator", self.estimator, f"one of {OPD_ESTIMATORS}")
+        _require(self.topk >= 1, "topk", self.topk, "an integer >= 1")
+        _require(self.teacher in TEACHER_MODES, "teacher", self.teacher, f"one of {TEACHER_MODES}")
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """How branches become one model at the end (the paper only says "simple parameter merging")."""
+
+    method: str = "average"  # average (default reading) | task_arithmetic | ties | dare
+    weights: tuple[float, ...] = ()  # one weight per branch; empty means uniform
+    density: float = 0.5  # TIES/DARE: fraction of task-vector entries kept
+    scale: float = 1.0  # task arithmetic/TIES/DARE: λ on the merged task vector
+
+    def __post_init__(self) -> None:
+        _require(self.method in MERGE_METHODS, "method", self.method, f"one of {MERGE_METHODS}")
+        _require(all(w >= 0 for w in self.weights), "weights", self.weights, "non-negative numbers")
+        _require(0 < self.density <= 1, "density", self.density, "a number in (0, 1]")
+        _require(self.scale > 0, "scale", self.scale, "a number > 0")
+
+
+@dataclass(frozen=True)
+class CoPDConfig:
+    """Co-Evolving Policy Distillation: N cycles of S_RL GRPO steps then S_OPD mixed steps (Alg. 1)."""
+
+    rl_steps: int = 12  # S_RL per cycle (paper: only the ratio S_RL:S_OPD = 1.5:1 is given)
+    opd_steps: int = 8  # S_OPD per cycle
+    cycles: int = 10  # N; default gives 200 steps per branch, the experts' budget
+    topology: str = "hub"  # hub (paper, K=3) | all_pairs | ring | one_way | edges
+    hub: str = "text"  # hub branch for topology=hub (paper: the text branch)
+    edges: tuple[str, ...] = ()  # "student<-teacher" list, used when topology = "edges"
+    drop_edges: tuple[str, ...] = ()  # "student<-teacher" edges removed (the direction ablations)
+    beta_per_edge: dict[str, float] = field(default_factory=dict)  # "student<-teacher" -> β override
+    step_rates: dict[str, float] = field(default_factory=dict)  # branch -> steps per tick in (0, 1]
+    adaptive_threshold: float = 0.0  # >0: a pair's OPD phase starts when its top-k overlap drops below
+    adaptive_check_every: int = 4  # adaptive schedule: ticks between overlap checks
+
+    def __post_init__(self) -> None:
+        for name in ("rl_steps", "opd_steps"):
+            _require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")
+        _require(self.rl_steps + self.opd_steps >= 1, "rl_steps", self.rl_steps, "rl_steps + opd_steps >= 1")
+        _require(self.cycles >= 1, "cycles", self.cycles, "an integer >= 1")
+        _require(self.topology in TOPOLOGIES, "topology", self.topology, f"one of {TOPOLOGIES}")
+        for name in ("edges", "drop_edges"):
+            for edge in getattr(self, name):
+                _require("<-" in edge, name, edge, 'edges written "student<-teacher", e.g. "text<-image"')
+        for edge, beta in self.beta_per_edge.items():
+            _require("<-" in edge, "beta_per_edge", edge, 'keys written "student<-teacher"')
+            _require(beta >= 0, f"beta_per_edge.{edge}", beta, "a number >= 0")
+        for branch, rate in self.step_rates.items():
+            _require(0 < rate <= 1, f"step_rates.{branch}", rate, "a number in (0, 1]")
+        _require(0 <= self.adaptive_threshold < 1, "adaptive_threshold", self.adaptive_threshold,
+                 "a number in [0, 1) (0 disables the adaptive schedule)")
+        _require(self.adaptive_check_every >= 1, "adaptive_check_every", self.adaptive_check_every,
+                 "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The simulator world: synthetic token tasks and a tiny torch policy (see copd_lab/sim)."""
+
+    answer_len: int = 4  # T, tokens per answer
+    digits: int = 8  # Q, symbols an answer position can take
+    patterns: int = 3  # M equally rewarded behaviour patterns (token blocks); 1 = a single right answer
+    prompts_per_domain: int = 16  # distinct prompts ("contents") per domain
+    shared_skill: float = 0.5  # fraction of contents whose answer is the same in every domain
+    hidden: int = 24  # shared capacity: hidden width of the policy (small -> mixed training conflicts)
+    init_scale: float = 0.3  # std of the base policy's random weights
+
+    def __post_init__(self) -> None:
+        for name in ("answer_len", "digits", "patterns", "prompts_per_domain", "hidden"):
+            _require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        _require(0 <= self.shared_skill <= 1, "shared_skill", self.shared_skill, "a number in [0, 1]")
+        _require(self.init_scale > 0, "init_scale", self.init_scale, "a number > 0")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """What is measured and how often (DESIGN.md section 4)."""
+
+    topk: int = 10  # k of the top-k overlap O_k (paper: 10)
+    gap_every: int = 5  # ticks between behavioural-gap measurements
+    eval_every: int = 50  # ticks between per-domain accuracy evaluations during training
+    eval_samples: int = 8  # sampled completions per eval prompt for sampled pass@1
+    score: str = "acc_sampled"  # metric in the results table: acc_sampled | acc_greedy | reward
+
+    def __post_init__(self) -> None:
+        _require(self.topk >= 1, "topk", self.topk, "an integer >= 1")
+        _require(self.gap_every >= 1, "gap_every", self.gap_every, "an integer >= 1")
+        _require(self.eval_every >= 1, "eval_every", self.eval_every, "an integer >= 1")
+        _require(self.eval_samples >= 1, "eval_samples", self.eval_samples, "an integer >= 1")
+        allowed = ("acc_sampled", "acc_greedy", "reward")
+        _require(self.score in allowed, "score", self.score, f"one of {allowed}")
+
+
+DEFAULT_METHODS = (
+    "base", "experts", "mixed", "static_opd:image->text", "static_opd:text->image", "mopd", "copd",
+)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One comparison: which methods, on which domains, with which budgets and knobs."""
+
+    world: str = "sim"  # sim | vlm
+    domains: tuple[str, ...] = ("text", "image", "video")  # one branch per domain
+    methods: tuple[str, ...] = DEFAULT_METHODS  # see `copd-lab methods`
+    seed: int = 0  # first seed; seed i of a sweep is seed + i
+    seeds: int = 1  # number of seeds; results report mean ± std over them
+    expert_steps: int = 200  # RLVR steps of each domain expert (mixed RLVR gets K times this)
+    distill_steps: int = 100  # steps of the extra OPD stage of static OPD and of MOPD
+    mopd_rlvr: bool = False  # MOPD student also gets an own-domain GRPO batch (MiMo's α·A_ORM)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    opd: OPDConfig = field(default_factory=OPDConfig)
+    copd: CoPDConfig = field(default_factory=CoPDConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.world in ("sim", "vlm"), "world", self.world, "one of ('sim', 'vlm')")
+        _require(len(self.domains) >= 1 and len(set(self.domains)) == len(self.domains), "domains",
+                 self.domains, "one or more distinct domain names")
+        _require(len(self.methods) >= 1, "methods", self.methods, "at least one method (see `copd-lab methods`)")
+        _require(self.seeds >= 1, "seeds", self.seeds, "an integer >= 1")
+        _require(self.expert_steps >= 1, "expert_steps", self.expert_steps, "an integer >= 1")
+        _require(self.distill_steps >= 1, "distill_steps", self.distill_steps, "an integer >= 1")
+        if self.copd.topology == "hub":
+            _require(self.copd.hub in self.domains, "copd.hub", self.copd.hub, f"one of the domains {self.domains}")
+        for branch in self.copd.step_rates:
+            _require(branch in self.domains, "copd.step_rates", branch, f"keys among the domains {self.domains}")
+        _require(not self.merge.weights or len(self.merge.weights) == len(self.domains), "merge.weights",
+                 self.merge.weights, f"empty (uniform) or one weight per domain ({len(self.domains)})")
+
+
+# ---------------------------------------------------------------- building from dicts, TOML, --set
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`, converting TOML lists to tuples and ints to floats."""
+    origin = typing.get_origin(tp)
+    if _is_dataclass_type(tp):
+        _require(isinstance(value, dict), name, value, f"a table of {tp.__name__} fields")
+        return build(tp, value, prefix=name + ".")
+    if origin in (tuple,):
+        _require(isinstance(value, (list, tuple)), name, value, "a list")
+        item_tp = typing.get_args(tp)[0]
+        return tuple(_coerce(f"{name}[{i}]", v, item_tp) for i, v in enumerate(value))
+    if origin in (dict,):
+        _require(isinstance(value, dict), name, value, "a table")
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _coerce(f"{name}.{k}", v, val_tp) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is bool:
+        _require(isinstance(value, bool), name, value, "true or false")
+    elif tp is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), name, value, "an integer")
+    elif tp is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), name, value, "a number")
+        return float(value)
+    elif tp is str:
+        _require(isinstance(value, str), name, value, "a string")
+    return value
+
+
+def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a (nested) dict, naming the dotted field on any error."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]} is not a field of {prefix.rstrip('.') or cls.__name__}: "
+                          f"allowed fields are {', '.join(names)}")
+    kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}{err}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain nested dict (tuples as lists) that `build` accepts back and TOML can hold."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    """Parse a --set value as a TOML value; a bare word that is not TOML is taken as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (``--set copd.rl_steps=3``) to a nested dict."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is not allowed: write key=value, e.g. copd.rl_steps=3")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key} is not allowed: {part} is not a table")
+        node[parts[-1]] = _parse_value(text.strip())
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load an ExperimentConfig from an optional TOML file plus ``--set`` overrides, validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"--config {str(path)!r} is not allowed: no such file") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"--config {str(path)!r} is not valid TOML: {err}") from None
+    data = apply_overrides(data, list(overrides))
+    return build(ExperimentConfig, data)
+
+
+def dump_toml(config: Any) -> str:
+    """Write a config as TOML (scalars first, then one table per nested config)."""
+
+    def scalar(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(value, list):
+            return "[" + ", ".join(scalar(v) for v in value) + "]"
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{scalar(k)} = {scalar(v)}" for k, v in value.items()) + "}"
+        return repr(value)
+
+    def emit(table: dict[str, Any], name: str, lines: list[str]) -> None:
+        nested = {k: v for k, v in table.items() if isinstance(v, dict) and k not in _INLINE_DICTS}
+        if name:
+            lines.append(f"\n[{name}]")
+        lines += [f"{k} = {scalar(v)}" for k, v in table.items() if k not in nested]
+        for k, v in nested.items():
+            emit(v, f"{name}.{k}" if name else k, lines)
+
+    lines: list[str] = []
+    emit(to_dict(config), "", lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+_INLINE_DICTS = {"beta_per_edge", "step_rates"}

@@ -1,0 +1,125 @@
+"""Measurements taken during a run: per-domain accuracy, behavioural gap between branches, conflict.
+
+Every measurement is a batch of world requests plus the pure functions of `metrics`, logged as tidy
+rows (run, method, seed, step, branch, pair, metric, value). Per-domain metrics are named
+``<metric>/<domain>``; directional pair metrics use ``student<-teacher`` in the pair column.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from copd_lab import losses, metrics
+from copd_lab.config import ExperimentConfig
+from copd_lab.policy import Request, World
+
+Log = Callable[[str, int, str, str, str, float], None]  # method, step, branch, pair, metric, value
+QUICK_METRICS = ("overlap", "symmetric_kl", "sampled_reverse_kl")  # every gap_every ticks
+GAP_METRICS = QUICK_METRICS + ("student_overlap_mass", "teacher_overlap_mass", "entropy_gap",
+                               "overlap_token_advantage")  # also at every eval
+
+
+class Meter:
+    """Measures slots of a world and logs rows through `log`."""
+
+    def __init__(self, cfg: ExperimentConfig, world: World, log: Log):
+        self.cfg, self.world, self.log = cfg, world, log
+        self.all_domains = tuple(range(len(world.domains)))
+
+    def _student_rollouts(self, slots: list[int]):
+        """One sampled rollout per eval prompt of every domain, for each student slot."""
+        requests = [Request(s, self.all_domains) for s in slots]
+        return self.world.sample(requests, 1, 1, self.cfg.grpo.temperature, every_prompt=True)
+
+    def gap(self, pairs: list[tuple[int, int]], full: bool = True) -> torch.Tensor:
+        """[len(pairs), M] gap metrics of (student, teacher) slot pairs on the student's visited prefixes
+        (the paper's μ_θ): all GAP_METRICS if `full`, else the first three of QUICK_METRICS' order."""
+        students = sorted({s for s, _ in pairs})
+        batch = self._student_rollouts(students)
+        rows = [students.index(s) for s, _ in pairs]
+        k = self.cfg.metrics.topk
+        with torch.no_grad():
+            p_full = self.world.full_logprobs(batch, students, grad=False)[rows]
+            pair_batch = batch.take(rows)
+            q_full = self.world.full_logprobs(pair_batch, [t for _, t in pairs], grad=False)
+            mask, tokens = pair_batch.mask, pair_batch.tokens[..., None]
+            p_tok, q_tok = p_full.gather(-1, tokens).squeeze(-1), q_full.gather(-1, tokens).squeeze(-1)
+            values = [metrics.topk_overlap(p_full, q_full, mask, k), metrics.symmetric_kl(p_full, q_full, mask),
+                      metrics.sampled_reverse_kl(p_tok, q_tok, mask)]
+            if full:
+                values += [*metrics.overlap_mass(p_full, q_full, mask, k), metrics.entropy_gap(p_full, q_full, mask),
+                           metrics.overlap_token_advantage(p_full, q_full, mask, k)]
+        return torch.stack(values, dim=1)
+
+    def overlap(self, pairs: list[tuple[int, int]]) -> list[float]:
+        """Top-k overlap O_k of (student, teacher) slot pairs (the adaptive schedule's signal)."""
+        return self.gap(pairs, full=False)[:, 0].tolist()
+
+    def measure_groups(self, step: int, groups: list[tuple[str, list[tuple[str, int]]]], full: bool) -> None:
+        """Gap metrics between every ordered pair of a group's branches and of each branch vs the base,
+        plus task-vector distance and cosine."""
+        pairs, labels = [], []
+        for method, branches in groups:
+            for student, s_slot in branches:
+                for teacher, t_slot in branches + [("base", 0)]:
+                    if teacher != student:
+                        pairs.append((s_slot, t_slot))
+                        labels.append((method, student, f"{student}<-{teacher}"))
+        if not pairs:
+            return
+        values = self.gap(pairs, full).tolist()
+        for (method, branch, pair), row in zip(labels, values):
+            for name, value in zip(GAP_METRICS, row):
+                self.log(method, step, branch, pair, name, value)
+        slots = sorted({s for _, branches in groups for _, s in branches})
+        with torch.no_grad():
+            vectors = self.world.flat_weights(slots) - self.world.flat_weights([0])
+        for method, branches in groups:
+            for i, (a, a_slot) in enumerate(branches):
+                va = vectors[slots.index(a_slot)]
+                self.log(method, step, a, "", "task_vector_norm", float(va.norm()))
+                for b, b_slot in branches[i + 1:]:
+                    vb = vectors[slots.index(b_slot)]
+                    cosine = float(torch.nn.functional.cosine_similarity(va, vb, dim=0, eps=1e-12))
+                    self.log(method, step, a, f"{a}|{b}", "task_vector_distance", float((va - vb).norm()))
+                    self.log(method, step, a, f"{a}|{b}", "task_vector_cosine", cosine)
+
+    def accuracy(self, method: str, outputs: list[tuple[str, int]], step: int, final: bool) -> None:
+        """Greedy and sampled pass@1 and reward per domain on the eval prompts."""
+        world, m = self.world, self.cfg.metrics
+        requests = [Request(slot, (d,)) for _, slot in outputs for d in self.all_domains]
+        prefix = "final_" if final else ""
+        with torch.no_grad():
+            greedy = world.sample(requests, 1, 1, 1.0, greedy=True, every_prompt=True)
+            sampled = world.sample(requests, 1, m.eval_samples, self.cfg.grpo.temperature, every_prompt=True)
+            values = torch.stack([greedy.correct.mean(1), sampled.correct.mean(1), sampled.rewards.mean(1),
+                                  sampled.mask.sum(2).mean(1)], dim=1).tolist()
+        names = ("acc_greedy", "acc_sampled", "reward", "length")
+        for i, request in enumerate(requests):
+            label = outputs[i // len(self.all_domains)][0]
+            domain = world.domains[request.domains[0]]
+            for name, value in zip(names, values[i]):
+                self.log(method, step, label, "", f"{prefix}{name}/{domain}", value)
+
+    def conflict(self, method: str, branches: list[tuple[str, int]], step: int) -> None:
+        """Cosine between per-domain GRPO gradients of each branch (mixed RLVR's divergence cost Φ)."""
+        world, g = self.world, self.cfg.grpo
+        n_dom = len(self.all_domains)
+        if n_dom < 2:
+            return
+        slots = [s for _, s in branches]
+        requests = [Request(s, (d,)) for d in self.all_domains for s in slots]
+        batch = world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
+        lp = world.token_logprobs(batch, [r.slot for r in requests], grad=True)
+        adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
+        row_loss = losses.clipped_pg_loss(lp, batch.sample_logprobs, adv, batch.mask, g.clip_low, g.clip_high,
+                                          g.aggregation).view(n_dom, len(slots))
+        grads = torch.stack([world.flat_grads(row_loss[d].sum(), slots) for d in range(n_dom)], dim=1)
+        cosine = metrics.gradient_conflict(grads).tolist()  # [slots, D, D]
+        names = world.domains
+        for (branch, _), matrix in zip(branches, cosine):
+            for a in range(n_dom):
+                for b in range(a + 1, n_dom):
+                    self.log(method, step, branch, f"{names[a]}|{names[b]}", "grad_cosine", matrix[a][b])

@@ -1,0 +1,93 @@
+"""The seam between the one CoPD algorithm and a world (the simulator, or real VLMs).
+
+A world holds numbered weight *slots*: slot 0 is the shared base π_0, every other slot is a branch, a
+frozen teacher snapshot or a merged model. The trainer hands a world all requests of a tick at once,
+so a world may vectorise across branches (the simulator stacks them in one tensor), loop over adapters
+(the VLM world), or send them to remote actors later; the rollout engine lives behind `sample`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from copd_lab.config import MergeConfig
+
+
+@dataclass(frozen=True)
+class Request:
+    """One batch to sample this tick: rollouts of `slot` on prompts from `domains`."""
+
+    slot: int  # whose weights sample (and, for training, whose weights get the gradient)
+    domains: tuple[int, ...]  # prompt domains; several = a pooled mixture, prompts split evenly
+    teacher: int = -1  # slot that grades the rollouts token by token (OPD); -1 for a GRPO batch
+    beta: float = 0.0  # β of the OPD advantage
+
+
+@dataclass
+class Batch:
+    """Rollouts of R requests, padded to [R, N, T] (N = prompts * group size)."""
+
+    requests: list[Request]
+    domain: torch.Tensor  # [R, N] domain index of each rollout's prompt
+    tokens: torch.Tensor  # [R, N, T] sampled completion tokens
+    mask: torch.Tensor  # [R, N, T] 1.0 on real completion tokens
+    rewards: torch.Tensor  # [R, N] verifier reward
+    correct: torch.Tensor  # [R, N] 1.0 where the answer is right
+    sample_logprobs: torch.Tensor  # [R, N, T] log-probs under the sampling weights (π_old)
+    payload: object = None  # world-specific inputs needed to re-score the rollouts (prompts, images)
+
+    def take(self, rows: list[int]) -> Batch:
+        """The sub-batch of these request rows (rows may repeat), e.g. one row per scored pair."""
+        index = torch.tensor(rows, dtype=torch.long)
+        payload = self.payload.take(rows) if hasattr(self.payload, "take") else self.payload
+        return Batch([self.requests[i] for i in rows], self.domain[index], self.tokens[index], self.mask[index],
+                     self.rewards[index], self.correct[index], self.sample_logprobs[index], payload)
+
+
+class World(Protocol):
+    """What a world must do for the trainer, the evaluator and the metrics."""
+
+    domains: tuple[str, ...]
+
+    def reset(self, n_slots: int, seed: int) -> None:
+        """Fresh run: `n_slots` slots, all holding the base weights; slot 0 is the base itself."""
+
+    def copy(self, src: int, dst: int) -> None:
+        """Weights (and fresh optimizer state) of `dst` become those of `src`."""
+
+    def merge(self, sources: list[int], dst: int, spec: MergeConfig) -> None:
+        """`dst` becomes the merge of `sources` (task vectors are taken against slot 0)."""
+
+    def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
+               greedy: bool = False, every_prompt: bool = False) -> Batch:
+        """Sample `group` rollouts on each of `prompts` prompts per request, with rewards.
+
+        every_prompt: evaluate on each eval prompt of the request's domains once (prompts ignored).
+        """
+
+    def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
+        """[R, N, T] log-probs of the batch's tokens under slot slots[r] for request r.
+
+        A slot of -1 means "not needed": the world may skip that row and return zeros there.
+        """
+
+    def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
+        """[R, N, T, V] next-token log-distributions along the batch's rollouts under slots[r]."""
+
+    def step(self, loss: torch.Tensor, slots: list[int]) -> None:
+        """Backward `loss` and update only `slots` (each slot has its own optimizer state)."""
+
+    def flat_weights(self, slots: list[int]) -> torch.Tensor:
+        """[len(slots), P] trainable weights of each slot, flat (task vectors)."""
+
+    def flat_grads(self, loss: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """[len(slots), P] gradient of `loss` w.r.t. each slot's weights, without updating anything."""
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: weights of every slot, optimizer state, RNG state."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""

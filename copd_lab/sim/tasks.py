@@ -1,0 +1,59 @@
+"""Synthetic token-level tasks with the paper's mechanisms behind knobs (DESIGN.md section 2).
+
+A prompt is (domain d, content s). Its answer is T digits a(d, s) in [0, Q). The answer may be written
+in any of M behaviour patterns: pattern m writes digit a_t as token m*Q + a_t, so a response must pick a
+pattern at its first token and keep it. Every pattern earns the same reward, so experts trained apart
+can drift to different patterns (a behavioural gap) while staying accurate.
+
+* shared_skill: the fraction of contents whose answer is the same in every domain, so learning one
+  domain transfers to the others through the shared content embedding.
+* the policy's hidden width (SimConfig.hidden) is the shared capacity: contents with domain-private
+  answers compete for it, so mixed training can conflict.
+
+Reward (a graded verifier): the best pattern's fraction of right positions; correct = all right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from copd_lab.config import SimConfig
+
+
+@dataclass(frozen=True)
+class SimTasks:
+    """The answers of every (domain, content) prompt, and the verifier."""
+
+    targets: torch.Tensor  # [D, S, T] digit of each answer position
+    shared: torch.Tensor  # [S] True where the content's answer is shared by all domains
+    digits: int  # Q
+    patterns: int  # M
+
+    @property
+    def vocab_size(self) -> int:
+        return self.digits * self.patterns
+
+    @classmethod
+    def build(cls, cfg: SimConfig, n_domains: int, seed: int) -> SimTasks:
+        """Draw the answers from `seed` (the task, unlike the run, does not change with the run seed
+        unless you ask: pass the same seed for comparable runs)."""
+        gen = torch.Generator().manual_seed(seed)
+        s, t, q = cfg.prompts_per_domain, cfg.answer_len, cfg.digits
+        common = torch.randint(q, (s, t), generator=gen)
+        private = torch.randint(q, (n_domains, s, t), generator=gen)
+        order = torch.randperm(s, generator=gen)
+        shared = torch.zeros(s, dtype=torch.bool)
+        shared[order[: round(cfg.shared_skill * s)]] = True
+        targets = torch.where(shared[None, :, None], common[None], private)
+        return cls(targets, shared, q, cfg.patterns)
+
+    def score(self, domain: torch.Tensor, content: torch.Tensor, tokens: torch.Tensor):
+        """Rewards and correctness [...] of responses tokens [..., T] to prompts (domain, content)."""
+        answer = self.targets[domain, content]  # [..., T]
+        block, digit = tokens // self.digits, tokens % self.digits
+        pattern = torch.arange(self.patterns).view(*([1] * domain.dim()), -1, 1)  # [..., M, 1]
+        hits = (block.unsqueeze(-2) == pattern) & (digit == answer).unsqueeze(-2)  # [..., M, T]
+        reward = hits.float().mean(-1).amax(-1)
+        return reward, (reward == 1.0).float()

@@ -1,0 +1,257 @@
+"""The one training loop: recipes over branches on any world (Algorithm 1 when the recipe is CoPD).
+
+All recipes of a comparison run side by side on one world, tick by tick: a recipe starts when the
+recipes it requires have finished (static OPD and MOPD start from the experts), and every tick the
+world gets the requests of all training branches at once. For CoPD a tick in Phase I gives each
+branch k one GRPO batch on D_k; a tick in Phase II gives it the same GRPO batch plus one OPD batch per
+neighbour j on D_j prompts, graded by j, all joined in one update of θ_k (COPD_NOTES.md 1.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from tqdm.auto import tqdm
+
+from copd_lab import losses
+from copd_lab.config import ExperimentConfig
+from copd_lab.measure import Meter
+from copd_lab.policy import Request, World
+from copd_lab.recipes import BASE, OPDEdge, Recipe, Stage, is_active
+
+
+@dataclasses.dataclass
+class Cursor:
+    """Where a recipe is in its stages."""
+
+    stage: int = 0
+    tick: int = 0  # ticks done in the current stage
+    started: bool = False
+    done: bool = False
+    windows: dict[str, int] = dataclasses.field(default_factory=dict)  # adaptive: edge -> ticks left
+
+
+def timeline(recipes: list[Recipe]) -> dict[str, tuple[int, int]]:
+    """(start tick, end tick) of every recipe when each starts as soon as its requirements end."""
+    spans: dict[str, tuple[int, int]] = {}
+    for recipe in recipes:  # prerequisites come first
+        start = max((spans[r][1] for r in recipe.requires), default=0)
+        spans[recipe.name] = (start, start + sum(s.steps for s in recipe.stages))
+    return spans
+
+
+class Trainer:
+    """Runs a list of recipes on a world for one seed and logs tidy metric rows."""
+
+    def __init__(self, cfg: ExperimentConfig, world: World, recipes: list[Recipe], seed: int,
+                 run: str = "run", progress: bool = True):
+        self.cfg, self.world, self.recipes, self.seed = cfg, world, recipes, seed
+        self.run, self.progress = run, progress
+        self.domain_index = {d: i for i, d in enumerate(world.domains)}
+        self.slots = self._allocate_slots()
+        self.cursors = {r.name: Cursor() for r in recipes}
+        self.spans = timeline(recipes)
+        self.rows: list[dict] = []
+        self.steps_done = {f"{r.name}/{b.name}": 0 for r in recipes for b in r.branches}
+        self.gap = Meter(cfg, world, self._log)
+        self._pending: list[tuple[int, list[tuple[str, str, str]], torch.Tensor]] = []
+
+    # ------------------------------------------------------------------ slots
+
+    def _allocate_slots(self) -> dict[str, int]:
+        """slot 0 = base; one slot per branch, per merged model and per frozen snapshot of a teacher."""
+        slots = {BASE: 0}
+        for recipe in self.recipes:
+            for branch in recipe.branches:
+                slots[f"{recipe.name}/{branch.name}"] = len(slots)
+            if recipe.merge is not None:
+                slots[f"{recipe.name}/merged"] = len(slots)
+            for stage in recipe.stages:
+                for edge in stage.edges:
+                    if not edge.live and "/" not in edge.teacher:  # snapshot of an own, live branch
+                        slots.setdefault(f"{recipe.name}/{edge.teacher}#frozen", len(slots))
+        return slots
+
+    def slot(self, recipe: Recipe, name: str) -> int:
+        return 0 if name == BASE else self.slots[name if "/" in name else f"{recipe.name}/{name}"]
+
+    def teacher_slot(self, recipe: Recipe, edge: OPDEdge) -> int:
+        if "/" in edge.teacher:
+            return self.slots[edge.teacher]
+        if edge.live:
+            return self.slot(recipe, edge.teacher)
+        return self.slots[f"{recipe.name}/{edge.teacher}#frozen"]
+
+    # ------------------------------------------------------------------ the loop
+
+    def run_all(self) -> list[dict]:
+        """Train every recipe to its end, evaluate its outputs, return the tidy rows."""
+        self.world.reset(len(self.slots), self.seed)
+        torch.manual_seed(self.seed)
+        total = max((end for _, end in self.spans.values()), default=0)
+        self._evaluate_outputs("base", [("base", 0)], step=0)
+        bar = tqdm(total=total, desc=f"{self.run} seed {self.seed}", disable=not self.progress, leave=False)
+        for tick in range(total + 1):
+            requests, owners = [], []
+            for recipe in self.recipes:
+                if self._advance(recipe, tick):
+                    self._collect(recipe, tick, requests, owners)
+            if requests:
+                self._train_step(tick, requests, owners)
+            self._measure(tick)
+            if tick < total:
+                bar.update(1)
+        bar.close()
+        self._flush()
+        return self.rows
+
+    def _advance(self, recipe: Recipe, tick: int) -> bool:
+        """Start/finish stages and the recipe; True if the recipe trains on this tick."""
+        cur = self.cursors[recipe.name]
+        if cur.done or any(not self.cursors[r].done for r in recipe.requires):
+            return False
+        if not cur.started:
+            cur.started = True
+            for branch in recipe.branches:
+                self.world.copy(self.slot(recipe, branch.init), self.slot(recipe, branch.name))
+            self._start_stage(recipe, cur)
+        while cur.stage < len(recipe.stages) and cur.tick >= recipe.stages[cur.stage].steps:
+            cur.stage, cur.tick = cur.stage + 1, 0
+            self._start_stage(recipe, cur)
+        if cur.stage >= len(recipe.stages):
+            self._finish(recipe, tick)
+            return False
+        return True
+
+    def _start_stage(self, recipe: Recipe, cur: Cursor) -> None:
+        if cur.stage < len(recipe.stages):
+            for edge in recipe.stages[cur.stage].edges:
+                if not edge.live and "/" not in edge.teacher:  # freeze the teacher for this phase
+                    self.world.copy(self.slot(recipe, edge.teacher), self.teacher_slot(recipe, edge))
+
+    def _finish(self, recipe: Recipe, tick: int) -> None:
+        self.cursors[recipe.name].done = True
+        if recipe.merge is not None:
+            sources = [self.slot(recipe, b.name) for b in recipe.branches]
+            self.world.merge(sources, self.slot(recipe, "merged"), recipe.merge)
+        outputs = [(label, self.slot(recipe, name)) for label, name in recipe.outputs]
+        self._evaluate_outputs(recipe.name, outputs, step=tick)
+
+    def _collect(self, recipe: Recipe, tick: int, requests: list, owners: list) -> None:
+        """This tick's requests of one recipe: native GRPO batches and OPD batches per open edge."""
+        cur = self.cursors[recipe.name]
+        stage = recipe.stages[cur.stage]
+        for name in stage.train:
+            branch = recipe.branch(name)
+            if not is_active(cur.tick, branch.step_rate):
+                continue
+            slot = self.slot(recipe, name)
+            self.steps_done[f"{recipe.name}/{name}"] += 1
+            if stage.rlvr:
+                requests.append(Request(slot, tuple(self.domain_index[d] for d in branch.domains)))
+                owners.append((recipe.name, name, ""))
+            for edge in stage.edges:
+                if edge.student == name and self._edge_open(recipe, stage, edge):
+                    requests.append(Request(slot, (self.domain_index[edge.domain],),
+                                            teacher=self.teacher_slot(recipe, edge), beta=edge.beta))
+                    owners.append((recipe.name, name, edge.label))
+        cur.tick += 1
+        for key in list(cur.windows):
+            cur.windows[key] -= 1
+
+    def _edge_open(self, recipe: Recipe, stage: Stage, edge: OPDEdge) -> bool:
+        if stage.adaptive_threshold <= 0:
+            return True
+        return self.cursors[recipe.name].windows.get(edge.label, 0) > 0
+
+    # ------------------------------------------------------------------ one update
+
+    def _train_step(self, tick: int, requests: list[Request], owners: list) -> None:
+        g, c = self.cfg.grpo, self.cfg.opd
+        world = self.world
+        batch = world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
+        students = [r.slot for r in requests]
+        is_opd = torch.tensor([r.teacher >= 0 for r in requests])
+        teachers = [r.teacher for r in requests]
+        beta = torch.tensor([r.beta for r in requests])
+        # each branch's loss is the mean of its requests' losses: one update on B_nat ∪ (∪_j B_j)
+        share = torch.tensor([1.0 / students.count(s) for s in students])
+        full = c.estimator != "sampled" and bool(is_opd.any())
+        with torch.no_grad():
+            teacher_lp = (world.token_logprobs(batch, teachers, grad=False) if is_opd.any()
+                          else torch.zeros_like(batch.sample_logprobs))
+            teacher_full = world.full_logprobs(batch, [max(t, 0) for t in teachers], grad=False) if full else None
+            ref_lp = world.token_logprobs(batch, [0] * len(requests), grad=False) if g.kl_coef > 0 else None
+        grpo_adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
+        for _ in range(g.epochs):
+            if full:
+                student_full = world.full_logprobs(batch, students, grad=True)
+                lp = student_full.gather(-1, batch.tokens[..., None]).squeeze(-1)
+            else:
+                lp = world.token_logprobs(batch, students, grad=True)
+            opd_adv = losses.opd_sampled_advantage(teacher_lp, lp, beta)
+            adv = torch.where(is_opd[:, None, None], opd_adv, grpo_adv)
+            row_loss = losses.clipped_pg_loss(lp, batch.sample_logprobs, adv, batch.mask, g.clip_low,
+                                              g.clip_high, g.aggregation)
+            if full:  # top-k / full-vocabulary reverse KL replaces the sampled-token PG on OPD rows
+                kl = (losses.topk_reverse_kl(student_full, teacher_full, batch.mask, c.topk)
+                      if c.estimator == "topk" else losses.full_reverse_kl(student_full, teacher_full, batch.mask))
+                row_loss = torch.where(is_opd, beta * losses.aggregate(kl, batch.mask, g.aggregation), row_loss)
+            if ref_lp is not None:
+                row_loss = row_loss + g.kl_coef * losses.kl_penalty(lp, ref_lp, batch.mask, g.aggregation)
+            world.step((row_loss * share).sum(), students)
+        with torch.no_grad():  # per-row training signals, synced to Python only when flushed
+            reverse_kl = ((lp.detach() - teacher_lp) * batch.mask).sum((1, 2)) / batch.mask.sum((1, 2)).clamp(min=1)
+            signal = torch.where(is_opd, reverse_kl, batch.rewards.mean(1))
+        self._pending.append((tick, owners, signal))
+
+    # ------------------------------------------------------------------ measurement
+
+    def _measure(self, tick: int) -> None:
+        m = self.cfg.metrics
+        live = [r for r in self.recipes if self.cursors[r.name].started and not self.cursors[r.name].done]
+        for recipe in live:
+            cur = self.cursors[recipe.name]
+            stage = recipe.stages[cur.stage] if cur.stage < len(recipe.stages) else None
+            if stage is not None and stage.adaptive_threshold > 0 and cur.tick % self.cfg.copd.adaptive_check_every == 0:
+                self._open_windows(recipe, stage, tick)
+        evaluate = tick % m.eval_every == 0
+        if tick % m.gap_every == 0 or evaluate:
+            groups = [(r.name, [(b.name, self.slot(r, b.name)) for b in r.branches]) for r in live]
+            self.gap.measure_groups(tick, groups, full=evaluate)
+        if evaluate and tick > 0:
+            for recipe in live:
+                branches = [(b.name, self.slot(recipe, b.name)) for b in recipe.branches]
+                self.gap.accuracy(recipe.name, branches, tick, final=False)
+                self.gap.conflict(recipe.name, branches, tick)
+
+    def _open_windows(self, recipe: Recipe, stage: Stage, tick: int) -> None:
+        """Adaptive schedule: open an OPD window on an edge whose top-k overlap fell below threshold."""
+        cur = self.cursors[recipe.name]
+        closed = [e for e in stage.edges if cur.windows.get(e.label, 0) <= 0]
+        if not closed:
+            return
+        pairs = [(self.slot(recipe, e.student), self.teacher_slot(recipe, e)) for e in closed]
+        overlap = self.gap.overlap(pairs)
+        for edge, value in zip(closed, overlap):
+            if value < stage.adaptive_threshold:
+                cur.windows[edge.label] = stage.adaptive_window
+                self._log(recipe.name, tick, edge.student, edge.label, "opd_window_opened", float(value))
+
+    def _evaluate_outputs(self, method: str, outputs: list[tuple[str, int]], step: int) -> None:
+        if outputs:
+            self.gap.accuracy(method, outputs, step, final=True)
+
+    def _log(self, method: str, step: int, branch: str, pair: str, metric: str, value: float) -> None:
+        self.rows.append(dict(run=self.run, method=method, seed=self.seed, step=step, branch=branch,
+                              pair=pair, metric=metric, value=value))
+
+    def _flush(self) -> None:
+        for tick, owners, signal in self._pending:
+            for (method, branch, edge), value in zip(owners, signal.tolist()):
+                self._log(method, tick, branch, edge, "opd_reverse_kl" if edge else "train_reward", value)
+        self._pending.clear()
+        for key, steps in self.steps_done.items():
+            method, branch = key.split("/", 1)
+            self._log(method, -1, branch, "", "steps", float(steps))
