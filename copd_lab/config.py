@@ -144,6 +144,7 @@ class SimConfig:
     shared_skill: float = 0.5  # fraction of contents whose answer is the same in every domain
     hidden: int = 24  # shared capacity: hidden width of the policy (small -> mixed training conflicts)
     init_scale: float = 0.3  # std of the base policy's random weights
+    task_seed: int = 0  # seed of the task draw (answers, shared contents); fixed across run seeds
 
     def __post_init__(self) -> None:
         for name in ("answer_len", "digits", "patterns", "prompts_per_domain", "hidden"):
@@ -157,8 +158,8 @@ class MetricsConfig:
     """What is measured and how often (DESIGN.md section 4)."""
 
     topk: int = 10  # k of the top-k overlap O_k (paper: 10)
-    gap_every: int = 5  # ticks between behavioural-gap measurements
-    eval_every: int = 50  # ticks between per-domain accuracy evaluations during training
+    gap_every: int = 20  # ticks between behavioural-gap measurements (also taken at every phase end)
+    eval_every: int = 100  # ticks between per-domain accuracy evaluations during training
     eval_samples: int = 8  # sampled completions per eval prompt for sampled pass@1
     score: str = "acc_sampled"  # metric in the results table: acc_sampled | acc_greedy | reward
 

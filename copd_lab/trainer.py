@@ -54,7 +54,9 @@ class Trainer:
         self.spans = timeline(recipes)
         self.rows: list[dict] = []
         self.steps_done = {f"{r.name}/{b.name}": 0 for r in recipes for b in r.branches}
+        self.rollouts_done = dict.fromkeys(self.steps_done, 0)
         self.gap = Meter(cfg, world, self._log)
+        self._boundary = False
         self._pending: list[tuple[int, list[tuple[str, str, str]], torch.Tensor]] = []
 
     # ------------------------------------------------------------------ slots
@@ -157,6 +159,8 @@ class Trainer:
                                             teacher=self.teacher_slot(recipe, edge), beta=edge.beta))
                     owners.append((recipe.name, name, edge.label))
         cur.tick += 1
+        if cur.tick == stage.steps and len(recipe.branches) > 1:
+            self._boundary = True  # the gap is measured at every phase end: the saw-tooth's corners
         for key in list(cur.windows):
             cur.windows[key] -= 1
 
@@ -217,7 +221,8 @@ class Trainer:
             if stage is not None and stage.adaptive_threshold > 0 and cur.tick % self.cfg.copd.adaptive_check_every == 0:
                 self._open_windows(recipe, stage, tick)
         evaluate = tick % m.eval_every == 0
-        if tick % m.gap_every == 0 or evaluate:
+        if tick % m.gap_every == 0 or evaluate or self._boundary:
+            self._boundary = False
             groups = [(r.name, [(b.name, self.slot(r, b.name)) for b in r.branches]) for r in live]
             self.gap.measure_groups(tick, groups, full=evaluate)
         if evaluate and tick > 0:
@@ -248,10 +253,14 @@ class Trainer:
                               pair=pair, metric=metric, value=value))
 
     def _flush(self) -> None:
+        per_request = self.cfg.grpo.prompts_per_step * self.cfg.grpo.group_size
         for tick, owners, signal in self._pending:
+            for method, branch, _ in owners:
+                self.rollouts_done[f"{method}/{branch}"] += per_request
             for (method, branch, edge), value in zip(owners, signal.tolist()):
                 self._log(method, tick, branch, edge, "opd_reverse_kl" if edge else "train_reward", value)
         self._pending.clear()
         for key, steps in self.steps_done.items():
             method, branch = key.split("/", 1)
             self._log(method, -1, branch, "", "steps", float(steps))
+            self._log(method, -1, branch, "", "rollouts", float(self.rollouts_done[key]))

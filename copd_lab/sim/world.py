@@ -36,9 +36,9 @@ class SimWorld:
 
     betas, eps = (0.9, 0.999), 1e-8
 
-    def __init__(self, cfg: SimConfig, domains: tuple[str, ...], lr: float, task_seed: int = 0):
+    def __init__(self, cfg: SimConfig, domains: tuple[str, ...], lr: float):
         self.cfg, self.domains, self.lr = cfg, tuple(domains), lr
-        self.tasks = SimTasks.build(cfg, len(domains), task_seed)
+        self.tasks = SimTasks.build(cfg, len(domains), cfg.task_seed)
         s, d, t, v, h = cfg.prompts_per_domain, len(domains), cfg.answer_len, self.tasks.vocab_size, cfg.hidden
         self.vocab_size = v
         self.shapes = {"content": (s, t, h), "domain": (d, h), "out_weight": (h, v), "out_bias": (v,),
@@ -50,6 +50,7 @@ class SimWorld:
             total += size
         self.n_params = total
         self._patterns: dict[tuple, torch.Tensor] = {}
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ---------------------------------------------------------------- slots and optimizer
 
@@ -60,8 +61,10 @@ class SimWorld:
         self.m = torch.zeros_like(self.flat, requires_grad=False)
         self.v = torch.zeros_like(self.m)
         self.t = torch.zeros(n_slots, 1)
+        self._table = None
 
     def copy(self, src: int, dst: int) -> None:
+        self._table = None
         with torch.no_grad():
             self.flat[dst] = self.flat[src]
             self.m[dst], self.v[dst], self.t[dst] = 0.0, 0.0, 0.0
@@ -70,6 +73,7 @@ class SimWorld:
         return {n: row[a:b].view(self.shapes[n]) for n, (a, b) in self.offsets.items()}
 
     def merge(self, sources: list[int], dst: int, spec: MergeConfig) -> None:
+        self._table = None
         with torch.no_grad():
             experts = [self._named(self.flat[s].detach()) for s in sources]
             merged = merge_state_dicts(experts, self._named(self.flat[0].detach()), spec.method,
@@ -91,6 +95,7 @@ class SimWorld:
             c2 = (1 - b2 ** self.t).clamp(min=1e-12)
             self.flat.sub_(mask * self.lr * (self.m / c1) / ((self.v / c2).sqrt() + self.eps))
         self.flat.grad = None
+        self._table = None
 
     def flat_weights(self, slots: list[int]) -> torch.Tensor:
         return self.flat.detach()[slots]
@@ -108,13 +113,27 @@ class SimWorld:
         self.m, self.v, self.t = state["m"].clone(), state["v"].clone(), state["t"].clone()
         self.gen = torch.Generator()
         self.gen.set_state(state["gen"])
+        self._table = None
 
     # ---------------------------------------------------------------- the policy
 
-    def _params(self, slots: list[int], grad: bool) -> dict[str, torch.Tensor]:
-        flat = self.flat if grad else self.flat.detach()
-        rows = flat[torch.tensor(slots, dtype=torch.long)]
-        return {n: rows[:, a:b].view(len(slots), *self.shapes[n]) for n, (a, b) in self.offsets.items()}
+    def _tables(self, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every slot's prompt logits [slots, D, S, T, V] and bigram [slots, V+1, V].
+
+        The hidden part of the policy depends only on (d, s, t), so one small batched matmul per weight
+        version serves sampling, teacher scoring and the training forward of a tick (rollouts share it).
+        """
+        if self._table is None or (grad and not self._table[0].requires_grad):
+            flat = self.flat if grad else self.flat.detach()
+            n = flat.shape[0]
+            p = {name: flat[:, a:b].view(n, *self.shapes[name]) for name, (a, b) in self.offsets.items()}
+            pre = p["content"][:, None] + p["domain"][:, :, None, None]  # [slots, D, S, T, H]
+            d, s, t, h = pre.shape[1:]
+            hidden = torch.tanh(pre).view(n, d * s * t, h)
+            logits = torch.baddbmm(p["out_bias"][:, None], hidden, p["out_weight"]).view(n, d, s, t, -1)
+            self._table = (logits, p["bigram"])
+        logits, bigram = self._table
+        return (logits, bigram) if grad else (logits.detach(), bigram.detach())
 
     def _prompt_layout(self, requests: list[Request], prompts: int, group: int, every: bool) -> torch.Tensor:
         """[R, N] domain of each rollout: pooled domains split evenly over a request's prompts."""
@@ -131,14 +150,6 @@ class SimWorld:
             self._patterns[key] = torch.stack(rows)
         return self._patterns[key]
 
-    def _hidden_logits(self, p: dict, domain: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-        """[R, N, T, V] the prompt-dependent part of the logits of every position."""
-        rows = torch.arange(domain.shape[0])[:, None]
-        pre = p["content"][rows, content] + p["domain"][rows, domain][:, :, None]  # [R, N, T, H]
-        r, n, t, h = pre.shape
-        logits = torch.baddbmm(p["out_bias"][:, None], torch.tanh(pre).view(r, n * t, h), p["out_weight"])
-        return logits.view(r, n, t, -1)
-
     def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
                greedy: bool = False, every_prompt: bool = False) -> Batch:
         domain = self._prompt_layout(requests, prompts, group, every_prompt)
@@ -151,20 +162,21 @@ class SimWorld:
             content = torch.randint(self.cfg.prompts_per_domain, (n_rows, prompts), generator=self.gen)
             content = content.repeat_interleave(group, dim=1)
         v = self.vocab_size
+        # built with grad when the caller may train on this batch next: the tick's one table
+        table, bigram = (x.detach() for x in self._tables(grad=torch.is_grad_enabled()))
         with torch.no_grad():
-            p = self._params([r.slot for r in requests], grad=False)
-            hidden = self._hidden_logits(p, domain, content)
-            bigram = p["bigram"].reshape(-1, v)  # rows of slot r start at r * (v + 1)
-            offset = (torch.arange(n_rows) * (v + 1))[:, None]
+            slots = torch.tensor([r.slot for r in requests])[:, None]
+            hidden = table[slots, domain, content]  # [R, N, T, V]
+            bigram = bigram[slots[:, 0]]  # [R, V+1, V]
+            rows = torch.arange(n_rows)[:, None]
             prev = torch.full((n_rows, n), v, dtype=torch.long)
             tokens, logps = [], []
             uniform = torch.rand((self.cfg.answer_len, n_rows, n, 1), generator=self.gen)
             for t in range(self.cfg.answer_len):
-                logp = ((hidden[:, :, t] + bigram[prev + offset]) / temperature).log_softmax(-1)
+                logp = ((hidden[:, :, t] + bigram[rows, prev]) / temperature).log_softmax(-1)
                 if greedy:
                     prev = logp.argmax(-1)
-                else:
-                    # inverse-CDF sampling: one uniform per token (multinomial is far slower on CPU)
+                else:  # inverse-CDF sampling: one uniform per token (multinomial is far slower on CPU)
                     prev = (logp.exp().cumsum(-1) < uniform[t]).sum(-1).clamp_(max=v - 1)
                 tokens.append(prev)
                 logps.append(logp.gather(-1, prev[..., None]).squeeze(-1))
@@ -174,11 +186,11 @@ class SimWorld:
                      torch.stack(logps, -1), SimPayload(content, temperature))
 
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
+        table, bigram = self._tables(grad)
+        index = torch.tensor([max(s, 0) for s in slots])[:, None, None]
         v = self.vocab_size
-        p = self._params([max(s, 0) for s in slots], grad)
         prev = torch.cat([torch.full_like(batch.tokens[..., :1], v), batch.tokens[..., :-1]], -1)
-        prev = prev + (torch.arange(len(slots)) * (v + 1))[:, None, None]
-        logits = self._hidden_logits(p, batch.domain, batch.payload.content) + p["bigram"].reshape(-1, v)[prev]
+        logits = table[index[..., 0], batch.domain, batch.payload.content] + bigram[index, prev]
         return (logits / batch.payload.temperature).log_softmax(-1)
 
     def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:

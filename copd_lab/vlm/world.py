@@ -358,6 +358,9 @@ class VLMWorld:
                 data_rows += [(d, row) for row in rows for _ in range(group)]
             encoded.append(PromptSet.cat(sets, self.pad_id))
             domains.append(torch.tensor([dom for dom, _ in layout]).repeat_interleave(group))
+        if len({len(d) for d in domains}) > 1:
+            raise ValueError(f"requests of one sample() call must have the same number of rollouts, got "
+                             f"{[len(d) for d in domains]}: with every_prompt, give each request as many domains")
         payload = VLMPayload(encoded, group, temperature)
         completions = [None] * len(requests)
         for slot in dict.fromkeys(r.slot for r in requests):  # one generate call per adapter

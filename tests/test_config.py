@@ -1,0 +1,63 @@
+import pytest
+
+from copd_lab.config import ConfigError, ExperimentConfig, build, dump_toml, load_config, to_dict
+
+
+def test_defaults_follow_the_paper():
+    cfg = ExperimentConfig()
+    assert (cfg.grpo.group_size, cfg.grpo.clip_low, cfg.grpo.clip_high) == (8, 0.2, 0.28)
+    assert cfg.grpo.kl_coef == 0.0 and cfg.grpo.temperature == 1.0
+    assert cfg.copd.rl_steps / cfg.copd.opd_steps == 1.5
+    assert cfg.copd.topology == "hub" and cfg.copd.hub == "text"
+    assert cfg.metrics.topk == 10 and cfg.opd.estimator == "sampled"
+    assert cfg.grpo.group_size * cfg.grpo.prompts_per_step >= 64
+
+
+def test_toml_file_and_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('methods = ["copd"]\n[copd]\nrl_steps = 6\nstep_rates = {image = 0.5}\n')
+    cfg = load_config(path, ["copd.opd_steps=4", "grpo.lr=0.1", "copd.topology=all_pairs", "domains=['text','image']"])
+    assert cfg.methods == ("copd",) and cfg.copd.rl_steps == 6 and cfg.copd.opd_steps == 4
+    assert cfg.copd.step_rates == {"image": 0.5} and cfg.grpo.lr == 0.1 and cfg.copd.topology == "all_pairs"
+    assert isinstance(cfg.domains, tuple)
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(None, ["copd.beta_per_edge={'text<-image' = 0.5}", "merge.weights=[1.0, 2.0, 1.0]"])
+    path = tmp_path / "back.toml"
+    path.write_text(dump_toml(cfg))
+    assert load_config(path) == cfg
+    assert build(ExperimentConfig, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("override, words", [
+    ("copd.rl_steps=-1", ["copd.rl_steps", "-1", ">= 0"]),
+    ("grpo.group_size=1", ["grpo.group_size", "1", ">= 2"]),
+    ("grpo.aggregation='mean'", ["grpo.aggregation", "'mean'", "token_mean"]),
+    ("opd.estimator='kl'", ["opd.estimator", "'kl'", "sampled"]),
+    ("merge.method='magic'", ["merge.method", "'magic'", "ties"]),
+    ("copd.hub='audio'", ["copd.hub", "'audio'", "text"]),
+    ("copd.step_rates={image = 2.0}", ["step_rates.image", "2.0", "(0, 1]"]),
+    ("copd.edges=['text->image']", ["edges", "text->image", "student<-teacher"]),
+    ("grpo.lr='fast'", ["grpo.lr", "'fast'", "a number"]),
+    ("seeds=0", ["seeds", "0", ">= 1"]),
+    ("grpo.bogus=1", ["grpo.bogus", "allowed fields", "group_size"]),
+    ("merge.weights=[1.0]", ["merge.weights", "one weight per domain"]),
+    ("sim.shared_skill=1.5", ["sim.shared_skill", "1.5", "[0, 1]"]),
+])
+def test_bad_values_name_field_value_and_allowed(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_bad_files_and_syntax(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("methods = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["copd.rl_steps"])

@@ -1,0 +1,72 @@
+import pytest
+
+from copd_lab.config import load_config
+from copd_lab.experiment import run_comparison
+
+SMALL = ["expert_steps=40", "distill_steps=20", "copd.rl_steps=3", "copd.opd_steps=2", "copd.cycles=8",
+         "metrics.eval_every=20"]
+
+
+@pytest.fixture(scope="module")
+def comparison():
+    return run_comparison(load_config(None, SMALL), progress=False)
+
+
+def test_every_method_reports_and_budgets_are_fair(comparison):
+    table = comparison.results
+    expected = ["base", "expert:text", "expert:image", "expert:video", "mixed", "static_opd:image->text",
+                "static_opd:text->image", "mopd", "copd"]
+    assert list(table.index) == expected
+    assert table.loc["mixed", "steps_branch"] == 3 * table.loc["expert:text", "steps_branch"] == 120
+    assert table.loc["copd", "steps_method"] == table.loc["mixed", "steps_method"] == 120
+    assert table.loc["static_opd:image->text", "steps_branch"] == 60
+    assert table.loc["mopd", "steps_method"] == 120 + 20
+    assert (table.loc["base", ["text", "image", "video"]] == 0).all()
+
+
+def test_rlvr_really_learns(comparison):
+    m = comparison.metrics
+    reward = m[m.metric.str.startswith("final_reward/")].set_index(["branch", "metric"]).value
+    for domain in ("text", "image", "video"):
+        key = f"final_reward/{domain}"
+        assert reward[(f"expert:{domain}", key)] > reward[("base", key)] + 0.15
+
+
+def test_tidy_rows_carry_the_gap_dynamics(comparison):
+    m = comparison.metrics
+    assert list(m.columns) == ["run", "method", "seed", "step", "branch", "pair", "metric", "value"]
+    overlap = m[(m.method == "copd") & (m.metric == "overlap") & (m.pair == "image<-text")]
+    assert len(overlap) >= 8 and overlap.value.between(0, 1).all()
+    for metric in ("symmetric_kl", "entropy_gap", "student_overlap_mass", "task_vector_cosine", "grad_cosine",
+                   "opd_reverse_kl", "train_reward"):
+        assert (m.metric == metric).any(), metric
+    opd = m[(m.method == "copd") & (m.metric == "opd_reverse_kl")]
+    assert set(opd.pair) == {"text<-image", "image<-text", "text<-video", "video<-text"}
+
+
+def test_same_seed_same_results_and_seeds_give_error_bars():
+    cfg = load_config(None, SMALL + ["methods=['experts', 'copd']"])
+    a, b = (run_comparison(cfg, progress=False).metrics for _ in range(2))
+    assert a.equals(b)
+    two = run_comparison(load_config(None, SMALL + ["methods=['experts']", "seeds=2"]), progress=False)
+    assert set(two.metrics.seed) == {0, 1} and "text_std" in two.results
+    assert "±" in two.table()
+
+
+def test_adaptive_schedule_opens_windows_on_low_overlap():
+    cfg = load_config(None, SMALL + ["methods=['copd']", "copd.adaptive_threshold=0.95", "copd.adaptive_check_every=2"])
+    m = run_comparison(cfg, progress=False).metrics
+    opened = m[m.metric == "opd_window_opened"]
+    assert len(opened) > 0 and (opened.value < 0.95).all()
+    assert (m.metric == "opd_reverse_kl").any()
+    never = load_config(None, SMALL + ["methods=['copd']", "copd.adaptive_threshold=0.01"])
+    assert not (run_comparison(never, progress=False).metrics.metric == "opd_reverse_kl").any()
+
+
+@pytest.mark.parametrize("extra", [["opd.estimator='topk'", "opd.topk=4"], ["opd.estimator='full'"],
+                                   ["grpo.kl_coef=0.1", "grpo.epochs=2", "grpo.aggregation='seq_mean_token_mean'"],
+                                   ["merge.method='ties'"], ["copd.step_rates={video = 0.5}"]])
+def test_variants_run(extra):
+    cfg = load_config(None, SMALL + ["methods=['copd', 'copd_frozen']"] + extra)
+    result = run_comparison(cfg, progress=False)
+    assert result.results.loc["copd", ["text", "image", "video"]].notna().all()
