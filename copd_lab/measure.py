@@ -7,7 +7,7 @@ rows (run, method, seed, step, branch, pair, metric, value). Per-domain metrics 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -218,7 +218,8 @@ class Trainer:
         for recipe in live:
             cur = self.cursors[recipe.name]
             stage = recipe.stages[cur.stage] if cur.stage < len(recipe.stages) else None
-            if stage is not None and stage.adaptive_threshold > 0 and cur.tick % self.cfg.copd.adaptive_check_every == 0:
+            check = cur.tick % self.cfg.copd.adaptive_check_every == 0
+            if stage is not None and stage.adaptive_threshold > 0 and check:
                 self._open_windows(recipe, stage, tick)
         evaluate = tick % m.eval_every == 0
         if tick % m.gap_every == 0 or evaluate or self._boundary:

@@ -67,5 +67,6 @@ def test_bad_methods(method):
 
 def test_every_listed_method_builds():
     for name in METHODS:
-        method = name.replace("<teacher>-><student>", "image->text").replace("<student><-<teacher>[,...]", "text<-image")
+        method = name.replace("<teacher>-><student>", "image->text")
+        method = method.replace("<student><-<teacher>[,...]", "text<-image")
         build_recipe(method, cfg())
