@@ -5,7 +5,8 @@ after token y_{t-1}, logits = tanh(E_content[s, t] + E_domain[d]) W + b + U[y_{t
 layer (width = SimConfig.hidden) is the capacity that domains share; the bigram term U lets a response
 keep the behaviour pattern it started with. Because the hidden part does not depend on earlier tokens,
 a whole rollout's hidden logits are one batched matmul and sampling only adds U row by row.
-All slots' weights live in one flat tensor [slots, P]; Adam runs on it with a mask so only the slots that trained this tick move, each with its own step count.
+All slots' weights live in one flat tensor [slots, P]; Adam runs on it with a mask so only the slots
+that trained this tick move, each with its own step count.
 """
 
 from __future__ import annotations
