@@ -8,7 +8,7 @@ The recipe: train a byte-level BPE tokenizer on a small generated corpus, wrap i
 tokenizer with Qwen's special and vision tokens and a Qwen-style chat template, size the image
 processor so a 32x32 image is not upscaled, build a `Qwen2VLConfig` whose token ids match the
 tokenizer, initialise the model at random (seeded) and save everything to one folder.
-The supervised warm start is a separate step.
+With `warm_steps` > 0 the model is then warm-started on the task suites (`warm_start.py`).
 
     python -m tiny_models.build --out tiny_models/qwen2vl-tiny
 """
@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from copd_lab.vlm.processing import Qwen2VLProcessorNoTorchvision, placeholder_token_ids
+from tiny_models.warm_start import warm_start, warm_start_suites
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = (
@@ -219,10 +220,14 @@ def build_tiny(
     return model, processor
 
 
-def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, **sizes: int) -> Path:
-    """Build the tiny Qwen2-VL (see `build_tiny`) and save model and processor to `out_dir`; return it."""
+def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, warm_steps: int = 0, **sizes: int) -> Path:
+    """Build the tiny Qwen2-VL (see `build_tiny`), warm-start it for `warm_steps` steps (0: random
+    weights), and save model and processor to `out_dir`; return it."""
     out = Path(out_dir)
     model, processor = build_tiny(seed, **sizes)
+    if warm_steps:
+        stats = warm_start(model, processor, warm_start_suites(seed), warm_steps, seed=seed)
+        print(f"warm start: loss {stats['first_loss']:.2f} -> {stats['last_loss']:.2f} in {stats['seconds']:.0f}s")
     model.save_pretrained(out)
     processor.save_pretrained(out)
     # The image processor also in its own preprocessor_config.json, where older loaders and vLLM look.
@@ -236,11 +241,14 @@ def main() -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the tokenizer corpus and the random init"
     )
+    parser.add_argument(
+        "--warm-steps", type=int, default=60, help="supervised warm-start steps (0: save random weights)"
+    )
     for field in fields(TinySizes):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)
     args = vars(parser.parse_args())
-    out, seed = args.pop("out"), args.pop("seed")
-    path = build_tiny_qwen2vl(out, seed=seed, **args)
+    out, seed, warm_steps = args.pop("out"), args.pop("seed"), args.pop("warm_steps")
+    path = build_tiny_qwen2vl(out, seed=seed, warm_steps=warm_steps, **args)
     model = Qwen2VLForConditionalGeneration.from_pretrained(path)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"saved {path}: {n_params:,} parameters, sizes {asdict(TinySizes(**args))}")
