@@ -74,17 +74,19 @@ class Meter:
             for name, value in zip(GAP_METRICS, row):
                 self.log(method, step, branch, pair, name, value)
         slots = sorted({s for _, branches in groups for _, s in branches})
-        with torch.no_grad():
+        with torch.no_grad():  # task vectors θ − θ_0 of every slot at once; one sync
             vectors = self.world.flat_weights(slots) - self.world.flat_weights([0])
+            unit = vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            norms, distance, cosine = vectors.norm(dim=1).tolist(), torch.cdist(vectors, vectors).tolist(), \
+                (unit @ unit.T).tolist()
         for method, branches in groups:
             for i, (a, a_slot) in enumerate(branches):
-                va = vectors[slots.index(a_slot)]
-                self.log(method, step, a, "", "task_vector_norm", float(va.norm()))
+                ia = slots.index(a_slot)
+                self.log(method, step, a, "", "task_vector_norm", norms[ia])
                 for b, b_slot in branches[i + 1:]:
-                    vb = vectors[slots.index(b_slot)]
-                    cosine = float(torch.nn.functional.cosine_similarity(va, vb, dim=0, eps=1e-12))
-                    self.log(method, step, a, f"{a}|{b}", "task_vector_distance", float((va - vb).norm()))
-                    self.log(method, step, a, f"{a}|{b}", "task_vector_cosine", cosine)
+                    ib = slots.index(b_slot)
+                    self.log(method, step, a, f"{a}|{b}", "task_vector_distance", distance[ia][ib])
+                    self.log(method, step, a, f"{a}|{b}", "task_vector_cosine", cosine[ia][ib])
 
     def accuracy(self, method: str, outputs: list[tuple[str, int]], step: int, final: bool) -> None:
         """Greedy and sampled pass@1 and reward per domain on the eval prompts."""
