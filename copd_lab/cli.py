@@ -1,4 +1,5 @@
-"""`copd-lab`: list the methods, run a simulator comparison (`sim`), write metrics and a results table."""
+"""`copd-lab`: list the methods, run a comparison in the simulator (`sim`) or the configured world (`run`,
+default the VLM world), write metrics and a results table; `--resume` continues from the checkpoints."""
 
 from __future__ import annotations
 
@@ -15,13 +16,18 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="copd-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("methods", help="list the methods a config can name")
-    sim = sub.add_parser("sim", help="run CoPD and the baselines in the simulator world")
-    sim.add_argument("--config", help="TOML config (see configs/)")
-    sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config field, e.g. --set copd.rl_steps=3 (repeatable)")
-    sim.add_argument("--seeds", type=int, help="number of seeds (results report mean ± std)")
-    sim.add_argument("--out", required=True, help="output folder for metrics.parquet, results.md/csv, config")
-    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name, text in (("sim", "run CoPD and the baselines in the simulator world"),
+                       ("run", "run CoPD and the baselines in the config's world (default: vlm, see [vlm])")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", help="TOML config (see configs/)")
+        cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config field, e.g. --set copd.rl_steps=3 (repeatable)")
+        cmd.add_argument("--seeds", type=int, help="number of seeds (results report mean ± std)")
+        cmd.add_argument("--out", required=True,
+                         help="output folder for metrics.parquet, results.md/csv, config and checkpoints/")
+        cmd.add_argument("--resume", action="store_true",
+                         help="continue from <out>/checkpoints: skip finished seeds, resume interrupted ones")
+        cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -34,17 +40,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from copd_lab.experiment import run_comparison
     from copd_lab.recipes import build_recipes
+    from copd_lab.trainer import NonFiniteError
 
     try:
         overrides = list(args.set) + ([f"seeds={args.seeds}"] if args.seeds is not None else [])
-        cfg = load_config(args.config, overrides)
-        cfg = replace(cfg, world="sim") if cfg.world != "sim" else cfg
+        cfg = load_config(args.config, overrides, defaults={"world": "vlm"} if args.command == "run" else None)
+        cfg = replace(cfg, world="sim") if args.command == "sim" and cfg.world != "sim" else cfg
         build_recipes(cfg)  # every method is checked before any work
+        start = time.perf_counter()
+        comparison = run_comparison(cfg, run=args.out, progress=not args.quiet, out=args.out, resume=args.resume)
     except ConfigError as err:
         print(f"copd-lab: error: {err}", file=sys.stderr)
         return 2
-    start = time.perf_counter()
-    comparison = run_comparison(cfg, run=args.out, progress=not args.quiet)
+    except NonFiniteError as err:
+        print(f"copd-lab: error: {err}", file=sys.stderr)
+        return 1
     out = comparison.save(args.out)
     print(comparison.table())
     print(f"{cfg.seeds} seed(s) in {time.perf_counter() - start:.1f} s; wrote {out}/metrics.parquet, "

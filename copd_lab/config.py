@@ -51,7 +51,7 @@ class GRPOConfig:
     aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean (Eq. 7) | constant (Dr.GRPO)
     scale_by_std: bool = True  # divide group-centred rewards by the group std (False: Dr.GRPO)
     epochs: int = 1  # policy updates per sampled batch; >1 makes the clip active
-    lr: float = 0.02  # learning rate (paper: 1e-6 for a 4B model; the simulator needs a larger one)
+    lr: float = 0.02  # simulator world's Adam lr (paper: 1e-6 for a 4B model); the VLM world uses vlm.lr
 
     def __post_init__(self) -> None:
         _require(self.group_size >= 2, "group_size", self.group_size, "an integer >= 2 (GRPO needs a group)")
@@ -153,6 +153,38 @@ class SimConfig:
         _require(self.init_scale > 0, "init_scale", self.init_scale, "a number > 0")
 
 
+VLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class VLMConfig:
+    """The real world: LoRA experts on one Hugging Face VLM, trained on the built-in task suites."""
+
+    model: str = "tiny_models/qwen2vl-tiny"  # checkpoint folder (or a cached hub name); build the tiny one
+    # with `python -m tiny_models.build --out tiny_models/qwen2vl-tiny`
+    device: str = "cpu"  # cpu (float32) | cuda, cuda:N (the base runs in bf16, adapters in float32)
+    dtype: str = "auto"  # dtype the weights load in (auto: as stored; bf16 on cuda); the world then casts
+    lora_r: int = 8  # rank of every expert's LoRA adapter
+    lora_alpha: float = 16.0  # LoRA alpha; ΔW = (alpha / r) B A
+    max_new_tokens: int = 16  # longest completion a rollout generates
+    lr: float = 1e-3  # AdamW lr of every adapter (tiny models; ~1e-5 for 2B models); grpo.lr is the sim's
+    n_train: int = 512  # training prompts per domain
+    n_eval: int = 64  # eval prompts per domain (accuracy and gap measurements use all of them)
+    difficulty: int = 1  # task difficulty level of the built-in suites (1 = easiest)
+    task_seed: int = 0  # seed of the task draw; fixed across run seeds
+    trust_remote_code: bool = False  # let transformers run a checkpoint's own Python code (off: safe)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model), "model", self.model, "a checkpoint folder or hub name")
+        _require(self.device == "cpu" or self.device.split(":")[0] == "cuda", "device", self.device,
+                 "cpu, cuda or cuda:N")
+        _require(self.dtype in VLM_DTYPES, "dtype", self.dtype, f"one of {VLM_DTYPES}")
+        for name in ("lora_r", "max_new_tokens", "n_train", "n_eval", "difficulty"):
+            _require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        _require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "a number > 0")
+        _require(self.lr > 0, "lr", self.lr, "a number > 0")
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     """What is measured and how often (DESIGN.md section 4)."""
@@ -189,11 +221,13 @@ class ExperimentConfig:
     expert_steps: int = 200  # RLVR steps of each domain expert (mixed RLVR gets K times this)
     distill_steps: int = 100  # steps of the extra OPD stage of static OPD and of MOPD
     mopd_rlvr: bool = False  # MOPD student also gets an own-domain GRPO batch (MiMo's α·A_ORM)
+    checkpoint_every: int = 25  # ticks between checkpoints of a run with an output folder (0: only at seed end)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     opd: OPDConfig = field(default_factory=OPDConfig)
     copd: CoPDConfig = field(default_factory=CoPDConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    vlm: VLMConfig = field(default_factory=VLMConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
@@ -204,6 +238,8 @@ class ExperimentConfig:
         _require(self.seeds >= 1, "seeds", self.seeds, "an integer >= 1")
         _require(self.expert_steps >= 1, "expert_steps", self.expert_steps, "an integer >= 1")
         _require(self.distill_steps >= 1, "distill_steps", self.distill_steps, "an integer >= 1")
+        _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every,
+                 "an integer >= 0 (0: checkpoint only at the end of each seed)")
         if self.copd.topology == "hub":
             _require(self.copd.hub in self.domains, "copd.hub", self.copd.hub, f"one of the domains {self.domains}")
         for branch in self.copd.step_rates:
@@ -300,8 +336,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load an ExperimentConfig from an optional TOML file plus ``--set`` overrides, validated."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                defaults: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load an ExperimentConfig from an optional TOML file plus ``--set`` overrides, validated.
+
+    defaults: top-level values used where neither the file nor the overrides set them
+    (`copd-lab run` defaults to world = "vlm").
+    """
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -310,7 +351,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"--config {str(path)!r} is not allowed: no such file") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"--config {str(path)!r} is not valid TOML: {err}") from None
-    data = apply_overrides(data, list(overrides))
+    data = apply_overrides({**(defaults or {}), **data}, list(overrides))
     return build(ExperimentConfig, data)
 
 

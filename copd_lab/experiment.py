@@ -8,11 +8,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from copd_lab.config import ExperimentConfig, dump_toml
+from copd_lab.checkpoint import checkpoint_path, load_checkpoint
+from copd_lab.config import ConfigError, ExperimentConfig, dump_toml
 from copd_lab.policy import World
 from copd_lab.recipes import Recipe, build_recipes
 from copd_lab.results import format_table, results_table
-from copd_lab.trainer import Trainer
+from copd_lab.trainer import ROW_COLUMNS, Trainer, resume_key, unpack_rows
 
 
 @dataclass
@@ -37,23 +38,75 @@ class Comparison:
 
 
 def make_world(cfg: ExperimentConfig) -> World:
+    """The world `cfg.world` names: the simulator (cfg.sim) or LoRA experts on a VLM (cfg.vlm)."""
     if cfg.world == "sim":
         from copd_lab.sim.world import SimWorld
 
         # the simulator's tensors are tiny: one thread avoids thread start-up and oversubscription
         torch.set_num_threads(1)
         return SimWorld(cfg.sim, cfg.domains, cfg.grpo.lr)
+    if cfg.world == "vlm":
+        return _make_vlm_world(cfg)
     raise NotImplementedError(f"world = {cfg.world!r} is not available yet")
 
 
-def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool = True,
-                   world: World | None = None) -> Comparison:
-    """Train and evaluate every method for `cfg.seeds` seeds (seed, seed+1, ...)."""
+def _make_vlm_world(cfg: ExperimentConfig) -> World:
+    from copd_lab.tasks import build_suites
+    from copd_lab.vlm.adapters import LoraSettings
+    from copd_lab.vlm.model_io import load_vlm
+    from copd_lab.vlm.world import VLMWorld
+
+    v = cfg.vlm
+    dtype = None if v.dtype == "auto" else getattr(torch, v.dtype)
+    if dtype is None and v.device != "cpu":
+        dtype = torch.bfloat16  # load straight into the dtype the world runs the base in
+    try:
+        model, processor = load_vlm(v.model, v.device, dtype, trust_remote_code=v.trust_remote_code)
+    except (OSError, ValueError) as err:  # transformers' errors for a missing folder or unknown hub name
+        if Path(v.model).exists():
+            raise
+        raise ConfigError(
+            f"vlm.model = {v.model!r} is not allowed: no such checkpoint folder (and not a cached hub model: "
+            f"{type(err).__name__}). Build the tiny one with `python -m tiny_models.build --out "
+            f"tiny_models/qwen2vl-tiny`, or set vlm.model to a VLM folder or hub name") from None
+    suites = build_suites(cfg.domains, v.n_train, v.n_eval, v.task_seed, v.difficulty)
+    return VLMWorld(model, processor, suites, LoraSettings(v.lora_r, v.lora_alpha), max_new_tokens=v.max_new_tokens,
+                    device=v.device, lr=v.lr, eval_prompts=v.n_eval)
+
+
+def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool = True, world: World | None = None,
+                   out: str | Path | None = None, resume: bool = False) -> Comparison:
+    """Train and evaluate every method for `cfg.seeds` seeds (seed, seed+1, ...).
+
+    out: run folder; each seed's state is checkpointed to out/checkpoints/seed<k>.pt (checkpoint.py).
+    resume: reuse those checkpoints: a finished seed is not run again, an interrupted one continues
+    from its last checkpoint (same config required), with the same rows as an uninterrupted run on CPU.
+    """
     recipes = build_recipes(cfg)  # validates the methods before any work
     world = world or make_world(cfg)
     rows = []
     for i in range(cfg.seeds):
-        rows += Trainer(cfg, world, recipes, seed=cfg.seed + i, run=run, progress=progress).run_all()
-    metrics = pd.DataFrame(rows, columns=["run", "method", "seed", "step", "branch", "pair", "metric", "value"])
+        seed = cfg.seed + i
+        path = checkpoint_path(out, seed) if out is not None else None
+        state = _resumable(cfg, path) if resume and path is not None else None
+        if state is not None and state["done"]:
+            rows += unpack_rows(state["rows"])
+            continue
+        trainer = Trainer(cfg, world, recipes, seed=seed, run=run, progress=progress, checkpoint=path)
+        rows += trainer.run_all(resume=state)
+    metrics = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
     listed = sorted(recipes, key=lambda r: cfg.methods.index(r.name) if r.name in cfg.methods else -1)
     return Comparison(cfg, recipes, metrics, results_table(metrics, listed, cfg.domains, cfg.metrics.score))
+
+
+def _resumable(cfg: ExperimentConfig, path: Path) -> dict | None:
+    """The checkpoint at `path` if there is one; an error if it was written under another config."""
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    if state["config"] != resume_key(cfg):
+        ours, theirs = resume_key(cfg), state["config"]
+        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        raise ConfigError(f"--resume is not allowed with {path}: it was written under another config "
+                          f"(differs in {', '.join(diff)}); use the same config or a new --out")
+    return state

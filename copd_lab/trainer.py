@@ -10,15 +10,36 @@ neighbour j on D_j prompts, graded by j, all joined in one update of θ_k (COPD_
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from copd_lab import losses
-from copd_lab.config import ExperimentConfig
+from copd_lab import losses, metrics
+from copd_lab.checkpoint import first_non_finite, save_checkpoint
+from copd_lab.config import ExperimentConfig, to_dict
 from copd_lab.measure import Meter
 from copd_lab.policy import Request, World
 from copd_lab.recipes import BASE, OPDEdge, Recipe, Stage, is_active
+
+ROW_COLUMNS = ("run", "method", "seed", "step", "branch", "pair", "metric", "value")
+
+
+class NonFiniteError(RuntimeError):
+    """A training loss or the weights became NaN or inf; the run stopped, its last checkpoint kept."""
+
+
+def resume_key(cfg: ExperimentConfig) -> dict:
+    """The config fields a checkpoint must agree on to be resumed (all but the seed count and cadence)."""
+    data = to_dict(cfg)
+    for name in ("seeds", "checkpoint_every"):
+        data.pop(name)
+    return data
+
+
+def unpack_rows(columns: dict[str, list]) -> list[dict]:
+    """Tidy rows back from the column lists a checkpoint stores them as."""
+    return [dict(zip(ROW_COLUMNS, values)) for values in zip(*(columns[c] for c in ROW_COLUMNS))]
 
 
 @dataclasses.dataclass
@@ -45,9 +66,11 @@ class Trainer:
     """Runs a list of recipes on a world for one seed and logs tidy metric rows."""
 
     def __init__(self, cfg: ExperimentConfig, world: World, recipes: list[Recipe], seed: int,
-                 run: str = "run", progress: bool = True):
+                 run: str = "run", progress: bool = True, checkpoint: str | Path | None = None):
+        """checkpoint: file the run state is written to every cfg.checkpoint_every ticks and at the end."""
         self.cfg, self.world, self.recipes, self.seed = cfg, world, recipes, seed
         self.run, self.progress = run, progress
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.domain_index = {d: i for i, d in enumerate(world.domains)}
         self.slots = self._allocate_slots()
         self.cursors = {r.name: Cursor() for r in recipes}
@@ -87,14 +110,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def run_all(self) -> list[dict]:
-        """Train every recipe to its end, evaluate its outputs, return the tidy rows."""
+    def run_all(self, resume: dict | None = None) -> list[dict]:
+        """Train every recipe to its end, evaluate its outputs, return the tidy rows.
+
+        resume: a checkpoint's state (see `state_dict`) to continue from instead of starting afresh;
+        on CPU the rows come out identical to those of an uninterrupted run.
+        """
         self.world.reset(len(self.slots), self.seed)
-        torch.manual_seed(self.seed)
+        if resume is None:
+            torch.manual_seed(self.seed)
+            start = 0
+            self._evaluate_outputs("base", [("base", 0)], step=0)
+        else:
+            start = self.load_state_dict(resume)
         total = max((end for _, end in self.spans.values()), default=0)
-        self._evaluate_outputs("base", [("base", 0)], step=0)
-        bar = tqdm(total=total, desc=f"{self.run} seed {self.seed}", disable=not self.progress, leave=False)
-        for tick in range(total + 1):
+        every = self.cfg.checkpoint_every
+        bar = tqdm(total=total, initial=min(start, total), desc=f"{self.run} seed {self.seed}",
+                   disable=not self.progress, leave=False)
+        for tick in range(start, total + 1):
             requests, owners = [], []
             for recipe in self.recipes:
                 if self._advance(recipe, tick):
@@ -104,9 +137,46 @@ class Trainer:
             self._measure(tick)
             if tick < total:
                 bar.update(1)
+                if self.checkpoint is not None and every and (tick + 1) % every == 0:
+                    self._save(tick)
         bar.close()
         self._flush()
+        if self.checkpoint is not None:
+            self._save(total, done=True)
         return self.rows
+
+    def _save(self, tick: int, done: bool = False) -> None:
+        """Checkpoint after `tick`, unless the weights went non-finite (a finite loss can still overflow)."""
+        state = self.state_dict(tick + 1, done)
+        bad = first_non_finite(state["world"])
+        if bad is not None:
+            raise NonFiniteError(f"the world state {bad} holds NaN or inf after tick {tick} (seed {self.seed}): "
+                                 f"training stopped and {self._kept()}. {self._advice()}")
+        save_checkpoint(self.checkpoint, state)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self, next_tick: int, done: bool = False) -> dict:
+        """Everything needed to continue at `next_tick`, as plain data (loads with weights_only=True)."""
+        return {
+            "seed": self.seed, "config": resume_key(self.cfg), "tick": next_tick, "done": done,
+            "cursors": {name: dataclasses.asdict(c) for name, c in self.cursors.items()},
+            "steps_done": dict(self.steps_done), "rollouts_done": dict(self.rollouts_done),
+            "rows": {col: [row[col] for row in self.rows] for col in ROW_COLUMNS},  # columns pickle faster
+            "pending": [[tick, [list(o) for o in owners], signal] for tick, owners, signal in self._pending],
+            "boundary": self._boundary, "torch_rng": torch.get_rng_state(), "world": self.world.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> int:
+        """Restore what `state_dict` saved (the world must be reset first); return the next tick."""
+        self.cursors = {name: Cursor(**c) for name, c in state["cursors"].items()}
+        self.steps_done, self.rollouts_done = dict(state["steps_done"]), dict(state["rollouts_done"])
+        self.rows = unpack_rows(state["rows"])
+        self._pending = [(tick, [tuple(o) for o in owners], signal) for tick, owners, signal in state["pending"]]
+        self._boundary = state["boundary"]
+        torch.set_rng_state(state["torch_rng"])
+        self.world.load_state_dict(state["world"])
+        return state["tick"]
 
     def _advance(self, recipe: Recipe, tick: int) -> bool:
         """Start/finish stages and the recipe; True if the recipe trains on this tick."""
@@ -204,11 +274,33 @@ class Trainer:
                 row_loss = torch.where(is_opd, beta * losses.aggregate(kl, batch.mask, g.aggregation), row_loss)
             if ref_lp is not None:
                 row_loss = row_loss + g.kl_coef * losses.kl_penalty(lp, ref_lp, batch.mask, g.aggregation)
+            finite = torch.isfinite(row_loss)
+            if not bool(finite.all()):  # stop before the update: the weights stay the last good ones
+                self._non_finite(tick, owners, row_loss, finite)
             world.step((row_loss * share).sum(), students)
         with torch.no_grad():  # per-row training signals, synced to Python only when flushed
-            reverse_kl = ((lp.detach() - teacher_lp) * batch.mask).sum((1, 2)) / batch.mask.sum((1, 2)).clamp(min=1)
-            signal = torch.where(is_opd, reverse_kl, batch.rewards.mean(1))
+            signal = batch.rewards.mean(1)
+            if is_opd.any():
+                reverse_kl = metrics.sampled_reverse_kl(lp.detach(), teacher_lp, batch.mask)
+                signal = torch.where(is_opd, reverse_kl, signal)
         self._pending.append((tick, owners, signal))
+
+    def _non_finite(self, tick: int, owners: list, row_loss: torch.Tensor, finite: torch.Tensor) -> None:
+        row = int((~finite).nonzero()[0])
+        method, branch, edge = owners[row]
+        what = f"the OPD loss on edge {edge}" if edge else "the GRPO loss"
+        raise NonFiniteError(f"{what} is {row_loss[row].item()} in method {method!r}, branch {branch!r}, at tick "
+                             f"{tick} (seed {self.seed}): training stopped before this update and {self._kept()}. "
+                             f"{self._advice()}")
+
+    def _kept(self) -> str:
+        if self.checkpoint is not None and self.checkpoint.exists():
+            return f"the last good checkpoint stays at {self.checkpoint}"
+        return "no checkpoint had been written yet"
+
+    def _advice(self) -> str:
+        lr = f"vlm.lr = {self.cfg.vlm.lr}" if self.cfg.world == "vlm" else f"grpo.lr = {self.cfg.grpo.lr}"
+        return f"Try a lower learning rate than {lr} (or a smaller opd.beta), in a new output folder."
 
     # ------------------------------------------------------------------ measurement
 

@@ -1,0 +1,63 @@
+"""Run checkpoints: one file per seed, written atomically, read back without unpickling code.
+
+A checkpoint is a plain nested structure (dicts, lists, str, int, float, bool, None and tensors), so it
+loads with ``torch.load(weights_only=True)``: a file cannot run code when it is read. It is written to a
+temporary file in the same folder, flushed to disk, then renamed over the old one (``os.replace`` is
+atomic), so an interruption at any moment leaves either the previous checkpoint or the new one, whole.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def checkpoint_path(out: str | Path, seed: int) -> Path:
+    """Where the checkpoint of `seed` lives in a run folder: <out>/checkpoints/seed<seed>.pt."""
+    return Path(out) / "checkpoints" / f"seed{seed}.pt"
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """torch.save `state` to a temp file beside `path`, fsync it, and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable (POSIX; not possible on every platform)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """The state saved at `path`, loaded with weights_only=True (tensors and plain containers only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def first_non_finite(state: object, where: str = "") -> str | None:
+    """Key path of the first floating tensor in `state` holding a NaN or inf (None: all finite)."""
+    if isinstance(state, torch.Tensor):
+        return where if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for key, value in items:
+        found = first_non_finite(value, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
