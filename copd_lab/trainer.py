@@ -37,8 +37,26 @@ def resume_key(cfg: ExperimentConfig) -> dict:
     return data
 
 
-def unpack_rows(columns: dict[str, list]) -> list[dict]:
-    """Tidy rows back from the column lists a checkpoint stores them as."""
+def pack_rows(rows: list[dict]) -> dict:
+    """Tidy rows as a checkpoint stores them: numbers as tensors, strings as codes into a name list.
+
+    Thousands of small dicts pickle slowly; a few tensors save in a blink and load back exactly.
+    """
+    packed: dict = {"seed": torch.tensor([r["seed"] for r in rows], dtype=torch.int64),
+                    "step": torch.tensor([r["step"] for r in rows], dtype=torch.int64),
+                    "value": torch.tensor([r["value"] for r in rows], dtype=torch.float64)}
+    for col in ("run", "method", "branch", "pair", "metric"):
+        values = [r[col] for r in rows]
+        names = list(dict.fromkeys(values))
+        code = {name: i for i, name in enumerate(names)}
+        packed[col] = {"names": names, "codes": torch.tensor([code[v] for v in values], dtype=torch.int64)}
+    return packed
+
+
+def unpack_rows(packed: dict) -> list[dict]:
+    """Tidy rows back from `pack_rows`."""
+    columns = {col: (packed[col].tolist() if isinstance(packed[col], torch.Tensor)
+                     else [packed[col]["names"][i] for i in packed[col]["codes"].tolist()]) for col in ROW_COLUMNS}
     return [dict(zip(ROW_COLUMNS, values)) for values in zip(*(columns[c] for c in ROW_COLUMNS))]
 
 
@@ -81,6 +99,7 @@ class Trainer:
         self.gap = Meter(cfg, world, self._log)
         self._boundary = False
         self._pending: list[tuple[int, list[tuple[str, str, str]], torch.Tensor]] = []
+        self.signal_rows: list[dict] = []  # training signals from drained _pending; they follow self.rows
 
     # ------------------------------------------------------------------ slots
 
@@ -158,12 +177,13 @@ class Trainer:
 
     def state_dict(self, next_tick: int, done: bool = False) -> dict:
         """Everything needed to continue at `next_tick`, as plain data (loads with weights_only=True)."""
+        self._drain()
         return {
             "seed": self.seed, "config": resume_key(self.cfg), "tick": next_tick, "done": done,
             "cursors": {name: dataclasses.asdict(c) for name, c in self.cursors.items()},
             "steps_done": dict(self.steps_done), "rollouts_done": dict(self.rollouts_done),
-            "rows": {col: [row[col] for row in self.rows] for col in ROW_COLUMNS},  # columns pickle faster
-            "pending": [[tick, [list(o) for o in owners], signal] for tick, owners, signal in self._pending],
+            "rows": pack_rows(self.rows),
+            "signal_rows": pack_rows(self.signal_rows),
             "boundary": self._boundary, "torch_rng": torch.get_rng_state(), "world": self.world.state_dict(),
         }
 
@@ -172,7 +192,7 @@ class Trainer:
         self.cursors = {name: Cursor(**c) for name, c in state["cursors"].items()}
         self.steps_done, self.rollouts_done = dict(state["steps_done"]), dict(state["rollouts_done"])
         self.rows = unpack_rows(state["rows"])
-        self._pending = [(tick, [tuple(o) for o in owners], signal) for tick, owners, signal in state["pending"]]
+        self.signal_rows = unpack_rows(state["signal_rows"])
         self._boundary = state["boundary"]
         torch.set_rng_state(state["torch_rng"])
         self.world.load_state_dict(state["world"])
@@ -341,18 +361,29 @@ class Trainer:
         if outputs:
             self.gap.accuracy(method, outputs, step, final=True)
 
-    def _log(self, method: str, step: int, branch: str, pair: str, metric: str, value: float) -> None:
-        self.rows.append(dict(run=self.run, method=method, seed=self.seed, step=step, branch=branch,
-                              pair=pair, metric=metric, value=value))
+    def _row(self, method: str, step: int, branch: str, pair: str, metric: str, value: float) -> dict:
+        return dict(run=self.run, method=method, seed=self.seed, step=step, branch=branch, pair=pair, metric=metric,
+                    value=value)
 
-    def _flush(self) -> None:
+    def _log(self, method: str, step: int, branch: str, pair: str, metric: str, value: float) -> None:
+        self.rows.append(self._row(method, step, branch, pair, metric, value))
+
+    def _drain(self) -> None:
+        """Pending per-row training signals become rows (one sync), kept apart so the row order does
+        not depend on when this happens (at checkpoints and at the end)."""
         per_request = self.cfg.grpo.prompts_per_step * self.cfg.grpo.group_size
         for tick, owners, signal in self._pending:
             for method, branch, _ in owners:
                 self.rollouts_done[f"{method}/{branch}"] += per_request
             for (method, branch, edge), value in zip(owners, signal.tolist()):
-                self._log(method, tick, branch, edge, "opd_reverse_kl" if edge else "train_reward", value)
+                self.signal_rows.append(self._row(method, tick, branch, edge,
+                                                  "opd_reverse_kl" if edge else "train_reward", value))
         self._pending.clear()
+
+    def _flush(self) -> None:
+        self._drain()
+        self.rows += self.signal_rows
+        self.signal_rows = []
         for key, steps in self.steps_done.items():
             method, branch = key.split("/", 1)
             self._log(method, -1, branch, "", "steps", float(steps))
