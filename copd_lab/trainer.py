@@ -5,6 +5,9 @@ recipes it requires have finished (static OPD and MOPD start from the experts), 
 world gets the requests of all training branches at once. For CoPD a tick in Phase I gives each
 branch k one GRPO batch on D_k; a tick in Phase II gives it the same GRPO batch plus one OPD batch per
 neighbour j on D_j prompts, graded by j, all joined in one update of θ_k (COPD_NOTES.md 1.3).
+
+With a checkpoint file the loop saves its whole state every `checkpoint_every` ticks (checkpoint.py)
+and can continue from it with the same rows; a NaN or inf loss stops it before the bad update.
 """
 
 from __future__ import annotations
@@ -132,8 +135,9 @@ class Trainer:
     def run_all(self, resume: dict | None = None) -> list[dict]:
         """Train every recipe to its end, evaluate its outputs, return the tidy rows.
 
-        resume: a checkpoint's state (see `state_dict`) to continue from instead of starting afresh;
-        on CPU the rows come out identical to those of an uninterrupted run.
+        resume: an unfinished checkpoint's state (see `state_dict`) to continue from instead of starting
+        afresh; on CPU the rows come out identical to those of an uninterrupted run. (A finished one
+        already holds every row: see experiment.run_comparison.)
         """
         self.world.reset(len(self.slots), self.seed)
         if resume is None:
@@ -164,6 +168,8 @@ class Trainer:
             self._save(total, done=True)
         return self.rows
 
+    # ------------------------------------------------------------------ checkpoints
+
     def _save(self, tick: int, done: bool = False) -> None:
         """Checkpoint after `tick`, unless the weights went non-finite (a finite loss can still overflow)."""
         state = self.state_dict(tick + 1, done)
@@ -172,8 +178,6 @@ class Trainer:
             raise NonFiniteError(f"the world state {bad} holds NaN or inf after tick {tick} (seed {self.seed}): "
                                  f"training stopped and {self._kept()}. {self._advice()}")
         save_checkpoint(self.checkpoint, state)
-
-    # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self, next_tick: int, done: bool = False) -> dict:
         """Everything needed to continue at `next_tick`, as plain data (loads with weights_only=True)."""
