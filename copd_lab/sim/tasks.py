@@ -47,13 +47,18 @@ class SimTasks:
         shared = torch.zeros(s, dtype=torch.bool)
         shared[order[: round(cfg.shared_skill * s)]] = True
         targets = torch.where(shared[None, :, None], common[None], private)
-        return cls(targets, shared, q, cfg.patterns)
+        tasks = cls(targets, shared, q, cfg.patterns)
+        object.__setattr__(tasks, "_answers", tasks.answer_tokens)  # cached for the hot path
+        return tasks
+
+    @property
+    def answer_tokens(self) -> torch.Tensor:
+        """[D, S, M, T] the token sequence of every answer in every pattern (m*Q + digit)."""
+        blocks = torch.arange(self.patterns).view(1, 1, -1, 1) * self.digits
+        return self.targets[:, :, None] + blocks
 
     def score(self, domain: torch.Tensor, content: torch.Tensor, tokens: torch.Tensor):
         """Rewards and correctness [...] of responses tokens [..., T] to prompts (domain, content)."""
-        answer = self.targets[domain, content]  # [..., T]
-        block, digit = tokens // self.digits, tokens % self.digits
-        pattern = torch.arange(self.patterns).view(*([1] * domain.dim()), -1, 1)  # [..., M, 1]
-        hits = (block.unsqueeze(-2) == pattern) & (digit == answer).unsqueeze(-2)  # [..., M, T]
+        hits = tokens.unsqueeze(-2) == self._answers[domain, content]  # [..., M, T]
         reward = hits.float().mean(-1).amax(-1)
         return reward, (reward == 1.0).float()

@@ -51,7 +51,6 @@ class SimWorld:
             total += size
         self.n_params = total
         self._patterns: dict[tuple, torch.Tensor] = {}
-        self._table: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ---------------------------------------------------------------- slots and optimizer
 
@@ -62,10 +61,8 @@ class SimWorld:
         self.m = torch.zeros_like(self.flat, requires_grad=False)
         self.v = torch.zeros_like(self.m)
         self.t = torch.zeros(n_slots, 1)
-        self._table = None
 
     def copy(self, src: int, dst: int) -> None:
-        self._table = None
         with torch.no_grad():
             self.flat[dst] = self.flat[src]
             self.m[dst], self.v[dst], self.t[dst] = 0.0, 0.0, 0.0
@@ -74,7 +71,6 @@ class SimWorld:
         return {n: row[a:b].view(self.shapes[n]) for n, (a, b) in self.offsets.items()}
 
     def merge(self, sources: list[int], dst: int, spec: MergeConfig) -> None:
-        self._table = None
         with torch.no_grad():
             experts = [self._named(self.flat[s].detach()) for s in sources]
             merged = merge_state_dicts(experts, self._named(self.flat[0].detach()), spec.method,
@@ -83,20 +79,18 @@ class SimWorld:
             self.m[dst], self.v[dst], self.t[dst] = 0.0, 0.0, 0.0
 
     def step(self, loss: torch.Tensor, slots: list[int]) -> None:
-        """One masked Adam step on the slots that trained (the others keep weights and moments)."""
+        """One Adam step on the slots that trained; the others keep weights and moments untouched."""
         loss.backward()
         with torch.no_grad():
-            mask = torch.zeros(self.flat.shape[0], 1)
-            mask[sorted(set(slots))] = 1.0
-            g, (b1, b2) = self.flat.grad, self.betas
-            self.m.add_(mask * (1 - b1) * (g - self.m))
-            self.v.add_(mask * (1 - b2) * (g * g - self.v))
-            self.t.add_(mask)
-            c1 = (1 - b1 ** self.t).clamp(min=1e-12)
-            c2 = (1 - b2 ** self.t).clamp(min=1e-12)
-            self.flat.sub_(mask * self.lr * (self.m / c1) / ((self.v / c2).sqrt() + self.eps))
+            rows = torch.tensor(sorted(set(slots)))
+            g, (b1, b2) = self.flat.grad[rows], self.betas
+            m = self.m[rows].lerp_(g, 1 - b1)
+            v = self.v[rows].mul_(b2).addcmul_(g, g, value=1 - b2)
+            t = self.t[rows] + 1
+            update = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt_() + self.eps)
+            self.flat.index_add_(0, rows, update, alpha=-self.lr)
+            self.m[rows], self.v[rows], self.t[rows] = m, v, t
         self.flat.grad = None
-        self._table = None
 
     def flat_weights(self, slots: list[int]) -> torch.Tensor:
         return self.flat.detach()[slots]
@@ -114,28 +108,31 @@ class SimWorld:
         self.m, self.v, self.t = state["m"].clone(), state["v"].clone(), state["t"].clone()
         self.gen = torch.Generator()
         self.gen.set_state(state["gen"])
-        self._table = None
 
     # ---------------------------------------------------------------- the policy
 
-    def _tables(self, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every slot's prompt logits [slots, D, S, T, V] and bigram [slots, V+1, V].
+    def _logit_tables(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt logits [k, D, S, T, V] and bigram [k, V+1, V] of the slots in `rows` (a [k, P] view).
 
         The hidden part of the policy depends only on (d, s, t), so one small batched matmul per weight
-        version serves sampling, teacher scoring and the training forward of a tick (rollouts share it).
+        version serves every rollout of a tick: sampling, teacher scoring and the training forward.
         """
-        if self._table is None or (grad and not self._table[0].requires_grad):
-            flat = self.flat if grad else self.flat.detach()
-            n = flat.shape[0]
-            sizes = [b - a for a, b in self.offsets.values()]  # split: its backward is one cat
-            p = {name: part.view(n, *self.shapes[name]) for name, part in zip(self.shapes, flat.split(sizes, 1))}
-            pre = p["content"][:, None] + p["domain"][:, :, None, None]  # [slots, D, S, T, H]
-            d, s, t, h = pre.shape[1:]
-            hidden = torch.nn.functional.hardtanh(pre).view(n, d * s * t, h)  # tanh is 3x slower on CPU
-            logits = torch.baddbmm(p["out_bias"][:, None], hidden, p["out_weight"]).view(n, d, s, t, -1)
-            self._table = (logits, p["bigram"])
-        logits, bigram = self._table
-        return (logits, bigram) if grad else (logits.detach(), bigram.detach())
+        n = rows.shape[0]
+        sizes = [b - a for a, b in self.offsets.values()]  # split: its backward is one cat
+        p = {name: part.view(n, *self.shapes[name]) for name, part in zip(self.shapes, rows.split(sizes, 1))}
+        pre = p["content"][:, None] + p["domain"][:, :, None, None]  # [k, D, S, T, H]
+        d, s, t, h = pre.shape[1:]
+        hidden = torch.nn.functional.hardtanh(pre).view(n, d * s * t, h)  # tanh is 3x slower on CPU
+        logits = torch.baddbmm(p["out_bias"][:, None], hidden, p["out_weight"]).view(n, d, s, t, -1)
+        return logits, p["bigram"]
+
+    def _tables(self, slots: list[int], grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The tables of the distinct slots asked for, and each slot's row in them (work scales with the
+        slots in use, not with all the slots of the run)."""
+        unique = sorted(set(slots))
+        where = {s: i for i, s in enumerate(unique)}
+        flat = self.flat if grad else self.flat.detach()
+        return (*self._logit_tables(flat[unique]), torch.tensor([where[s] for s in slots]))
 
     def _prompt_layout(self, requests: list[Request], prompts: int, group: int, every: bool) -> torch.Tensor:
         """[R, N] domain of each rollout: pooled domains split evenly over a request's prompts."""
@@ -164,34 +161,32 @@ class SimWorld:
             content = torch.randint(self.cfg.prompts_per_domain, (n_rows, prompts), generator=self.gen)
             content = content.repeat_interleave(group, dim=1)
         v = self.vocab_size
-        # built with grad when the caller may train on this batch next: the tick's one table
-        table, bigram = (x.detach() for x in self._tables(grad=torch.is_grad_enabled()))
         with torch.no_grad():
-            slots = torch.tensor([r.slot for r in requests])[:, None]
-            hidden = table[slots, domain, content]  # [R, N, T, V]
-            bigram = bigram[slots[:, 0]]  # [R, V+1, V]
+            table, bigram, index = self._tables([r.slot for r in requests], grad=False)
+            hidden = table[index[:, None], domain, content]  # [R, N, T, V]
+            bigram = bigram[index]  # [R, V+1, V]
             rows = torch.arange(n_rows)[:, None]
             prev = torch.full((n_rows, n), v, dtype=torch.long)
-            tokens, logps = [], []
-            uniform = torch.rand((self.cfg.answer_len, n_rows, n, 1), generator=self.gen)
+            if temperature != 1.0:
+                hidden = hidden / temperature
+            # Gumbel-max sampling: argmax(logits/τ + g) is a draw from softmax(logits/τ)
+            shape = (self.cfg.answer_len, n_rows, n, v)
+            noise = torch.zeros(shape) if greedy else -torch.rand(shape, generator=self.gen).log_().neg_().log_()
+            tokens, logits = [], []
             for t in range(self.cfg.answer_len):
-                logits = hidden[:, :, t] + bigram[rows, prev]
-                logp = (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
-                if greedy:
-                    prev = logp.argmax(-1)
-                else:  # inverse-CDF sampling: one uniform per token (multinomial is far slower on CPU)
-                    cdf = logp.exp().cumsum(-1)
-                    prev = torch.searchsorted(cdf, uniform[t]).squeeze(-1).clamp_(max=v - 1)
+                step_logits = hidden[:, :, t] + bigram[rows, prev] / temperature
+                prev = (step_logits + noise[t]).argmax(-1)
                 tokens.append(prev)
-                logps.append(logp.gather(-1, prev[..., None]).squeeze(-1))
+                logits.append(step_logits)
             tokens = torch.stack(tokens, -1)
+            logps = torch.stack(logits, 2).log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
             reward, correct = self.tasks.score(domain, content, tokens)
-        return Batch(list(requests), domain, tokens, torch.ones(tokens.shape), reward, correct,
-                     torch.stack(logps, -1), SimPayload(content, temperature))
+        return Batch(list(requests), domain, tokens, torch.ones(tokens.shape), reward, correct, logps,
+                     SimPayload(content, temperature))
 
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
-        table, bigram = self._tables(grad)
-        index = torch.tensor([max(s, 0) for s in slots])[:, None, None]
+        table, bigram, index = self._tables([max(s, 0) for s in slots], grad)
+        index = index[:, None, None]
         v = self.vocab_size
         prev = torch.cat([torch.full_like(batch.tokens[..., :1], v), batch.tokens[..., :-1]], -1)
         logits = table[index[..., 0], batch.domain, batch.payload.content] + bigram[index, prev]
