@@ -190,7 +190,8 @@ class MetricsConfig:
     """What is measured and how often (DESIGN.md section 4)."""
 
     topk: int = 10  # k of the top-k overlap O_k (paper: 10)
-    gap_every: int = 20  # ticks between behavioural-gap measurements (also taken at every phase end)
+    gap_every: int = 20  # ticks between behavioural-gap measurements
+    gap_at_phase_end: bool = True  # also measure the gap at every phase end (the saw-tooth's corners)
     eval_every: int = 100  # ticks between per-domain accuracy evaluations during training
     eval_samples: int = 8  # sampled completions per eval prompt for sampled pass@1
     score: str = "acc_sampled"  # metric in the results table: acc_sampled | acc_greedy | reward

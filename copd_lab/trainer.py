@@ -253,7 +253,7 @@ class Trainer:
                                             teacher=self.teacher_slot(recipe, edge), beta=edge.beta))
                     owners.append((recipe.name, name, edge.label))
         cur.tick += 1
-        if cur.tick == stage.steps and len(recipe.branches) > 1:
+        if cur.tick == stage.steps and len(recipe.branches) > 1 and self.cfg.metrics.gap_at_phase_end:
             self._boundary = True  # the gap is measured at every phase end: the saw-tooth's corners
         for key in list(cur.windows):
             cur.windows[key] -= 1
