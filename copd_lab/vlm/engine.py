@@ -1,8 +1,17 @@
-"""The rollout engine: the one seam between the VLM world and whatever generates completions.
+"""Rollout engines: the one seam between the VLM world and whatever generates completions.
 
-The world prepares model inputs (prompt ids and precomputed vision features, one row per rollout)
-and activates the adapter; an engine turns them into completion ids. `HFGenerateEngine` calls
-transformers' `generate`; a vLLM engine (multi-LoRA serving) can implement the same protocol later.
+The world hands an engine a batch's distinct prompts (ids and precomputed vision features), one adapter
+name per prompt and the group size G; the engine returns G completions per prompt and the log-prob of
+each sampled token under the distribution it was drawn from (temperature applied, vision placeholders
+suppressed), so the world needs no extra forward for GRPO's π_old. Both engines sample with torch's
+global RNG (the world seeds it per call) and run the rows of all adapters in one batch (peft's
+mixed-adapter batches).
+
+* `CachedEngine` (default): each prompt is run once and its KV cache copied to its G rollouts
+  (decoding.py), then a plain sampling loop over all rows.
+* `HFGenerateEngine`: transformers' `generate` on one row per rollout (the prompt prefill repeated G
+  times): the reference the cached engine is tested against, and the baseline in benchmarks/vlm_speed.py.
+A vLLM engine (multi-LoRA serving, GPU only) would implement the same `generate`.
 """
 
 from __future__ import annotations
@@ -11,28 +20,63 @@ from typing import Protocol
 
 import torch
 
+from copd_lab.vlm.decoding import extend, prefill, sampling_logprobs
+from copd_lab.vlm.prompts import PromptSet
+
 
 class RolloutEngine(Protocol):
-    def generate(self, model, inputs: dict, *, adapter: str | None, temperature: float, greedy: bool,
-                 max_new_tokens: int) -> torch.Tensor:
-        """[B, T] completion ids of the B input rows under `adapter` (None = the base), padded after EOS."""
+    def generate(self, model, hf_model, prompts: PromptSet, adapters: list[str], group: int, *,
+                 temperature: float, greedy: bool, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """([P*G, T] completion ids, padded after EOS; [P*G, T] their sampling log-probs), rollout n of
+        prompt n // G, under adapters[n // G]. model is the peft model, hf_model the model it wraps."""
 
 
-class HFGenerateEngine:
-    """transformers `generate` with pure sampling (no top-k/top-p), so the policy's log-probs are those
-    of the distribution sampled; `suppress` ids (vision placeholders) are never sampled.
-
-    The caller has already activated `adapter` on `model`; an engine that serves several adapters
-    at once (vLLM) would use the name instead.
-    """
+class _Sampling:
+    """What both engines share: the ids never to sample (vision placeholders), EOS and pad."""
 
     def __init__(self, suppress: list[int], eos: list[int], pad: int):
         self.suppress, self.eos, self.pad = suppress, eos, pad
 
-    def generate(self, model, inputs: dict, *, adapter: str | None, temperature: float, greedy: bool,
-                 max_new_tokens: int) -> torch.Tensor:
-        sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
-                                                              top_k=0, top_p=1.0)
-        out = model.generate(**inputs, **sampling, max_new_tokens=max_new_tokens,
-                             suppress_tokens=self.suppress, eos_token_id=self.eos, pad_token_id=self.pad)
-        return out[:, inputs["input_ids"].shape[1]:]
+    def log_distribution(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        return sampling_logprobs(logits, torch.tensor(self.suppress, device=logits.device), temperature)
+
+
+class CachedEngine(_Sampling):
+    """Prefill each distinct prompt once, expand its KV cache to the group, sample token by token."""
+
+    def generate(self, model, hf_model, prompts: PromptSet, adapters: list[str], group: int, *,
+                 temperature: float, greedy: bool, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix = prefill(model, hf_model, prompts, adapters, group)
+        row_adapters = [name for name in adapters for _ in range(group)]
+        eos = torch.tensor(self.eos, device=prefix.logits.device)
+        done = torch.zeros(prefix.logits.shape[0], dtype=torch.bool, device=eos.device)
+        tokens, logprobs = [], []
+        for step in range(max_new_tokens):
+            logp = self.log_distribution(prefix.logits, temperature)
+            token = logp.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1).squeeze(-1)
+            token = token.masked_fill(done, self.pad)
+            tokens.append(token)
+            logprobs.append(logp.gather(-1, token[:, None]).squeeze(-1))
+            done |= torch.isin(token, eos)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            extend(model, prefix, token[:, None], row_adapters)
+        return torch.stack(tokens, 1), torch.stack(logprobs, 1)
+
+
+class HFGenerateEngine(_Sampling):
+    """transformers `generate` with pure sampling (no top-k/top-p) on one row per rollout."""
+
+    def generate(self, model, hf_model, prompts: PromptSet, adapters: list[str], group: int, *,
+                 temperature: float, greedy: bool, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = prompts.select([i for i in range(prompts.input_ids.shape[0]) for _ in range(group)])
+        inputs = rows.inputs()
+        sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0,
+                                                              top_p=1.0)
+        out = model.generate(**inputs, **sampling, max_new_tokens=max_new_tokens, suppress_tokens=self.suppress,
+                             eos_token_id=self.eos, pad_token_id=self.pad, output_logits=True,
+                             return_dict_in_generate=True,
+                             adapter_names=[name for name in adapters for _ in range(group)])
+        ids = out.sequences[:, inputs["input_ids"].shape[1]:]
+        logp = self.log_distribution(torch.stack(out.logits, 1), temperature)
+        return ids, logp.gather(-1, ids[..., None]).squeeze(-1)

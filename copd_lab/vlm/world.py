@@ -4,100 +4,26 @@ Slot 0 is the base (adapters disabled); slot i > 0 is the adapter "slot{i}". Mem
 K small adapters. Every slot has its own AdamW over its adapter's A and B.
 
 Work shared by a group's rollouts is done once per prompt: the vision tower (frozen, no adapters) runs
-once per prompt at sampling time, and its features travel in the batch's payload, so generation and
-every later re-scoring, under any adapter, reuse them (transformers' `mm_encoder_outputs`). Generation
-runs every prompt's rows (one per rollout) in one `generate` call per adapter; the text prefill is still
-repeated per rollout (a prefill-once, expand-the-KV-cache engine can replace HFGenerateEngine).
-Re-scoring is one forward of prompt + completion per adapter: the rows of all requests that use the
-same slot are padded into one batch, so each adapter is activated once per call.
+once per prompt when the prompts are encoded (prompts.py), and the text prompt runs once per prompt and
+adapter, its KV cache copied to the group's rollouts (decoding.py), both when sampling and when scoring.
+The rows of all requests of a call run in one batch whatever their slots (peft's mixed-adapter batches),
+so the branches and teachers of a tick share one forward instead of one per adapter.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from peft import PeftModel, get_peft_model
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from copd_lab.config import MergeConfig
 from copd_lab.policy import Batch, Request
 from copd_lab.tasks import TaskSuite, is_correct
 from copd_lab.vlm.adapters import LoraSettings, peft_merge_args
-from copd_lab.vlm.engine import HFGenerateEngine, RolloutEngine
-from copd_lab.vlm.processing import (
-    completion_mask,
-    extend_for_completion,
-    placeholder_token_ids,
-    prepare_batch,
-)
-
-VISUALS = ("image", "video")
-
-
-@dataclass
-class PromptSet:
-    """Prompt rows ready for the model: left-padded ids and, per row, its precomputed vision features."""
-
-    input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
-    mm_token_type_ids: torch.Tensor  # [B, L]
-    grids: dict[str, list[torch.Tensor]]  # "image"/"video" -> per row, [items, 3] grid_thw
-    features: dict[str, list[tuple[torch.Tensor, ...]]]  # per row, one feature tensor per item
-
-    def select(self, rows: list[int]) -> PromptSet:
-        """These rows (repeats allowed: a group's rollouts share one prompt's features)."""
-        index = torch.tensor(rows, dtype=torch.long, device=self.input_ids.device)
-        return PromptSet(self.input_ids[index], self.attention_mask[index], self.mm_token_type_ids[index],
-                         {k: [v[i] for i in rows] for k, v in self.grids.items()},
-                         {k: [v[i] for i in rows] for k, v in self.features.items()})
-
-    @staticmethod
-    def cat(sets: list[PromptSet], pad_id: int) -> PromptSet:
-        """Rows of all sets, left-padded to the longest prompt."""
-        length = max(s.input_ids.shape[1] for s in sets)
-
-        def pad(t: torch.Tensor, value: int) -> torch.Tensor:
-            return torch.nn.functional.pad(t, (length - t.shape[1], 0), value=value)
-
-        return PromptSet(torch.cat([pad(s.input_ids, pad_id) for s in sets]),
-                         torch.cat([pad(s.attention_mask, 0) for s in sets]),
-                         torch.cat([pad(s.mm_token_type_ids, 0) for s in sets]),
-                         {k: [g for s in sets for g in s.grids[k]] for k in VISUALS},
-                         {k: [f for s in sets for f in s.features[k]] for k in VISUALS})
-
-    def inputs(self) -> dict:
-        """Model kwargs; vision enters as `mm_encoder_outputs`, so the vision tower does not run again."""
-        out = dict(input_ids=self.input_ids, attention_mask=self.attention_mask,
-                   mm_token_type_ids=self.mm_token_type_ids)
-        encoded = {}
-        for kind in VISUALS:
-            features = [f for row in self.features[kind] for f in row]
-            if features:
-                out[f"{kind}_grid_thw"] = torch.cat([g for g in self.grids[kind] if len(g)])
-                encoded[kind] = BaseModelOutputWithPooling(pooler_output=tuple(features))
-        if encoded:
-            out["mm_encoder_outputs"] = encoded
-        return out
-
-
-@dataclass
-class VLMPayload:
-    """What re-scoring needs: each request's distinct prompts, the group size and the temperature."""
-
-    prompts: list[PromptSet]  # per request, its P distinct prompts (rollout n uses prompt n // group)
-    group: int
-    temperature: float
-
-    def take(self, rows: list[int]) -> VLMPayload:
-        return VLMPayload([self.prompts[i] for i in rows], self.group, self.temperature)
-
-    def expanded(self, r: int) -> PromptSet:
-        """Request r's prompts, one row per rollout."""
-        p = self.prompts[r]
-        return p.select([i for i in range(p.input_ids.shape[0]) for _ in range(self.group)])
+from copd_lab.vlm.decoding import BASE_ADAPTER, completion_logits, sampling_logprobs
+from copd_lab.vlm.engine import CachedEngine, RolloutEngine
+from copd_lab.vlm.processing import completion_mask, placeholder_token_ids, prepare_batch
+from copd_lab.vlm.prompts import VISUALS, PromptSet, VLMPayload
 
 
 class VLMWorld:
@@ -116,7 +42,7 @@ class VLMWorld:
         eval_prompts: cap on the eval prompts per domain that every_prompt uses (64; all domains use
             the same count, min over suites, so every request of an evaluation has the same N).
         experts: "lora" only; full-weight experts per slot are not implemented in this world.
-        engine: the rollout engine (HFGenerateEngine by default).
+        engine: the rollout engine (CachedEngine by default; see engine.py).
         """
         if experts != "lora":
             raise ValueError(f"experts = {experts!r} is not allowed: only 'lora' is implemented in VLMWorld")
@@ -135,7 +61,7 @@ class VLMWorld:
         self.pad_id = pad if pad is not None else self.tokenizer.pad_token_id
         self.placeholders = placeholder_token_ids(processor)
         self._placeholder_index = torch.tensor(self.placeholders, dtype=torch.long, device=self.device)
-        self.engine = engine or HFGenerateEngine(self.placeholders, self.eos, self.pad_id)
+        self.engine = engine or CachedEngine(self.placeholders, self.eos, self.pad_id)
         model = model.to(self.device, dtype).eval()
         self.hf_model = model
         self.peft: PeftModel = get_peft_model(model, self.lora.peft_config(), adapter_name="slot1",
@@ -168,6 +94,15 @@ class VLMWorld:
         if config is not None:
             self.peft.delete_adapter(name)
         self.peft.add_adapter(name, self.lora.peft_config(r, alpha))
+        self._unfreeze()
+
+    def _unfreeze(self) -> None:
+        """Every adapter trainable: peft freezes the inactive ones when adapters are added or removed, but
+        slots are chosen per row (`adapter_names`), never by activating one adapter."""
+        for layer in self._layers():
+            for part in (layer.lora_A, layer.lora_B):
+                for module in part.values():
+                    module.weight.requires_grad_(True)
 
     def reset(self, n_slots: int, seed: int) -> None:
         self.gen = torch.Generator().manual_seed(seed)
@@ -202,8 +137,6 @@ class VLMWorld:
         with torch.no_grad():
             for target, value in zip(self._params(dst), values):
                 target.copy_(value) if value is not None else target.zero_()
-        for p in self._params(dst):
-            p.requires_grad_(True)
         self._new_optimizer(dst)
 
     def merge(self, sources: list[int], dst: int, spec: MergeConfig) -> None:
@@ -223,8 +156,7 @@ class VLMWorld:
                 for part in ("lora_A", "lora_B"):
                     getattr(layer, part)[f"slot{dst}"].weight.copy_(getattr(layer, part)[scratch].weight)
         self.peft.delete_adapter(scratch)
-        for p in self._params(dst):
-            p.requires_grad_(True)
+        self._unfreeze()
         self._new_optimizer(dst)
 
     def step(self, loss: torch.Tensor, slots: list[int]) -> None:
@@ -283,29 +215,10 @@ class VLMWorld:
             with torch.no_grad():
                 for p, value in zip(self._params(slot), state["adapters"][slot]):
                     p.copy_(value)
-                    p.requires_grad_(True)
             self._new_optimizer(slot)
             self.optimizers[slot].load_state_dict(state["optimizers"][slot])
         self.gen.set_state(state["gen"])
         self.rng.bit_generator.state = state["rng"]
-
-    @contextmanager
-    def _use(self, slot: int):
-        """Run the model as `slot`: base with adapters disabled, else that adapter alone.
-
-        peft's set_adapter/disable_adapter freeze the inactive adapters; a summed loss may still flow
-        into adapters used earlier in this step, so every adapter is made trainable again after.
-        """
-        try:
-            if slot == 0:
-                with self.peft.disable_adapter():
-                    yield
-            else:
-                self.peft.set_adapter(f"slot{slot}")
-                yield
-        finally:
-            for p in self._all_params():
-                p.requires_grad_(True)
 
     # ---------------------------------------------------------------- prompts and rollouts
 
@@ -345,6 +258,9 @@ class VLMWorld:
                                features)
         return prompt_set, rows_as_dicts
 
+    def _adapter(self, slot: int) -> str:
+        return f"slot{slot}" if slot > 0 else BASE_ADAPTER
+
     def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
                greedy: bool = False, every_prompt: bool = False) -> Batch:
         split = "eval" if every_prompt else "train"
@@ -362,64 +278,45 @@ class VLMWorld:
             raise ValueError(f"requests of one sample() call must have the same number of rollouts, got "
                              f"{[len(d) for d in domains]}: with every_prompt, give each request as many domains")
         payload = VLMPayload(encoded, group, temperature)
-        completions = [None] * len(requests)
-        for slot in dict.fromkeys(r.slot for r in requests):  # one generate call per adapter
-            rows = [i for i, r in enumerate(requests) if r.slot == slot]
-            inputs = PromptSet.cat([payload.expanded(i) for i in rows], self.pad_id).inputs()
-            rng_devices = [self.device] if self.device.type == "cuda" else []
-            with self._use(slot), torch.random.fork_rng(devices=rng_devices):
-                torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.gen)))
-                ids = self.engine.generate(self.peft, inputs, adapter=f"slot{slot}" if slot else None,
-                                           temperature=temperature, greedy=greedy,
-                                           max_new_tokens=self.max_new_tokens)
-            mask = completion_mask(ids, self.eos)  # before padding across calls: pad is an EOS id
-            for k, i in enumerate(rows):
-                n = domains[i].numel()
-                completions[i] = (ids[k * n:(k + 1) * n].cpu(), mask[k * n:(k + 1) * n].cpu())
-        length = max(ids.shape[1] for ids, _ in completions)
-        tokens = torch.stack([torch.nn.functional.pad(ids, (0, length - ids.shape[1]), value=self.pad_id)
-                              for ids, _ in completions])
-        mask = torch.stack([torch.nn.functional.pad(m, (0, length - m.shape[1])) for _, m in completions])
-        mask = mask.float()
+        adapters = [self._adapter(r.slot) for r, p in zip(requests, encoded) for _ in range(p.input_ids.shape[0])]
+        rng_devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.gen)))
+            ids, logprobs = self.engine.generate(self.peft, self.hf_model, PromptSet.cat(encoded, self.pad_id),
+                                                 adapters, group, temperature=temperature, greedy=greedy,
+                                                 max_new_tokens=self.max_new_tokens)
+        shape = (len(requests), domains[0].numel(), ids.shape[1])
+        tokens = ids.cpu().view(shape)
+        mask = completion_mask(tokens, self.eos).float()
         kept = [t[m.bool()] for t, m in zip(tokens.flatten(0, 1), mask.flatten(0, 1))]
         texts = self.tokenizer.batch_decode(kept, skip_special_tokens=True)
         rewards = [self.suites[d].verifier(text, row) for text, (d, row) in zip(texts, data_rows)]
         correct = [float(is_correct(text, row)) for text, (_, row) in zip(texts, data_rows)]
-        shape = tokens.shape[:2]
-        batch = Batch(list(requests), torch.stack(domains), tokens, mask, torch.tensor(rewards).view(shape),
-                      torch.tensor(correct).view(shape), torch.zeros(tokens.shape), payload)
-        batch.sample_logprobs = self.token_logprobs(batch, [r.slot for r in requests], grad=False)
-        return batch
+        return Batch(list(requests), torch.stack(domains), tokens, mask, torch.tensor(rewards).view(shape[:2]),
+                     torch.tensor(correct).view(shape[:2]), logprobs.cpu().view(shape) * mask, payload)
 
     # ---------------------------------------------------------------- scoring
 
     def _score(self, batch: Batch, slots: list[int], grad: bool, full: bool) -> torch.Tensor:
-        """Log-probs along the rollouts under slots[r]: one prompt+completion forward per distinct slot."""
+        """Log-probs along the rollouts under slots[r]: all rows in one forward, each prompt run once."""
         r_, n_, t_ = batch.tokens.shape
-        out = None
-        for slot in dict.fromkeys(s for s in slots if s >= 0):
-            rows = [i for i, s in enumerate(slots) if s == slot]
-            prompt = PromptSet.cat([batch.payload.expanded(i) for i in rows], self.pad_id)
-            completion = batch.tokens[rows].flatten(0, 1).to(self.device)
-            mask = batch.mask[rows].flatten(0, 1).long().to(self.device)
-            inputs = extend_for_completion(prompt.inputs(), completion, mask)
-            length = prompt.input_ids.shape[1]
-            with self._use(slot), torch.set_grad_enabled(grad):
-                logits = self.peft(**inputs).logits[:, length - 1:-1].float()
-                # the distribution that was sampled from: placeholders were suppressed
-                logits = logits.index_fill(-1, self._placeholder_index, -float("inf"))
-                logp = (logits / batch.payload.temperature).log_softmax(-1)
-                if not full:
-                    logp = logp.gather(-1, completion[..., None]).squeeze(-1)
-            # batch tensors live on the CPU (the trainer builds its own tensors there)
-            logp = logp.view(len(rows), n_, t_, *logp.shape[2:]).cpu()
-            if out is None:
-                out = torch.zeros((r_, n_, t_) + tuple(logp.shape[3:]))
-            out = out.index_put((torch.tensor(rows),), logp)
-        if out is None:  # every slot was -1
-            vocab = self.hf_model.get_output_embeddings().out_features
-            out = torch.zeros((r_, n_, t_) + ((vocab,) if full else ()))
-        return out
+        rows = [i for i, s in enumerate(slots) if s >= 0]
+        vocab = self.hf_model.get_output_embeddings().out_features
+        out = torch.zeros((r_, n_, t_) + ((vocab,) if full else ()))
+        if not rows:  # every slot was -1
+            return out
+        payload = batch.payload
+        prompts = [payload.prompts[i] for i in rows]
+        adapters = [self._adapter(slots[i]) for i, p in zip(rows, prompts) for _ in range(p.input_ids.shape[0])]
+        completion = batch.tokens[rows].flatten(0, 1).to(self.device)
+        with torch.set_grad_enabled(grad):
+            logits = completion_logits(self.peft, self.hf_model, PromptSet.cat(prompts, self.pad_id), adapters,
+                                       payload.group, completion)
+            logp = sampling_logprobs(logits, self._placeholder_index, payload.temperature)
+            if not full:
+                logp = logp.gather(-1, completion[..., None]).squeeze(-1)
+        # batch tensors live on the CPU (the trainer builds its own tensors there)
+        return out.index_put((torch.tensor(rows),), logp.view(len(rows), n_, t_, *logp.shape[2:]).cpu())
 
     def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         return self._score(batch, slots, grad, full=False)
