@@ -27,6 +27,7 @@ from copd_lab.policy import Batch, Request
 from copd_lab.tasks import TaskSuite, is_correct
 from copd_lab.vlm.adapters import LoraSettings, peft_merge_args
 from copd_lab.vlm.engine import HFGenerateEngine, RolloutEngine
+from copd_lab.vlm.families import family_of
 from copd_lab.vlm.processing import (
     completion_mask,
     extend_for_completion,
@@ -34,24 +35,26 @@ from copd_lab.vlm.processing import (
     prepare_batch,
 )
 
-VISUALS = ("image", "video")
-
 
 @dataclass
 class PromptSet:
-    """Prompt rows ready for the model: left-padded ids and, per row, its precomputed vision features."""
+    """Prompt rows ready for the model: left-padded ids and, per row, its precomputed vision features.
+
+    Which per-token and per-item inputs there are is the model family's (copd_lab.vlm.families).
+    """
 
     input_ids: torch.Tensor  # [B, L]
     attention_mask: torch.Tensor  # [B, L]
-    mm_token_type_ids: torch.Tensor  # [B, L]
-    grids: dict[str, list[torch.Tensor]]  # "image"/"video" -> per row, [items, 3] grid_thw
-    features: dict[str, list[tuple[torch.Tensor, ...]]]  # per row, one feature tensor per item
+    token_inputs: dict[str, torch.Tensor]  # per-token inputs, [B, L] each (Qwen2-VL: mm_token_type_ids)
+    item_inputs: dict[str, list[torch.Tensor]]  # per row, one row per image/video (Qwen2-VL: image_grid_thw)
+    features: dict[str, list[tuple[torch.Tensor, ...]]]  # visual kind -> per row, one feature tensor per item
 
     def select(self, rows: list[int]) -> PromptSet:
         """These rows (repeats allowed: a group's rollouts share one prompt's features)."""
         index = torch.tensor(rows, dtype=torch.long, device=self.input_ids.device)
-        return PromptSet(self.input_ids[index], self.attention_mask[index], self.mm_token_type_ids[index],
-                         {k: [v[i] for i in rows] for k, v in self.grids.items()},
+        return PromptSet(self.input_ids[index], self.attention_mask[index],
+                         {k: v[index] for k, v in self.token_inputs.items()},
+                         {k: [v[i] for i in rows] for k, v in self.item_inputs.items()},
                          {k: [v[i] for i in rows] for k, v in self.features.items()})
 
     @staticmethod
@@ -62,22 +65,21 @@ class PromptSet:
         def pad(t: torch.Tensor, value: int) -> torch.Tensor:
             return torch.nn.functional.pad(t, (length - t.shape[1], 0), value=value)
 
+        first = sets[0]
         return PromptSet(torch.cat([pad(s.input_ids, pad_id) for s in sets]),
                          torch.cat([pad(s.attention_mask, 0) for s in sets]),
-                         torch.cat([pad(s.mm_token_type_ids, 0) for s in sets]),
-                         {k: [g for s in sets for g in s.grids[k]] for k in VISUALS},
-                         {k: [f for s in sets for f in s.features[k]] for k in VISUALS})
+                         {k: torch.cat([pad(s.token_inputs[k], 0) for s in sets]) for k in first.token_inputs},
+                         {k: [g for s in sets for g in s.item_inputs[k]] for k in first.item_inputs},
+                         {k: [f for s in sets for f in s.features[k]] for k in first.features})
 
     def inputs(self) -> dict:
         """Model kwargs; vision enters as `mm_encoder_outputs`, so the vision tower does not run again."""
-        out = dict(input_ids=self.input_ids, attention_mask=self.attention_mask,
-                   mm_token_type_ids=self.mm_token_type_ids)
-        encoded = {}
-        for kind in VISUALS:
-            features = [f for row in self.features[kind] for f in row]
-            if features:
-                out[f"{kind}_grid_thw"] = torch.cat([g for g in self.grids[kind] if len(g)])
-                encoded[kind] = BaseModelOutputWithPooling(pooler_output=tuple(features))
+        out = dict(input_ids=self.input_ids, attention_mask=self.attention_mask, **self.token_inputs)
+        for name, rows in self.item_inputs.items():
+            if any(len(r) for r in rows):
+                out[name] = torch.cat([r for r in rows if len(r)])
+        encoded = {kind: BaseModelOutputWithPooling(pooler_output=tuple(f for row in rows for f in row))
+                   for kind, rows in self.features.items() if any(rows)}
         if encoded:
             out["mm_encoder_outputs"] = encoded
         return out
@@ -101,7 +103,8 @@ class VLMPayload:
 
 
 class VLMWorld:
-    """A World (see copd_lab.policy) of LoRA experts on one HF VLM (Qwen2-VL family) and task suites."""
+    """A World (see copd_lab.policy) of LoRA experts on one HF VLM (a family in copd_lab.vlm.families)
+    and task suites."""
 
     def __init__(self, model, processor, suites: dict[str, TaskSuite], lora: LoraSettings | None = None,
                  max_new_tokens: int = 32, device: str = "cpu", lr: float = 1e-3, weight_decay: float = 0.0,
@@ -120,6 +123,9 @@ class VLMWorld:
         """
         if experts != "lora":
             raise ValueError(f"experts = {experts!r} is not allowed: only 'lora' is implemented in VLMWorld")
+        self.family = family_of(model)
+        for domain, suite in suites.items():
+            self.family.check_visual(suite.modality, domain)
         self.domains = tuple(suites)
         self.suites = [suites[d] for d in self.domains]
         self.lora = lora or LoraSettings()
@@ -323,26 +329,24 @@ class VLMWorld:
 
     def _encode(self, domain: int, rows: list[int], split: str) -> tuple[PromptSet, list[dict]]:
         """Model inputs of these rows of one domain, with vision features computed once per row."""
-        suite = self.suites[domain]
+        suite, family = self.suites[domain], self.family
         data = getattr(suite, split)[rows]
         rows_as_dicts = [{k: data[k][i] for k in data} for i in range(len(rows))]
         batch = prepare_batch(self.processor, data["prompt"], data["images"], suite.modality).to(self.device)
-        grids = {k: [torch.zeros(0, 3, dtype=torch.long, device=self.device)] * len(rows) for k in VISUALS}
-        features = {k: [()] * len(rows) for k in VISUALS}
+        none = torch.zeros(0, dtype=torch.long, device=self.device)
+        item_inputs = {name: [none] * len(rows) for names in family.item_inputs.values() for name in names}
+        features = {kind: [()] * len(rows) for kind in family.pixels}
         kind = suite.modality
-        if kind in VISUALS:
-            grid = batch[f"{kind}_grid_thw"]
-            encode = (self.hf_model.model.get_image_features if kind == "image"
-                      else self.hf_model.model.get_video_features)
+        if kind in family.pixels:
             with torch.no_grad():
-                pixels = batch["pixel_values" if kind == "image" else "pixel_values_videos"]
-                pooled = encode(pixels.to(self.hf_model.dtype), grid, return_dict=True).pooler_output
+                pooled, items = family.encode(self.hf_model, batch, kind)
             per_row = [len(im) if kind == "image" else 1 for im in data["images"]]
             starts = np.cumsum([0] + per_row)
-            grids[kind] = [grid[a:b] for a, b in zip(starts[:-1], starts[1:])]
-            features[kind] = [tuple(pooled[a:b]) for a, b in zip(starts[:-1], starts[1:])]
-        prompt_set = PromptSet(batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"], grids,
-                               features)
+            for name, value in items.items():
+                item_inputs[name] = [value[a:b] for a, b in zip(starts[:-1], starts[1:])]
+            features[kind] = [pooled[a:b] for a, b in zip(starts[:-1], starts[1:])]
+        prompt_set = PromptSet(batch["input_ids"], batch["attention_mask"],
+                               {name: batch[name] for name in family.token_inputs}, item_inputs, features)
         return prompt_set, rows_as_dicts
 
     def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
