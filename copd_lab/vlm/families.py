@@ -49,7 +49,8 @@ class Family:
         if kind in ("image", "video") and kind not in self.pixels:
             raise UnsupportedFamily(
                 f"domain {domain!r} is a {kind} suite, which the {self.name} family does not take in copd_lab "
-                f"(it takes {', '.join(self.pixels) or 'no'} input besides text): choose domains of those kinds")
+                f"(it takes text and {' and '.join(self.pixels)}): leave {domain!r} out of the domains, or use a "
+                f"model of a family that takes {kind}")
 
     def encode(self, model, batch: Mapping[str, torch.Tensor], kind: str
                ) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
