@@ -92,9 +92,8 @@ class Family:
         grids = {name: inputs[name] for names in self.item_inputs.values() for name in names if name in inputs}
         if not grids:  # text only: M-RoPE's three axes all carry the text positions
             return text[None].expand(3, -1, -1), zero
-        positions, delta = model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
-                                                      attention_mask=mask, **grids)
-        return positions, delta.to(torch.long)
+        return model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], attention_mask=mask,
+                                          **grids)
 
 
 FAMILIES = {
