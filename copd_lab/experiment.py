@@ -53,6 +53,7 @@ def make_world(cfg: ExperimentConfig) -> World:
 def _make_vlm_world(cfg: ExperimentConfig) -> World:
     from copd_lab.tasks import build_suites
     from copd_lab.vlm.adapters import LoraSettings
+    from copd_lab.vlm.families import UnsupportedFamily
     from copd_lab.vlm.model_io import load_vlm
     from copd_lab.vlm.world import VLMWorld
 
@@ -70,8 +71,11 @@ def _make_vlm_world(cfg: ExperimentConfig) -> World:
             f"{type(err).__name__}). Build the tiny one with `python -m tiny_models.build --out "
             f"tiny_models/qwen2vl-tiny`, or set vlm.model to a VLM folder or hub name") from None
     suites = build_suites(cfg.domains, v.n_train, v.n_eval, v.task_seed, v.difficulty)
-    return VLMWorld(model, processor, suites, LoraSettings(v.lora_r, v.lora_alpha), max_new_tokens=v.max_new_tokens,
-                    device=v.device, lr=v.lr, eval_prompts=v.n_eval)
+    try:
+        return VLMWorld(model, processor, suites, LoraSettings(v.lora_r, v.lora_alpha),
+                        max_new_tokens=v.max_new_tokens, device=v.device, lr=v.lr, eval_prompts=v.n_eval)
+    except UnsupportedFamily as err:
+        raise ConfigError(f"vlm.model = {v.model!r} with domains = {list(cfg.domains)} is not allowed: {err}") from None
 
 
 def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool = True, world: World | None = None,

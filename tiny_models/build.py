@@ -1,4 +1,4 @@
-"""Build a tiny but real Qwen2-VL checkpoint from scratch, with no hub access.
+"""Build a tiny but real Qwen2-VL (or Llava) checkpoint from scratch, with no hub access.
 
 Why a real architecture: the tiny model runs through exactly the code a user's Qwen2-VL would
 (`Qwen2VLForConditionalGeneration`, M-RoPE, the vision tower, `save_pretrained`/`from_pretrained`),
@@ -11,6 +11,10 @@ tokenizer, initialise the model at random (seeded) and save everything to one fo
 With `warm_steps` > 0 the model is then warm-started on the task suites (`warm_start.py`).
 
     python -m tiny_models.build --out tiny_models/qwen2vl-tiny
+
+A second architecture proves that copd_lab runs any supported family through the same code
+(copd_lab.vlm.families): `build_tiny_llava` makes a `LlavaForConditionalGeneration` (CLIP vision
+tower, Qwen2 text decoder) from the same tokenizer and chat template, with a PIL CLIP image processor.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    CLIPImageProcessorPil,
     GenerationConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
     PreTrainedTokenizerFast,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
@@ -77,7 +85,7 @@ sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eigh
 
 @dataclass(frozen=True)
 class TinySizes:
-    """Sizes of the tiny Qwen2-VL; the defaults give about 2M parameters."""
+    """Sizes of the tiny Qwen2-VL (about 2M parameters by default) or Llava (same text and vision widths)."""
 
     vocab_size: int = 1024  # BPE target: 256 bytes + merges + special/answer tokens
     hidden_size: int = 160  # text width; head_dim = hidden_size / num_attention_heads
@@ -88,7 +96,7 @@ class TinySizes:
     vision_embed_dim: int = 64  # width of the vision tower
     vision_depth: int = 2  # vision transformer blocks
     vision_num_heads: int = 4  # vision attention heads
-    patch_size: int = 4  # pixels per patch side; merge 2x2 patches -> one LLM token
+    patch_size: int = 4  # pixels per patch side; Qwen2-VL merges 2x2 patches -> one LLM token, Llava does not
     image_side: int = 32  # images and frames are resized to a budget of image_side**2 pixels
     max_position_embeddings: int = 2048  # longest prompt + completion
 
@@ -198,16 +206,70 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, sizes: TinySizes) -> Qwe
     return Qwen2VLProcessorNoTorchvision(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_tiny(
-    seed: int = 0, **sizes: int
-) -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLProcessorNoTorchvision]:
-    """The tiny Qwen2-VL, randomly initialised from `seed`, and its processor, in memory."""
+def build_llava_config(tokenizer: PreTrainedTokenizerFast, sizes: TinySizes) -> LlavaConfig:
+    """A LlavaConfig (CLIP vision tower, Qwen2 text decoder) whose token ids are the tokenizer's.
+
+    The image placeholder is Qwen's <|image_pad|>, so the same tokenizer and chat template serve;
+    one LLM token per patch (Llava has no patch merger) and the CLS token dropped ("default").
+    """
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    return LlavaConfig(
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=len(tokenizer),
+            hidden_size=sizes.hidden_size,
+            intermediate_size=sizes.intermediate_size,
+            num_hidden_layers=sizes.num_hidden_layers,
+            num_attention_heads=sizes.num_attention_heads,
+            num_key_value_heads=sizes.num_key_value_heads,
+            max_position_embeddings=sizes.max_position_embeddings,
+            bos_token_id=ids[PAD],
+            eos_token_id=ids[IM_END],
+            pad_token_id=ids[PAD],
+            tie_word_embeddings=True,
+        ),
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=sizes.vision_embed_dim,
+            intermediate_size=4 * sizes.vision_embed_dim,
+            num_hidden_layers=sizes.vision_depth,
+            num_attention_heads=sizes.vision_num_heads,
+            patch_size=sizes.patch_size,
+            image_size=sizes.image_side,
+        ),
+        image_token_index=ids[IMAGE_PAD],
+        image_seq_length=(sizes.image_side // sizes.patch_size) ** 2,
+        vision_feature_layer=-1,  # the last layer: with so few layers the penultimate is nearly the embedding
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=True,
+    )
+
+
+def build_llava_processor(tokenizer: PreTrainedTokenizerFast, sizes: TinySizes) -> LlavaProcessor:
+    """LlavaProcessor with a PIL CLIP image processor that keeps a 32x32 image at 32x32."""
+    side = sizes.image_side
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    return LlavaProcessor(image_processor, tokenizer, patch_size=sizes.patch_size,
+                          vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
+                          image_token=IMAGE_PAD, num_additional_image_tokens=1)  # CLIP's CLS
+
+
+ARCHITECTURES = {
+    "qwen2vl": (build_config, build_processor, Qwen2VLForConditionalGeneration),
+    "llava": (build_llava_config, build_llava_processor, LlavaForConditionalGeneration),
+}
+
+
+def build_tiny(seed: int = 0, arch: str = "qwen2vl", **sizes: int) -> tuple[object, object]:
+    """A tiny `arch` model ("qwen2vl" or "llava"), randomly initialised from `seed`, and its processor,
+    in memory."""
+    make_config, make_processor, model_class = ARCHITECTURES[arch]
     tiny = TinySizes(**sizes)
     tokenizer = build_tokenizer(tiny.vocab_size, seed)
-    processor = build_processor(tokenizer, tiny)
-    config = build_config(tokenizer, tiny)
+    processor = make_processor(tokenizer, tiny)
+    config = make_config(tokenizer, tiny)
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config)
+    model = model_class(config)
     text = config.text_config
     model.generation_config = GenerationConfig(
         bos_token_id=text.bos_token_id,
@@ -220,19 +282,29 @@ def build_tiny(
     return model, processor
 
 
-def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, warm_steps: int = 0, **sizes: int) -> Path:
-    """Build the tiny Qwen2-VL (see `build_tiny`), warm-start it for `warm_steps` steps (0: random
-    weights), and save model and processor to `out_dir`; return it."""
+def _save(model, processor, out_dir: str | Path) -> Path:
     out = Path(out_dir)
-    model, processor = build_tiny(seed, **sizes)
-    if warm_steps:
-        stats = warm_start(model, processor, warm_start_suites(seed), warm_steps, seed=seed)
-        print(f"warm start: loss {stats['first_loss']:.2f} -> {stats['last_loss']:.2f} in {stats['seconds']:.0f}s")
     model.save_pretrained(out)
     processor.save_pretrained(out)
     # The image processor also in its own preprocessor_config.json, where older loaders and vLLM look.
     processor.image_processor.save_pretrained(out)
     return out
+
+
+def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, warm_steps: int = 0, **sizes: int) -> Path:
+    """Build the tiny Qwen2-VL (see `build_tiny`), warm-start it for `warm_steps` steps (0: random
+    weights), and save model and processor to `out_dir`; return it."""
+    model, processor = build_tiny(seed, **sizes)
+    if warm_steps:
+        stats = warm_start(model, processor, warm_start_suites(seed), warm_steps, seed=seed)
+        print(f"warm start: loss {stats['first_loss']:.2f} -> {stats['last_loss']:.2f} in {stats['seconds']:.0f}s")
+    return _save(model, processor, out_dir)
+
+
+def build_tiny_llava(out_dir: str | Path, seed: int = 0, **sizes: int) -> Path:
+    """Build the tiny Llava (see `build_tiny`, random weights) and save model and processor to `out_dir`;
+    load it with copd_lab.vlm.model_io.load_vlm like any hub checkpoint."""
+    return _save(*build_tiny(seed, "llava", **sizes), out_dir)
 
 
 def main() -> None:

@@ -25,10 +25,10 @@ from copd_lab.vlm.prompts import PromptSet
 
 
 class RolloutEngine(Protocol):
-    def generate(self, model, hf_model, prompts: PromptSet, adapters: list[str], group: int, *,
+    def generate(self, model, prompts: PromptSet, adapters: list[str], group: int, *,
                  temperature: float, greedy: bool, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """([P*G, T] completion ids, padded after EOS; [P*G, T] their sampling log-probs), rollout n of
-        prompt n // G, under adapters[n // G]. model is the peft model, hf_model the model it wraps."""
+        prompt n // G, under adapters[n // G] of the peft model `model` (mixed-adapter batches)."""
 
 
 class _Sampling:
@@ -44,9 +44,9 @@ class _Sampling:
 class CachedEngine(_Sampling):
     """Prefill each distinct prompt once, expand its KV cache to the group, sample token by token."""
 
-    def generate(self, model, hf_model, prompts: PromptSet, adapters: list[str], group: int, *,
+    def generate(self, model, prompts: PromptSet, adapters: list[str], group: int, *,
                  temperature: float, greedy: bool, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        prefix = prefill(model, hf_model, prompts, adapters, group)
+        prefix = prefill(model, prompts, adapters, group)
         row_adapters = [name for name in adapters for _ in range(group)]
         eos = torch.tensor(self.eos, device=prefix.logits.device)
         done = torch.zeros(prefix.logits.shape[0], dtype=torch.bool, device=eos.device)
@@ -67,10 +67,10 @@ class CachedEngine(_Sampling):
 class HFGenerateEngine(_Sampling):
     """transformers `generate` with pure sampling (no top-k/top-p) on one row per rollout."""
 
-    def generate(self, model, hf_model, prompts: PromptSet, adapters: list[str], group: int, *,
+    def generate(self, model, prompts: PromptSet, adapters: list[str], group: int, *,
                  temperature: float, greedy: bool, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = prompts.select([i for i in range(prompts.input_ids.shape[0]) for _ in range(group)])
-        inputs = rows.inputs()
+        inputs = rows.inputs(positions=False)
         sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0,
                                                               top_p=1.0)
         out = model.generate(**inputs, **sampling, max_new_tokens=max_new_tokens, suppress_tokens=self.suppress,

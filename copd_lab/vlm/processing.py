@@ -1,4 +1,4 @@
-"""Task rows -> Qwen2-VL model inputs, for generation and for re-scoring a completion.
+"""Task rows -> VLM model inputs (any processor; Qwen2-VL's needs a shim), for generation and re-scoring.
 
 Three traps this module exists for:
 - Without torchvision, transformers cannot build Qwen2-VL's video processor, so
@@ -102,8 +102,9 @@ def prepare_batch(
     """Model inputs for a batch of one domain's rows, left-padded for generation.
 
     `visuals[i]` is row i's `images` column: [] for text, the images of an image row, the frames
-    of a video row. Returns input_ids, attention_mask, mm_token_type_ids and, per modality,
-    pixel_values/image_grid_thw or pixel_values_videos/video_grid_thw.
+    of a video row. Returns input_ids, attention_mask, mm_token_type_ids and the processor's pixel
+    inputs (Qwen2-VL: pixel_values/image_grid_thw or pixel_values_videos/video_grid_thw; Llava:
+    pixel_values); which of them a forward takes is the model family's (families.py).
     """
     if modality not in ("text", "image", "video"):
         raise ValueError(f"modality={modality!r}; expected 'text', 'image' or 'video'")

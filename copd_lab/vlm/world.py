@@ -22,12 +22,14 @@ from copd_lab.tasks import TaskSuite, is_correct
 from copd_lab.vlm.adapters import LoraSettings, peft_merge_args
 from copd_lab.vlm.decoding import BASE_ADAPTER, completion_logits, sampling_logprobs
 from copd_lab.vlm.engine import CachedEngine, RolloutEngine
+from copd_lab.vlm.families import family_of
 from copd_lab.vlm.processing import completion_mask, placeholder_token_ids, prepare_batch
-from copd_lab.vlm.prompts import VISUALS, PromptSet, VLMPayload
+from copd_lab.vlm.prompts import PromptSet, VLMPayload
 
 
 class VLMWorld:
-    """A World (see copd_lab.policy) of LoRA experts on one HF VLM (Qwen2-VL family) and task suites."""
+    """A World (see copd_lab.policy) of LoRA experts on one HF VLM (a family in copd_lab.vlm.families)
+    and task suites."""
 
     def __init__(self, model, processor, suites: dict[str, TaskSuite], lora: LoraSettings | None = None,
                  max_new_tokens: int = 32, device: str = "cpu", lr: float = 1e-3, weight_decay: float = 0.0,
@@ -46,6 +48,9 @@ class VLMWorld:
         """
         if experts != "lora":
             raise ValueError(f"experts = {experts!r} is not allowed: only 'lora' is implemented in VLMWorld")
+        self.family = family_of(model)
+        for domain, suite in suites.items():
+            self.family.check_visual(suite.modality, domain)
         self.domains = tuple(suites)
         self.suites = [suites[d] for d in self.domains]
         self.lora = lora or LoraSettings()
@@ -235,27 +240,27 @@ class VLMWorld:
         return out
 
     def _encode(self, domain: int, rows: list[int], split: str) -> tuple[PromptSet, list[dict]]:
-        """Model inputs of these rows of one domain, with vision features computed once per row."""
-        suite = self.suites[domain]
+        """Model inputs of these rows of one domain, with vision features and positions computed once per row."""
+        suite, family = self.suites[domain], self.family
         data = getattr(suite, split)[rows]
         rows_as_dicts = [{k: data[k][i] for k in data} for i in range(len(rows))]
         batch = prepare_batch(self.processor, data["prompt"], data["images"], suite.modality).to(self.device)
-        grids = {k: [torch.zeros(0, 3, dtype=torch.long, device=self.device)] * len(rows) for k in VISUALS}
-        features = {k: [()] * len(rows) for k in VISUALS}
+        none = torch.zeros(0, dtype=torch.long, device=self.device)
+        item_inputs = {name: [none] * len(rows) for names in family.item_inputs.values() for name in names}
+        features = {kind: [()] * len(rows) for kind in family.pixels}
         kind = suite.modality
-        if kind in VISUALS:
-            grid = batch[f"{kind}_grid_thw"]
-            encode = (self.hf_model.model.get_image_features if kind == "image"
-                      else self.hf_model.model.get_video_features)
+        if kind in family.pixels:
             with torch.no_grad():
-                pixels = batch["pixel_values" if kind == "image" else "pixel_values_videos"]
-                pooled = encode(pixels.to(self.hf_model.dtype), grid, return_dict=True).pooler_output
+                pooled, items = family.encode(self.hf_model, batch, kind)
             per_row = [len(im) if kind == "image" else 1 for im in data["images"]]
             starts = np.cumsum([0] + per_row)
-            grids[kind] = [grid[a:b] for a, b in zip(starts[:-1], starts[1:])]
-            features[kind] = [tuple(pooled[a:b]) for a, b in zip(starts[:-1], starts[1:])]
-        prompt_set = PromptSet(batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"], grids,
-                               features)
+            for name, value in items.items():
+                item_inputs[name] = [value[a:b] for a, b in zip(starts[:-1], starts[1:])]
+            features[kind] = [pooled[a:b] for a, b in zip(starts[:-1], starts[1:])]
+        token_inputs = {name: batch[name] for name in family.token_inputs}
+        positions = family.prompt_position_ids(self.hf_model, batch)
+        prompt_set = PromptSet(batch["input_ids"], batch["attention_mask"], positions.movedim(-2, 0),
+                               token_inputs, item_inputs, features)
         return prompt_set, rows_as_dicts
 
     def _adapter(self, slot: int) -> str:
@@ -282,7 +287,7 @@ class VLMWorld:
         rng_devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.gen)))
-            ids, logprobs = self.engine.generate(self.peft, self.hf_model, PromptSet.cat(encoded, self.pad_id),
+            ids, logprobs = self.engine.generate(self.peft, PromptSet.cat(encoded, self.pad_id),
                                                  adapters, group, temperature=temperature, greedy=greedy,
                                                  max_new_tokens=self.max_new_tokens)
         shape = (len(requests), domains[0].numel(), ids.shape[1])
@@ -310,7 +315,7 @@ class VLMWorld:
         adapters = [self._adapter(slots[i]) for i, p in zip(rows, prompts) for _ in range(p.input_ids.shape[0])]
         completion = batch.tokens[rows].flatten(0, 1).to(self.device)
         with torch.set_grad_enabled(grad):
-            logits = completion_logits(self.peft, self.hf_model, PromptSet.cat(prompts, self.pad_id), adapters,
+            logits = completion_logits(self.peft, PromptSet.cat(prompts, self.pad_id), adapters,
                                        payload.group, completion)
             logp = sampling_logprobs(logits, self._placeholder_index, payload.temperature)
             if not full:

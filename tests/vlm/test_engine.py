@@ -10,10 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
-from test_world import make_world, perturb
 
 from copd_lab.policy import Request
 from copd_lab.vlm.engine import CachedEngine, HFGenerateEngine
+from tests.vlm.test_world import make_world, perturb
 
 # every modality, the base and two different adapters in one call
 REQUESTS = [Request(0, (0,)), Request(1, (1,)), Request(2, (2,)), Request(1, (0, 1, 2))]

@@ -1,0 +1,156 @@
+"""Real-world speed: where a CoPD tick's time goes on a VLM, and a whole 3-branch CoPD run.
+
+    python benchmarks/vlm_speed.py                    # tiny Qwen2-VL on the CPU; last line copd_3x100_s=<s>
+    python benchmarks/vlm_speed.py --device cuda      # the same on a GPU (bf16), then a ~0.5B Qwen2-VL-shaped
+                                                      # model built from a config (random weights, no hub)
+
+Each row times one piece of a tick both ways, side by side in this process (median of --repeats):
+the work a group's rollouts share (vision features, the prompt's prefill) done once per rollout or
+once per prompt, and scoring OPD batches under several teachers one adapter at a time or in one
+mixed-adapter forward. Target (DESIGN.md section 6): a 3-branch CoPD run with 100 steps per branch
+on the default tiny VLM in <= 180 s on 2 CPU cores (its defaults: 8 prompts x 8 rollouts per batch,
+16 new tokens, gap metrics every 20 ticks, a final evaluation of the base and the merged model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from copd_lab.config import load_config
+from copd_lab.experiment import make_world, run_comparison
+from copd_lab.policy import Request
+from copd_lab.vlm.engine import CachedEngine, HFGenerateEngine
+from copd_lab.vlm.prompts import VLMPayload
+
+# about 0.5B parameters in Qwen2-VL's layout: a Qwen2-0.5B-like decoder and a 12-block vision tower
+HALF_B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+              num_key_value_heads=2, vision_embed_dim=1024, vision_depth=12, vision_num_heads=16)
+
+
+def timed(fn, repeats: int, device: str) -> float:
+    """Median seconds of fn() after one warm-up call."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def per_rollout(batch):
+    """The same batch with every rollout carrying its own copy of its prompt (no prefix sharing)."""
+    payload = batch.payload
+    copies = [payload.expanded(r) for r in range(len(payload.prompts))]
+    return type(batch)(batch.requests, batch.domain, batch.tokens, batch.mask, batch.rewards, batch.correct,
+                       batch.sample_logprobs, VLMPayload(copies, 1, payload.temperature))
+
+
+def tick_rows(overrides: list[str], repeats: int, device: str) -> list[tuple[str, str, float, float]]:
+    """(piece, unit, shared-work-repeated seconds, shared-work-once seconds) for one tick's pieces."""
+    cfg = load_config(None, overrides, defaults={"world": "vlm"})
+    world, g = make_world(cfg), cfg.grpo
+    world.reset(4, 0)  # base + 3 branches
+    grpo = [Request(k + 1, (k,)) for k in range(3)]
+    # Phase II of the hub topology (text hub): 4 OPD batches, each graded by another branch
+    opd = [Request(1, (1,), teacher=2), Request(1, (2,), teacher=3), Request(2, (0,), teacher=1),
+           Request(3, (0,), teacher=1)]
+    engines = {name: cls(world.placeholders, world.eos, world.pad_id)
+               for name, cls in (("hf", HFGenerateEngine), ("cached", CachedEngine))}
+
+    def sample_with(name, requests):
+        world.engine = engines[name]
+        return lambda: world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
+
+    rows = []
+    rollouts = g.prompts_per_step * g.group_size
+    rows.append((f"sample 3 GRPO batches ({3 * rollouts} rollouts)", "prompt prefill per rollout | per prompt",
+                 timed(sample_with("hf", grpo), repeats, device), timed(sample_with("cached", grpo), repeats, device)))
+    world.engine = engines["cached"]
+    batch = world.sample(grpo, g.prompts_per_step, g.group_size, g.temperature)
+
+    def train_forward(b):
+        return lambda: world.token_logprobs(b, [1, 2, 3], grad=True).sum().backward()
+
+    rows.append(("score 3 batches with grad + backward", "prompt per rollout | per prompt",
+                 timed(train_forward(per_rollout(batch)), repeats, device),
+                 timed(train_forward(batch), repeats, device)))
+    opd_batch = world.sample(opd, g.prompts_per_step, g.group_size, g.temperature)
+    teachers = [r.teacher for r in opd]
+
+    def one_at_a_time():
+        for i, t in enumerate(teachers):
+            world.token_logprobs(opd_batch, [t if j == i else -1 for j in range(len(teachers))], grad=False)
+
+    rows.append(("teacher-score 4 OPD batches (3 teachers)", "one adapter at a time | one mixed forward",
+                 timed(one_at_a_time, repeats, device),
+                 timed(lambda: world.token_logprobs(opd_batch, teachers, grad=False), repeats, device)))
+    for domain in (1, 2):
+        kind = world.domains[domain]
+        rows_p = list(range(g.prompts_per_step))
+        rows_r = [i for i in rows_p for _ in range(g.group_size)]
+        rows.append((f"encode {kind} prompts (vision tower)", "per rollout | per prompt",
+                     timed(lambda d=domain, r=rows_r: world._encode(d, r, "train"), repeats, device),
+                     timed(lambda d=domain, r=rows_p: world._encode(d, r, "train"), repeats, device)))
+    return rows
+
+
+def copd_run(overrides: list[str], steps: int) -> float:
+    """Seconds of `copd-lab run` for CoPD alone, 3 branches, `steps` steps per branch (S_RL:S_OPD 12:8)."""
+    cycles = max(1, steps // 20)
+    cfg = load_config(None, overrides + ["methods=['copd']", f"copd.cycles={cycles}", "copd.rl_steps=12",
+                                         "copd.opd_steps=8"], defaults={"world": "vlm"})
+    start = time.perf_counter()
+    run_comparison(cfg, progress=False)
+    return time.perf_counter() - start
+
+
+def report(title: str, rows: list) -> None:
+    print(f"\n{title}")
+    print(f"{'piece of a tick':<44}{'compared':<42}{'repeated s':>11}{'once s':>9}{'speed-up':>9}")
+    for piece, unit, repeated, once in rows:
+        print(f"{piece:<44}{unit:<42}{repeated:>11.3f}{once:>9.3f}{repeated / once:>8.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--model", default=None, help="checkpoint folder (default: the config's vlm.model)")
+    parser.add_argument("--steps", type=int, default=100, help="CoPD steps per branch of the end-to-end run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
+    args = parser.parse_args()
+    overrides = [f"vlm.device='{args.device}'"] + ([f"vlm.model='{args.model}'"] if args.model else []) + args.set
+    print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    report("default tiny VLM", tick_rows(overrides, args.repeats, args.device))
+    if args.device.startswith("cuda"):
+        from tiny_models.build import build_tiny_qwen2vl
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = build_tiny_qwen2vl(folder, seed=0, **HALF_B)
+            big = [o for o in overrides if not o.startswith("vlm.model")] + [f"vlm.model='{path}'"]
+            world = make_world(load_config(None, big, defaults={"world": "vlm"}))
+            n_params = sum(p.numel() for p in world.hf_model.parameters())
+            report(f"Qwen2-VL-shaped model, {n_params / 1e6:.0f}M parameters, bf16", tick_rows(big, args.repeats,
+                                                                                                args.device))
+            del world
+            big_steps = 20
+            seconds = copd_run(big, big_steps)
+            print(f"\nCoPD 3 branches x {big_steps} steps on the {n_params / 1e6:.0f}M model: {seconds:.1f} s "
+                  f"({seconds / big_steps:.2f} s per tick)")
+    seconds = copd_run(overrides, args.steps)
+    print(f"\nCoPD 3 branches x {args.steps} steps per branch on the default tiny VLM "
+          f"(gap every 20 ticks, final eval of base and merged): {seconds:.1f} s")
+    print(f"copd_3x{args.steps}_s={seconds:.1f}")
+
+
+if __name__ == "__main__":
+    main()
