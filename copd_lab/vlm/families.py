@@ -47,6 +47,11 @@ class Family:
                 f"(it takes text and {' and '.join(self.pixels)}): leave {domain!r} out of the domains, or use a "
                 f"model of a family that takes {kind}")
 
+    def placeholder_id(self, model, kind: str) -> int:
+        """The token id whose positions receive the `kind` features (`image_token_id` / `video_token_id` in the
+        config of every family listed here)."""
+        return getattr(model.config, f"{kind}_token_id")
+
     def encode(self, model, batch: Mapping[str, torch.Tensor], kind: str
                ) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
         """(one feature tensor per item, the item inputs with one row per item) of a processed batch.

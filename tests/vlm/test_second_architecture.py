@@ -66,7 +66,7 @@ def test_tiny_llava_saves_and_loads_like_a_hub_checkpoint(model_dir):
 
 
 def test_adapters_sit_on_the_text_decoder_only(world):
-    names = [name for name, module in world.peft.named_modules() if hasattr(module, "lora_A") and module.lora_A]
+    names = [name for name, module in world.slots.peft.named_modules() if hasattr(module, "lora_A") and module.lora_A]
     assert len(names) == 7 * SIZES["num_hidden_layers"] and all(".language_model." in n for n in names)
 
 
@@ -97,8 +97,8 @@ def test_sampled_logprobs_equal_rescoring_and_a_plain_forward_on_raw_pixels(worl
             length = int(batch.mask[r, n].sum())
             completion = batch.tokens[r, n, :length][None]
             with torch.no_grad():
-                logits = world.peft(**extend_for_completion(inputs, completion),
-                                    adapter_names=[f"slot{request.slot}"]).logits[0, -length - 1:-1]
+                logits = world.slots.peft(**extend_for_completion(inputs, completion),
+                                          adapter_names=[f"slot{request.slot}"]).logits[0, -length - 1:-1]
             logits[:, world.placeholders] = -float("inf")
             expected = (logits / temperature).log_softmax(-1).gather(-1, completion.T)[:, 0]
             torch.testing.assert_close(batch.sample_logprobs[r, n, :length], expected, rtol=0, atol=1e-5)
@@ -121,10 +121,10 @@ def test_vision_runs_once_per_prompt_not_per_rollout(world):
 def test_step_changes_only_the_stepped_slot(world):
     world.reset(5, 0)
     batch = world.sample(REQUESTS, prompts=1, group=2, temperature=1.0)
-    before = [[p.detach().clone() for p in world._params(s)] for s in range(1, 5)]
+    before = [[p.detach().clone() for p in world.slots.params(s)] for s in range(1, 5)]
     lp = world.token_logprobs(batch, [1, 2, 3], grad=True)
     world.step((lp * batch.mask).sum(), [1, 1])  # slots 2 and 3 got gradients too, but do not step
-    after = [[p.detach() for p in world._params(s)] for s in range(1, 5)]
+    after = [[p.detach() for p in world.slots.params(s)] for s in range(1, 5)]
     assert any(not torch.equal(a, b) for a, b in zip(before[0], after[0]))
     for s in range(1, 4):
         assert all(torch.equal(a, b) for a, b in zip(before[s], after[s])), f"slot {s + 1} moved"
@@ -139,7 +139,7 @@ def test_merge_through_peft_equals_the_combination_of_deltas(world):
                            (MergeConfig("task_arithmetic", weights=(0.3, 0.9)), 0.3 * d1 + 0.9 * d2),
                            (MergeConfig("dare", density=1.0), 0.5 * d1 + 0.5 * d2)]:
         world.merge([1, 2], 4, spec)
-        assert world.peft.peft_config["slot4"].r == 8  # peft's merged adapter: rank r1 + r2
+        assert world.slots.peft.peft_config["slot4"].r == 8  # peft's merged adapter: rank r1 + r2
         torch.testing.assert_close(explicit_delta(world, 4), expected, rtol=1e-4, atol=1e-5, msg=str(spec))
 
 

@@ -42,7 +42,7 @@ def perturb(world: VLMWorld, slot: int, seed: int) -> None:
     """Random B (and A) so the slot's ΔW is non-zero."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in world._params(slot):
+        for p in world.slots.params(slot):
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
 
 
@@ -50,7 +50,7 @@ def explicit_delta(world: VLMWorld, slot: int) -> torch.Tensor:
     """ΔW = scaling * B @ A of every adapted module, written out from the adapter's parameters."""
     name = f"slot{slot}"
     return torch.cat([(layer.scaling[name] * layer.lora_B[name].weight @ layer.lora_A[name].weight).reshape(-1)
-                      for layer in world._layers()]).detach()
+                      for layer in world.slots.layers()]).detach()
 
 
 REQUESTS = [Request(1, (0,)), Request(2, (1,)), Request(3, (0, 1, 2))]
@@ -62,7 +62,7 @@ def test_slots_start_equal_to_the_base(world):
     batch = world.sample(REQUESTS, prompts=2, group=2, temperature=1.0)
     base = world.token_logprobs(batch, [0, 0, 0], grad=False)
     torch.testing.assert_close(world.token_logprobs(batch, [1, 2, 3], grad=False), base, rtol=0, atol=1e-6)
-    params = [world._params(s) for s in (1, 2, 3)]
+    params = [world.slots.params(s) for s in (1, 2, 3)]
     assert all(torch.equal(a, b) for p in params[1:] for a, b in zip(params[0], p))  # same A_0, B = 0
 
 
@@ -140,17 +140,17 @@ def test_rescoring_gives_ratio_one_and_full_matches_token(world):
 def test_step_changes_only_the_stepped_slot(world):
     world.reset(5, 0)
     batch = world.sample(REQUESTS, prompts=1, group=2, temperature=1.0)
-    before = [[p.detach().clone() for p in world._params(s)] for s in range(1, 5)]
+    before = [[p.detach().clone() for p in world.slots.params(s)] for s in range(1, 5)]
     lp = world.token_logprobs(batch, [1, 2, 3], grad=True)
     grads = world.flat_grads((lp * batch.mask).sum(), [1, 2, 0])
     assert grads.shape[0] == 3 and grads[0].abs().max() > 0 and grads[1].abs().max() > 0
     assert grads[2].abs().max() == 0
     world.step((lp * batch.mask).sum(), [1, 1])  # slots 2 and 3 got gradients too, but do not step
-    after = [[p.detach() for p in world._params(s)] for s in range(1, 5)]
+    after = [[p.detach() for p in world.slots.params(s)] for s in range(1, 5)]
     assert any(not torch.equal(a, b) for a, b in zip(before[0], after[0]))
     for s in range(1, 4):
         assert all(torch.equal(a, b) for a, b in zip(before[s], after[s])), f"slot {s + 1} moved"
-    assert all(p.grad is None for p in world._all_params())
+    assert all(p.grad is None for s in range(1, 5) for p in world.slots.params(s))
 
 
 def test_state_dict_round_trip(world):
@@ -167,7 +167,7 @@ def test_state_dict_round_trip(world):
     torch.testing.assert_close(fresh.flat_weights([1, 2, 3]), weights, rtol=0, atol=0)
     again = fresh.sample(REQUESTS, prompts=2, group=2, temperature=1.0)
     assert torch.equal(first.tokens, again.tokens) and torch.equal(first.sample_logprobs, again.sample_logprobs)
-    assert fresh.optimizers[1].state_dict()["state"][0]["step"] == 1
+    assert fresh.slots.optimizers[1].state_dict()["state"][0]["step"] == 1
 
 
 def test_vision_runs_once_per_prompt_not_per_rollout(world):
