@@ -154,20 +154,23 @@ class SimConfig:
 
 
 VLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+VLM_EXPERTS = ("lora", "full")
 
 
 @dataclass(frozen=True)
 class VLMConfig:
-    """The real world: LoRA experts on one Hugging Face VLM, trained on the built-in task suites."""
+    """The real world: LoRA or full-weight experts on one Hugging Face VLM, trained on the built-in task suites."""
 
     model: str = "tiny_models/qwen2vl-tiny"  # checkpoint folder (or a cached hub name); build the tiny one
     # with `python -m tiny_models.build --out tiny_models/qwen2vl-tiny`
-    device: str = "cpu"  # cpu (float32) | cuda, cuda:N (the base runs in bf16, adapters in float32)
+    device: str = "cpu"  # cpu (float32) | cuda, cuda:N (the base runs in bf16, adapters and full copies in float32)
     dtype: str = "auto"  # dtype the weights load in (auto: as stored; bf16 on cuda); the world then casts
-    lora_r: int = 8  # rank of every expert's LoRA adapter
+    experts: str = "lora"  # lora: a peft adapter per expert on one shared base (memory: about one model) |
+    # full: a float32 copy of the text decoder per expert (K models, plus AdamW's two moments each)
+    lora_r: int = 8  # rank of every expert's LoRA adapter (experts = "lora")
     lora_alpha: float = 16.0  # LoRA alpha; ΔW = (alpha / r) B A
     max_new_tokens: int = 16  # longest completion a rollout generates
-    lr: float = 1e-3  # AdamW lr of every adapter (tiny models; ~1e-5 for 2B models); grpo.lr is the sim's
+    lr: float = 1e-3  # AdamW lr of every expert (tiny models; ~1e-5 for 2B models); grpo.lr is the sim's
     n_train: int = 512  # training prompts per domain
     n_eval: int = 64  # eval prompts per domain (accuracy and gap measurements use all of them)
     difficulty: int = 1  # task difficulty level of the built-in suites (1 = easiest)
@@ -179,6 +182,7 @@ class VLMConfig:
         _require(self.device == "cpu" or self.device.split(":")[0] == "cuda", "device", self.device,
                  "cpu, cuda or cuda:N")
         _require(self.dtype in VLM_DTYPES, "dtype", self.dtype, f"one of {VLM_DTYPES}")
+        _require(self.experts in VLM_EXPERTS, "experts", self.experts, f"one of {VLM_EXPERTS}")
         for name in ("lora_r", "max_new_tokens", "n_train", "n_eval", "difficulty"):
             _require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         _require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "a number > 0")

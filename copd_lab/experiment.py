@@ -38,7 +38,7 @@ class Comparison:
 
 
 def make_world(cfg: ExperimentConfig) -> World:
-    """The world `cfg.world` names: the simulator (cfg.sim) or LoRA experts on a VLM (cfg.vlm)."""
+    """The world `cfg.world` names: the simulator (cfg.sim) or LoRA or full experts on a VLM (cfg.vlm)."""
     if cfg.world == "sim":
         from copd_lab.sim.world import SimWorld
 
@@ -73,7 +73,8 @@ def _make_vlm_world(cfg: ExperimentConfig) -> World:
     suites = build_suites(cfg.domains, v.n_train, v.n_eval, v.task_seed, v.difficulty)
     try:
         return VLMWorld(model, processor, suites, LoraSettings(v.lora_r, v.lora_alpha),
-                        max_new_tokens=v.max_new_tokens, device=v.device, lr=v.lr, eval_prompts=v.n_eval)
+                        max_new_tokens=v.max_new_tokens, device=v.device, lr=v.lr, eval_prompts=v.n_eval,
+                        experts=v.experts)
     except UnsupportedFamily as err:
         raise ConfigError(f"vlm.model = {v.model!r} with domains = {list(cfg.domains)} is not allowed: {err}") from None
 

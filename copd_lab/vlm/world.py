@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from copd_lab.config import MergeConfig
+from copd_lab.config import VLM_EXPERTS, MergeConfig
 from copd_lab.policy import Batch, Request
 from copd_lab.tasks import TaskSuite, is_correct
 from copd_lab.vlm.adapters import LoraSettings
@@ -26,8 +26,6 @@ from copd_lab.vlm.families import family_of
 from copd_lab.vlm.processing import completion_mask, placeholder_token_ids, prepare_batch
 from copd_lab.vlm.prompts import PromptSet, VLMPayload
 from copd_lab.vlm.slots import FullSlots, LoraSlots, adapter_name
-
-EXPERTS = ("lora", "full")
 
 
 class VLMWorld:
@@ -50,8 +48,8 @@ class VLMWorld:
         experts: "lora" (peft adapters on one base) or "full" (a full copy of the text decoder per slot).
         engine: the rollout engine (CachedEngine by default; see engine.py; HFGenerateEngine needs "lora").
         """
-        if experts not in EXPERTS:
-            raise ValueError(f"experts = {experts!r} is not allowed: one of {EXPERTS}")
+        if experts not in VLM_EXPERTS:
+            raise ValueError(f"experts = {experts!r} is not allowed: one of {VLM_EXPERTS}")
         if experts == "full" and isinstance(engine, HFGenerateEngine):
             raise ValueError("engine = HFGenerateEngine is not allowed with experts = 'full': transformers' "
                              "generate runs one set of weights per call; use CachedEngine")
