@@ -154,6 +154,7 @@ class SimConfig:
 
 
 VLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+VLM_ENGINES = ("cached", "hf_generate")
 VLM_EXPERTS = ("lora", "full")
 
 
@@ -167,6 +168,8 @@ class VLMConfig:
     dtype: str = "auto"  # dtype the weights load in (auto: as stored; bf16 on cuda); the world then casts
     experts: str = "lora"  # lora: a peft adapter per expert on one shared base (memory: about one model) |
     # full: a float32 copy of the text decoder per expert (K models, plus AdamW's two moments each)
+    engine: str = "cached"  # rollouts: cached (each prompt prefilled once for its group, all slots in one batch) |
+    # hf_generate (transformers' generate, one row per rollout: the reference; lora experts only)
     lora_r: int = 8  # rank of every expert's LoRA adapter (experts = "lora")
     lora_alpha: float = 16.0  # LoRA alpha; ΔW = (alpha / r) B A
     max_new_tokens: int = 16  # longest completion a rollout generates
@@ -183,6 +186,9 @@ class VLMConfig:
                  "cpu, cuda or cuda:N")
         _require(self.dtype in VLM_DTYPES, "dtype", self.dtype, f"one of {VLM_DTYPES}")
         _require(self.experts in VLM_EXPERTS, "experts", self.experts, f"one of {VLM_EXPERTS}")
+        _require(self.engine in VLM_ENGINES, "engine", self.engine, f"one of {VLM_ENGINES}")
+        _require(not (self.engine == "hf_generate" and self.experts == "full"), "engine", self.engine,
+                 "'cached' with experts = 'full' (transformers' generate runs one set of weights per call)")
         for name in ("lora_r", "max_new_tokens", "n_train", "n_eval", "difficulty"):
             _require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         _require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "a number > 0")

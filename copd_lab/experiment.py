@@ -74,7 +74,7 @@ def _make_vlm_world(cfg: ExperimentConfig) -> World:
     try:
         return VLMWorld(model, processor, suites, LoraSettings(v.lora_r, v.lora_alpha),
                         max_new_tokens=v.max_new_tokens, device=v.device, lr=v.lr, eval_prompts=v.n_eval,
-                        experts=v.experts)
+                        experts=v.experts, engine=v.engine)
     except UnsupportedFamily as err:
         raise ConfigError(f"vlm.model = {v.model!r} with domains = {list(cfg.domains)} is not allowed: {err}") from None
 

@@ -80,3 +80,6 @@ class HFGenerateEngine(_Sampling):
         ids = out.sequences[:, inputs["input_ids"].shape[1]:]
         logp = self.log_distribution(torch.stack(out.logits, 1), temperature)
         return ids, logp.gather(-1, ids[..., None]).squeeze(-1)
+
+
+ENGINES = {"cached": CachedEngine, "hf_generate": HFGenerateEngine}  # VLMConfig.engine -> engine class

@@ -21,7 +21,7 @@ from copd_lab.policy import Batch, Request
 from copd_lab.tasks import TaskSuite, is_correct
 from copd_lab.vlm.adapters import LoraSettings
 from copd_lab.vlm.decoding import completion_logits, sampling_logprobs
-from copd_lab.vlm.engine import CachedEngine, HFGenerateEngine, RolloutEngine
+from copd_lab.vlm.engine import ENGINES, HFGenerateEngine, RolloutEngine
 from copd_lab.vlm.families import family_of
 from copd_lab.vlm.processing import completion_mask, placeholder_token_ids, prepare_batch
 from copd_lab.vlm.prompts import PromptSet, VLMPayload
@@ -34,7 +34,7 @@ class VLMWorld:
 
     def __init__(self, model, processor, suites: dict[str, TaskSuite], lora: LoraSettings | None = None,
                  max_new_tokens: int = 32, device: str = "cpu", lr: float = 1e-3, weight_decay: float = 0.0,
-                 eval_prompts: int = 64, experts: str = "lora", engine: RolloutEngine | None = None):
+                 eval_prompts: int = 64, experts: str = "lora", engine: str | RolloutEngine = "cached"):
         """
         model, processor: a transformers VLM and its processor (e.g. from copd_lab.vlm.model_io.load_vlm).
         suites: domain name -> TaskSuite; `domains` follows this order.
@@ -46,11 +46,12 @@ class VLMWorld:
         eval_prompts: cap on the eval prompts per domain that every_prompt uses (64; all domains use
             the same count, min over suites, so every request of an evaluation has the same N).
         experts: "lora" (peft adapters on one base) or "full" (a full copy of the text decoder per slot).
-        engine: the rollout engine (CachedEngine by default; see engine.py; HFGenerateEngine needs "lora").
+        engine: the rollout engine, by name ("cached" or "hf_generate", see engine.py; the latter needs
+            experts="lora") or any RolloutEngine.
         """
         if experts not in VLM_EXPERTS:
             raise ValueError(f"experts = {experts!r} is not allowed: one of {VLM_EXPERTS}")
-        if experts == "full" and isinstance(engine, HFGenerateEngine):
+        if experts == "full" and (engine == "hf_generate" or isinstance(engine, HFGenerateEngine)):
             raise ValueError("engine = HFGenerateEngine is not allowed with experts = 'full': transformers' "
                              "generate runs one set of weights per call; use CachedEngine")
         self.family = family_of(model)
@@ -70,7 +71,11 @@ class VLMWorld:
         self.pad_id = pad if pad is not None else self.tokenizer.pad_token_id
         self.placeholders = placeholder_token_ids(processor)
         self._placeholder_index = torch.tensor(self.placeholders, dtype=torch.long, device=self.device)
-        self.engine = engine or CachedEngine(self.placeholders, self.eos, self.pad_id)
+        if isinstance(engine, str):
+            if engine not in ENGINES:
+                raise ValueError(f"engine = {engine!r} is not allowed: one of {tuple(ENGINES)} or a RolloutEngine")
+            engine = ENGINES[engine](self.placeholders, self.eos, self.pad_id)
+        self.engine = engine
         model = model.to(self.device, dtype).eval()
         self.hf_model = model
         if experts == "lora":

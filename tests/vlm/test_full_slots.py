@@ -253,3 +253,11 @@ def test_bad_experts_value_names_the_field(tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path / "x"), "--set", "vlm.experts='qlora'"]) == 2
     err = capsys.readouterr().err
     assert all(word in err for word in ("vlm.experts", "'qlora'", "'lora', 'full'")), err
+
+
+def test_hf_generate_engine_with_full_copies_fails_before_work(tmp_path, capsys):
+    args = ["run", "--out", str(tmp_path / "x"), "--set", "vlm.experts='full'", "--set", "vlm.engine='hf_generate'"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert all(word in err for word in ("vlm.engine", "'hf_generate'", "'cached'")), err
+    assert not (tmp_path / "x").exists()
