@@ -13,6 +13,7 @@ and can continue from it with the same rows; a NaN or inf loss stops it before t
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -270,15 +271,17 @@ class Trainer:
         world = self.world
         batch = world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
         students = [r.slot for r in requests]
-        is_opd = torch.tensor([r.teacher >= 0 for r in requests])
         teachers = [r.teacher for r in requests]
+        # most ticks have no OPD request: their OPD terms are skipped (a tick costs mostly per-op overhead)
+        any_opd = any(t >= 0 for t in teachers)
+        is_opd = torch.tensor([t >= 0 for t in teachers])
         beta = torch.tensor([r.beta for r in requests])
         # each branch's loss is the mean of its requests' losses: one update on B_nat ∪ (∪_j B_j)
-        share = torch.tensor([1.0 / students.count(s) for s in students])
-        full = c.estimator != "sampled" and bool(is_opd.any())
+        requests_of = Counter(students)
+        share = torch.tensor([1.0 / requests_of[s] for s in students])
+        full = c.estimator != "sampled" and any_opd
         with torch.no_grad():
-            teacher_lp = (world.token_logprobs(batch, teachers, grad=False) if is_opd.any()
-                          else torch.zeros_like(batch.sample_logprobs))
+            teacher_lp = world.token_logprobs(batch, teachers, grad=False) if any_opd else None
             teacher_full = world.full_logprobs(batch, [max(t, 0) for t in teachers], grad=False) if full else None
             ref_lp = world.token_logprobs(batch, [0] * len(requests), grad=False) if g.kl_coef > 0 else None
         grpo_adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
@@ -288,8 +291,9 @@ class Trainer:
                 lp = student_full.gather(-1, batch.tokens[..., None]).squeeze(-1)
             else:
                 lp = world.token_logprobs(batch, students, grad=True)
-            opd_adv = losses.opd_sampled_advantage(teacher_lp, lp, beta)
-            adv = torch.where(is_opd[:, None, None], opd_adv, grpo_adv)
+            adv = grpo_adv
+            if any_opd:
+                adv = torch.where(is_opd[:, None, None], losses.opd_sampled_advantage(teacher_lp, lp, beta), adv)
             row_loss = losses.clipped_pg_loss(lp, batch.sample_logprobs, adv, batch.mask, g.clip_low,
                                               g.clip_high, g.aggregation)
             if full:  # top-k / full-vocabulary reverse KL replaces the sampled-token PG on OPD rows
@@ -304,7 +308,7 @@ class Trainer:
             world.step((row_loss * share).sum(), students)
         with torch.no_grad():  # per-row training signals, synced to Python only when flushed
             signal = batch.rewards.mean(1)
-            if is_opd.any():
+            if any_opd:
                 reverse_kl = metrics.sampled_reverse_kl(lp.detach(), teacher_lp, batch.mask)
                 signal = torch.where(is_opd, reverse_kl, signal)
         self._pending.append((tick, owners, signal))

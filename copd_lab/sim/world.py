@@ -23,13 +23,25 @@ from copd_lab.sim.tasks import SimTasks
 
 @dataclass
 class SimPayload:
-    """What re-scoring needs beyond the tokens: the prompts' contents and the temperature."""
+    """What re-scoring needs beyond the tokens: each rollout's prompt and previous tokens, and the temperature."""
 
-    content: torch.Tensor  # [R, N]
+    content: torch.Tensor  # [R, N] content s of each rollout's prompt
+    prompt: torch.Tensor  # [R, N] d * S + s: the prompt's row in a slot's table of prompt logits
+    prev: torch.Tensor  # [R, N, T] the token before each position (V = the start token): the bigram's row
     temperature: float
 
     def take(self, rows: list[int]) -> SimPayload:
-        return SimPayload(self.content[torch.tensor(rows, dtype=torch.long)], self.temperature)
+        index = torch.tensor(rows, dtype=torch.long)
+        return SimPayload(self.content[index], self.prompt[index], self.prev[index], self.temperature)
+
+
+@dataclass
+class LogitTables:
+    """The logit tables of some slots under the current weights (see SimWorld._tables)."""
+
+    slots: dict[int, int]  # slot -> its block in the tables
+    prompt: torch.Tensor  # [k * D * S, T, V] hidden-part logits of every (slot, prompt), by row
+    bigram: torch.Tensor  # [k * (V + 1), V] bigram logits U of every (slot, previous token), by row
 
 
 class SimWorld:
@@ -41,7 +53,7 @@ class SimWorld:
         self.cfg, self.domains, self.lr = cfg, tuple(domains), lr
         self.tasks = SimTasks.build(cfg, len(domains), cfg.task_seed)
         s, d, t, v, h = cfg.prompts_per_domain, len(domains), cfg.answer_len, self.tasks.vocab_size, cfg.hidden
-        self.vocab_size = v
+        self.vocab_size, self.n_prompts = v, d * s
         self.shapes = {"content": (s, t, h), "domain": (d, h), "out_weight": (h, v), "out_bias": (v,),
                        "bigram": (v + 1, v)}
         self.offsets, total = {}, 0
@@ -50,9 +62,11 @@ class SimWorld:
             self.offsets[name] = (total, total + size)
             total += size
         self.n_params = total
-        self._patterns: dict[tuple, torch.Tensor] = {}
+        self._patterns: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        self._cache: LogitTables | None = None
 
     # ---------------------------------------------------------------- slots and optimizer
+    # Every method that changes weights drops the cached logit tables (see _tables).
 
     def reset(self, n_slots: int, seed: int) -> None:
         self.gen = torch.Generator().manual_seed(seed)
@@ -61,11 +75,13 @@ class SimWorld:
         self.m = torch.zeros_like(self.flat, requires_grad=False)
         self.v = torch.zeros_like(self.m)
         self.t = torch.zeros(n_slots, 1)
+        self._cache = None
 
     def copy(self, src: int, dst: int) -> None:
         with torch.no_grad():
             self.flat[dst] = self.flat[src]
             self.m[dst], self.v[dst], self.t[dst] = 0.0, 0.0, 0.0
+        self._cache = None
 
     def _named(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
         return {n: row[a:b].view(self.shapes[n]) for n, (a, b) in self.offsets.items()}
@@ -77,20 +93,23 @@ class SimWorld:
                                        list(spec.weights) or None, spec.density, spec.scale)
             self.flat[dst] = torch.cat([merged[n].reshape(-1) for n in self.shapes])
             self.m[dst], self.v[dst], self.t[dst] = 0.0, 0.0, 0.0
+        self._cache = None
 
     def step(self, loss: torch.Tensor, slots: list[int]) -> None:
         """One Adam step on the slots that trained; the others keep weights and moments untouched."""
         loss.backward()
         with torch.no_grad():
-            rows = torch.tensor(sorted(set(slots)))
+            rows = _rows(slots)
             g, (b1, b2) = self.flat.grad[rows], self.betas
             m = self.m[rows].lerp_(g, 1 - b1)
             v = self.v[rows].mul_(b2).addcmul_(g, g, value=1 - b2)
-            t = self.t[rows] + 1
+            t = self.t[rows].add_(1)
             update = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt_() + self.eps)
-            self.flat.index_add_(0, rows, update, alpha=-self.lr)
-            self.m[rows], self.v[rows], self.t[rows] = m, v, t
+            weights = self.flat[rows].add_(update, alpha=-self.lr)
+            if not isinstance(rows, slice):  # an index gathered copies: write them back
+                self.flat[rows], self.m[rows], self.v[rows], self.t[rows] = weights, m, v, t
         self.flat.grad = None
+        self._cache = None
 
     def flat_weights(self, slots: list[int]) -> torch.Tensor:
         return self.flat.detach()[slots]
@@ -108,34 +127,47 @@ class SimWorld:
         self.m, self.v, self.t = state["m"].clone(), state["v"].clone(), state["t"].clone()
         self.gen = torch.Generator()
         self.gen.set_state(state["gen"])
+        self._cache = None
 
     # ---------------------------------------------------------------- the policy
 
     def _logit_tables(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt logits [k, D, S, T, V] and bigram [k, V+1, V] of the slots in `rows` (a [k, P] view).
+        """Prompt logits [k * D * S, T, V] and bigram [k * (V+1), V] of the slots in `rows` (a [k, P] view).
 
         The hidden part of the policy depends only on (d, s, t), so one small batched matmul per weight
-        version serves every rollout of a tick: sampling, teacher scoring and the training forward.
+        version serves every rollout: sampling, teacher scoring and the training forward. Each op here
+        is also a node of the backward, and a tick's cost is mostly per-op overhead: views go straight
+        to the broadcast shapes.
         """
-        n = rows.shape[0]
+        n, (s, t, h), (d, _), v = rows.shape[0], self.shapes["content"], self.shapes["domain"], self.vocab_size
         sizes = [b - a for a, b in self.offsets.values()]  # split: its backward is one cat
-        p = {name: part.view(n, *self.shapes[name]) for name, part in zip(self.shapes, rows.split(sizes, 1))}
-        pre = p["content"][:, None] + p["domain"][:, :, None, None]  # [k, D, S, T, H]
-        d, s, t, h = pre.shape[1:]
+        content, domain, out_weight, out_bias, bigram = rows.split(sizes, 1)
+        pre = content.view(n, 1, s * t, h) + domain.view(n, d, 1, h)  # [k, D, S * T, H]
         hidden = torch.nn.functional.hardtanh(pre).view(n, d * s * t, h)  # tanh is 3x slower on CPU
-        logits = torch.baddbmm(p["out_bias"][:, None], hidden, p["out_weight"]).view(n, d, s, t, -1)
-        return logits, p["bigram"]
+        logits = torch.baddbmm(out_bias.view(n, 1, v), hidden, out_weight.view(n, h, v))
+        return logits.view(n * d * s, t, v), bigram.reshape(n * (v + 1), v)
 
-    def _tables(self, slots: list[int], grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The tables of the distinct slots asked for, and each slot's row in them (work scales with the
-        slots in use, not with all the slots of the run)."""
-        unique = sorted(set(slots))
-        where = {s: i for i, s in enumerate(unique)}
-        flat = self.flat if grad else self.flat.detach()
-        return (*self._logit_tables(flat[unique]), torch.tensor([where[s] for s in slots]))
+    def _tables(self, slots: list[int]) -> LogitTables:
+        """The logit tables of (at least) these slots under the current weights, with their graph.
 
-    def _prompt_layout(self, requests: list[Request], prompts: int, group: int, every: bool) -> torch.Tensor:
-        """[R, N] domain of each rollout: pooled domains split evenly over a request's prompts."""
+        A tick asks for the same tables several times (sampling, teacher scoring, the training forward),
+        so they are computed once, for the slots in use: the cache grows to the union of the slots asked
+        for, and is dropped when weights change or a gradient caller takes it. They are built with
+        autograd on, so that the training forward can reuse them; the no-grad callers take them detached.
+        Work scales with the slots in use, not with all the slots of the run.
+        """
+        cache = self._cache
+        if cache is None or not all(s in cache.slots for s in slots):
+            wanted = sorted(set(slots) | set(cache.slots if cache is not None else ()))
+            with torch.enable_grad():
+                prompt, bigram = self._logit_tables(self.flat[_rows(wanted)])
+            self._cache = cache = LogitTables({s: i for i, s in enumerate(wanted)}, prompt, bigram)
+        return cache
+
+    def _prompt_layout(self, requests: list[Request], prompts: int, group: int,
+                       every: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """[R, N] domain d of each rollout (pooled domains split evenly over a request's prompts), d * S,
+        and, when every eval prompt is visited, the contents s (else they are drawn per call)."""
         key = (tuple(r.domains for r in requests), prompts, group, every)
         if key not in self._patterns:
             s = self.cfg.prompts_per_domain
@@ -146,52 +178,68 @@ class SimWorld:
                 else:
                     doms = [r.domains[i % len(r.domains)] for i in range(prompts)]
                 rows.append(torch.tensor(doms).repeat_interleave(group))
-            self._patterns[key] = torch.stack(rows)
+            domain = torch.stack(rows)
+            content = None
+            if every:
+                n_rows, n = domain.shape
+                content = torch.arange(s).repeat_interleave(group).repeat(n // (s * group)).expand(n_rows, n)
+            self._patterns[key] = domain, domain * s, content
         return self._patterns[key]
 
     def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
                greedy: bool = False, every_prompt: bool = False) -> Batch:
-        domain = self._prompt_layout(requests, prompts, group, every_prompt)
+        domain, first_prompt, content = self._prompt_layout(requests, prompts, group, every_prompt)
         n_rows, n = domain.shape
-        if every_prompt:
-            per = self.cfg.prompts_per_domain
-            content = torch.arange(per).repeat_interleave(group).repeat(n // (per * group))
-            content = content.expand(n_rows, n)
-        else:
+        if content is None:  # a prompt's G rollouts are contiguous
             content = torch.randint(self.cfg.prompts_per_domain, (n_rows, prompts), generator=self.gen)
-            content = content.repeat_interleave(group, dim=1)
-        v = self.vocab_size
-        with torch.no_grad():
-            table, bigram, index = self._tables([r.slot for r in requests], grad=False)
-            hidden = table[index[:, None], domain, content]  # [R, N, T, V]
-            bigram = bigram[index]  # [R, V+1, V]
-            rows = torch.arange(n_rows)[:, None]
-            prev = torch.full((n_rows, n), v, dtype=torch.long)
-            if temperature != 1.0:
-                hidden = hidden / temperature
+            content = content[:, :, None].expand(n_rows, prompts, group).reshape(n_rows, n)
+        prompt = first_prompt + content
+        v, length = self.vocab_size, self.cfg.answer_len
+        tables = self._tables([r.slot for r in requests])
+        where = torch.tensor([tables.slots[r.slot] for r in requests])[:, None]
+        with torch.no_grad():  # rollouts are flattened to R * N rows: fewer, larger ops in the token loop
+            table, bigram = tables.prompt.detach(), tables.bigram.detach()
+            if temperature != 1.0:  # x / 1.0 is x: skip the op
+                table, bigram = table / temperature, bigram / temperature
+            hidden = table.index_select(0, (where * self.n_prompts + prompt).view(-1))  # [R * N, T, V]
+            bigram_rows = (where * (v + 1)).expand(n_rows, n).reshape(-1)
             # Gumbel-max sampling: argmax(logits/τ + g) is a draw from softmax(logits/τ)
-            shape = (self.cfg.answer_len, n_rows, n, v)
-            noise = torch.zeros(shape) if greedy else -torch.rand(shape, generator=self.gen).log_().neg_().log_()
-            tokens, logits = [], []
-            for t in range(self.cfg.answer_len):
-                step_logits = hidden[:, :, t] + bigram[rows, prev] / temperature
-                prev = (step_logits + noise[t]).argmax(-1)
-                tokens.append(prev)
-                logits.append(step_logits)
-            tokens = torch.stack(tokens, -1)
-            logps = torch.stack(logits, 2).log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
+            if not greedy:
+                noise = torch.rand((length, n_rows * n, v), generator=self.gen).log_().neg_().log_().neg_()
+            steps = [torch.full((n_rows * n,), v)]  # the token before position 0: the start token
+            logits = torch.empty(n_rows * n, length, v)
+            for t in range(length):
+                step_logits = torch.add(hidden[:, t], bigram.index_select(0, bigram_rows + steps[-1]), out=logits[:, t])
+                steps.append((step_logits if greedy else noise[t].add_(step_logits)).argmax(-1))
+            sequence = torch.stack(steps, -1).view(n_rows, n, length + 1)  # the start token, then the answer
+            tokens, prev = sequence[..., 1:], sequence[..., :-1]
+            logps = logits.view(n_rows, n, length, v).log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
             reward, correct = self.tasks.score(domain, content, tokens)
         return Batch(list(requests), domain, tokens, torch.ones(tokens.shape), reward, correct, logps,
-                     SimPayload(content, temperature))
+                     SimPayload(content, prompt, prev, temperature))
 
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
-        table, bigram, index = self._tables([max(s, 0) for s in slots], grad)
-        index = index[:, None, None]
-        v = self.vocab_size
-        prev = torch.cat([torch.full_like(batch.tokens[..., :1], v), batch.tokens[..., :-1]], -1)
-        logits = table[index[..., 0], batch.domain, batch.payload.content] + bigram[index, prev]
-        temperature = batch.payload.temperature
+        tables = self._tables([max(s, 0) for s in slots])
+        where = torch.tensor([tables.slots[max(s, 0)] for s in slots])[:, None]
+        if grad:  # the caller's backward frees the tables' graph: later callers get fresh tables
+            self._cache = None
+        table, bigram = (tables.prompt, tables.bigram) if grad else (tables.prompt.detach(), tables.bigram.detach())
+        payload, shape, v = batch.payload, batch.tokens.shape, self.vocab_size
+        prompt_rows = (where * self.n_prompts + payload.prompt).view(-1)
+        bigram_rows = ((where * (v + 1))[:, :, None] + payload.prev).view(-1)
+        logits = (table.index_select(0, prompt_rows).view(*shape, v)
+                  + bigram.index_select(0, bigram_rows).view(*shape, v))
+        temperature = payload.temperature
         return (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
 
     def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         return self.full_logprobs(batch, slots, grad).gather(-1, batch.tokens[..., None]).squeeze(-1)
+
+
+def _rows(slots: list[int]) -> slice | torch.Tensor:
+    """The rows of these slots in a [slots, P] tensor: a slice (a view: no gather, and a cheap backward)
+    when the distinct slots are contiguous, as a tick's training branches usually are; else an index."""
+    unique = sorted(set(slots))
+    if unique[-1] - unique[0] + 1 == len(unique):
+        return slice(unique[0], unique[-1] + 1)
+    return torch.tensor(unique)
