@@ -274,11 +274,11 @@ class Trainer:
         teachers = [r.teacher for r in requests]
         # most ticks have no OPD request: their OPD terms are skipped (a tick costs mostly per-op overhead)
         any_opd = any(t >= 0 for t in teachers)
-        is_opd = torch.tensor([t >= 0 for t in teachers])
-        beta = torch.tensor([r.beta for r in requests])
+        is_opd = torch.tensor([t >= 0 for t in teachers]) if any_opd else None
+        beta = torch.tensor([r.beta for r in requests]) if any_opd else None
         # each branch's loss is the mean of its requests' losses: one update on B_nat ∪ (∪_j B_j)
         requests_of = Counter(students)
-        share = torch.tensor([1.0 / requests_of[s] for s in students])
+        share = torch.tensor([1.0 / requests_of[s] for s in students]) if len(requests_of) < len(students) else None
         full = c.estimator != "sampled" and any_opd
         with torch.no_grad():
             teacher_lp = world.token_logprobs(batch, teachers, grad=False) if any_opd else None
@@ -305,7 +305,7 @@ class Trainer:
             finite = torch.isfinite(row_loss)
             if not bool(finite.all()):  # stop before the update: the weights stay the last good ones
                 self._non_finite(tick, owners, row_loss, finite)
-            world.step((row_loss * share).sum(), students)
+            world.step((row_loss if share is None else row_loss * share).sum(), students)  # x * 1.0 is x
         with torch.no_grad():  # per-row training signals, synced to Python only when flushed
             signal = batch.rewards.mean(1)
             if any_opd:

@@ -35,6 +35,16 @@ class SimPayload:
         return SimPayload(self.content[index], self.prompt[index], self.prev[index], self.temperature)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where the rollouts of a sample call come from (cached per request shape)."""
+
+    domain: torch.Tensor  # [R, N] domain d of each rollout; pooled domains split evenly over a request's prompts
+    first_prompt: torch.Tensor  # [R, N] d * S: the row of the domain's first prompt in a slot's table
+    content: torch.Tensor | None  # [R, N] content s when every eval prompt is visited once, else None (drawn)
+    mask: torch.Tensor  # [R, N, T] all ones: every sim answer has T tokens
+
+
 @dataclass
 class LogitTables:
     """The logit tables of some slots under the current weights (see SimWorld._tables)."""
@@ -62,7 +72,7 @@ class SimWorld:
             self.offsets[name] = (total, total + size)
             total += size
         self.n_params = total
-        self._patterns: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        self._layouts: dict[tuple, Layout] = {}
         self._cache: LogitTables | None = None
 
     # ---------------------------------------------------------------- slots and optimizer
@@ -164,12 +174,10 @@ class SimWorld:
             self._cache = cache = LogitTables({s: i for i, s in enumerate(wanted)}, prompt, bigram)
         return cache
 
-    def _prompt_layout(self, requests: list[Request], prompts: int, group: int,
-                       every: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """[R, N] domain d of each rollout (pooled domains split evenly over a request's prompts), d * S,
-        and, when every eval prompt is visited, the contents s (else they are drawn per call)."""
+    def _prompt_layout(self, requests: list[Request], prompts: int, group: int, every: bool) -> Layout:
+        """Where a call's rollouts come from, cached: the same request shapes come back every tick."""
         key = (tuple(r.domains for r in requests), prompts, group, every)
-        if key not in self._patterns:
+        if key not in self._layouts:
             s = self.cfg.prompts_per_domain
             rows = []
             for r in requests:
@@ -179,23 +187,25 @@ class SimWorld:
                     doms = [r.domains[i % len(r.domains)] for i in range(prompts)]
                 rows.append(torch.tensor(doms).repeat_interleave(group))
             domain = torch.stack(rows)
+            n_rows, n = domain.shape
             content = None
             if every:
-                n_rows, n = domain.shape
                 content = torch.arange(s).repeat_interleave(group).repeat(n // (s * group)).expand(n_rows, n)
-            self._patterns[key] = domain, domain * s, content
-        return self._patterns[key]
+            self._layouts[key] = Layout(domain, domain * s, content, torch.ones(n_rows, n, self.cfg.answer_len))
+        return self._layouts[key]
 
     def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
                greedy: bool = False, every_prompt: bool = False) -> Batch:
-        domain, first_prompt, content = self._prompt_layout(requests, prompts, group, every_prompt)
+        layout = self._prompt_layout(requests, prompts, group, every_prompt)
+        domain, content = layout.domain, layout.content
         n_rows, n = domain.shape
         if content is None:  # a prompt's G rollouts are contiguous
             content = torch.randint(self.cfg.prompts_per_domain, (n_rows, prompts), generator=self.gen)
             content = content[:, :, None].expand(n_rows, prompts, group).reshape(n_rows, n)
-        prompt = first_prompt + content
+        prompt = layout.first_prompt + content
         v, length = self.vocab_size, self.cfg.answer_len
-        tables = self._tables([r.slot for r in requests])
+        # the teachers that will score these rollouts join the tables now, rather than rebuild them then
+        tables = self._tables([r.slot for r in requests] + [r.teacher for r in requests if r.teacher >= 0])
         where = torch.tensor([tables.slots[r.slot] for r in requests])[:, None]
         with torch.no_grad():  # rollouts are flattened to R * N rows: fewer, larger ops in the token loop
             table, bigram = tables.prompt.detach(), tables.bigram.detach()
@@ -203,24 +213,27 @@ class SimWorld:
                 table, bigram = table / temperature, bigram / temperature
             hidden = table.index_select(0, (where * self.n_prompts + prompt).view(-1))  # [R * N, T, V]
             bigram_rows = (where * (v + 1)).expand(n_rows, n).reshape(-1)
-            # Gumbel-max sampling: argmax(logits/τ + g) is a draw from softmax(logits/τ)
+            # Gumbel-max sampling: argmax(logits/τ + g) is a draw from softmax(logits/τ), with g = -log(-log u);
+            # `minus_g` spares the last negation: logits - (-g) is exactly logits + g
             if not greedy:
-                noise = torch.rand((length, n_rows * n, v), generator=self.gen).log_().neg_().log_().neg_()
+                minus_g = torch.rand((length, n_rows * n, v), generator=self.gen).log_().neg_().log_().unbind(0)
             steps = [torch.full((n_rows * n,), v)]  # the token before position 0: the start token
             logits = torch.empty(n_rows * n, length, v)
-            for t in range(length):
-                step_logits = torch.add(hidden[:, t], bigram.index_select(0, bigram_rows + steps[-1]), out=logits[:, t])
-                steps.append((step_logits if greedy else noise[t].add_(step_logits)).argmax(-1))
+            for t, (hidden_t, logits_t) in enumerate(zip(hidden.unbind(1), logits.unbind(1))):
+                step_logits = torch.add(hidden_t, bigram.index_select(0, bigram_rows + steps[-1]), out=logits_t)
+                steps.append((step_logits if greedy else torch.sub(step_logits, minus_g[t], out=minus_g[t])).argmax(-1))
             sequence = torch.stack(steps, -1).view(n_rows, n, length + 1)  # the start token, then the answer
             tokens, prev = sequence[..., 1:], sequence[..., :-1]
             logps = logits.view(n_rows, n, length, v).log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
-            reward, correct = self.tasks.score(domain, content, tokens)
-        return Batch(list(requests), domain, tokens, torch.ones(tokens.shape), reward, correct, logps,
+            reward, correct = self.tasks.score_prompts(prompt, tokens)
+        return Batch(list(requests), domain, tokens, layout.mask, reward, correct, logps,
                      SimPayload(content, prompt, prev, temperature))
 
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
-        tables = self._tables([max(s, 0) for s in slots])
-        where = torch.tensor([tables.slots[max(s, 0)] for s in slots])[:, None]
+        # a row that needs no score (slot -1) gets its sampler's: those tables are at hand, the values unused
+        slots = [s if s >= 0 else r.slot for s, r in zip(slots, batch.requests)]
+        tables = self._tables(slots)
+        where = torch.tensor([tables.slots[s] for s in slots])[:, None]
         if grad:  # the caller's backward frees the tables' graph: later callers get fresh tables
             self._cache = None
         table, bigram = (tables.prompt, tables.bigram) if grad else (tables.prompt.detach(), tables.bigram.detach())
