@@ -29,10 +29,23 @@ class SimPayload:
     prompt: torch.Tensor  # [R, N] d * S + s: the prompt's row in a slot's table of prompt logits
     prev: torch.Tensor  # [R, N, T] the token before each position (V = the start token): the bigram's row
     temperature: float
+    scored: Scored | None = None  # the sampler's own scores, reused while its tables are current
 
     def take(self, rows: list[int]) -> SimPayload:
         index = torch.tensor(rows, dtype=torch.long)
         return SimPayload(self.content[index], self.prompt[index], self.prev[index], self.temperature)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Full log-probs [R, N, T, V] of a batch under its samplers' slots, with their graph to `tables`.
+
+    Sampling computes them anyway (its log-probs are π_old), and the training forward, the gap's
+    student side and the conflict probe ask for the very same numbers right after: they get these.
+    """
+
+    tables: LogitTables
+    logp: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -207,43 +220,59 @@ class SimWorld:
         # the teachers that will score these rollouts join the tables now, rather than rebuild them then
         tables = self._tables([r.slot for r in requests] + [r.teacher for r in requests if r.teacher >= 0])
         where = torch.tensor([tables.slots[r.slot] for r in requests])[:, None]
+        # in the caller's grad mode: the training forward reuses this (see Scored)
+        hidden = tables.prompt.index_select(0, (where * self.n_prompts + prompt).view(-1))  # [R * N, T, V]
         with torch.no_grad():  # rollouts are flattened to R * N rows: fewer, larger ops in the token loop
-            table, bigram = tables.prompt.detach(), tables.bigram.detach()
+            hidden_loop, bigram = hidden.detach(), tables.bigram.detach()
             if temperature != 1.0:  # x / 1.0 is x: skip the op
-                table, bigram = table / temperature, bigram / temperature
-            hidden = table.index_select(0, (where * self.n_prompts + prompt).view(-1))  # [R * N, T, V]
+                hidden_loop, bigram = hidden_loop / temperature, bigram / temperature
             bigram_rows = (where * (v + 1)).expand(n_rows, n).reshape(-1)
             # Gumbel-max sampling: argmax(logits/τ + g) is a draw from softmax(logits/τ), with g = -log(-log u);
             # `minus_g` spares the last negation: logits - (-g) is exactly logits + g
             if not greedy:
                 minus_g = torch.rand((length, n_rows * n, v), generator=self.gen).log_().neg_().log_().unbind(0)
-            steps = [torch.full((n_rows * n,), v)]  # the token before position 0: the start token
-            logits = torch.empty(n_rows * n, length, v)
-            for t, (hidden_t, logits_t) in enumerate(zip(hidden.unbind(1), logits.unbind(1))):
-                step_logits = torch.add(hidden_t, bigram.index_select(0, bigram_rows + steps[-1]), out=logits_t)
-                steps.append((step_logits if greedy else torch.sub(step_logits, minus_g[t], out=minus_g[t])).argmax(-1))
+            steps, logits = [torch.full((n_rows * n,), v)], []  # the token before position 0: the start token
+            for t, hidden_t in enumerate(hidden_loop.unbind(1)):
+                logits.append(hidden_t + bigram.index_select(0, bigram_rows + steps[-1]))
+                steps.append((logits[-1] if greedy else torch.sub(logits[-1], minus_g[t], out=minus_g[t])).argmax(-1))
             sequence = torch.stack(steps, -1).view(n_rows, n, length + 1)  # the start token, then the answer
             tokens, prev = sequence[..., 1:], sequence[..., :-1]
-            logps = logits.view(n_rows, n, length, v).log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
+        scored = Scored(tables, self._logprobs(hidden.view(*tokens.shape, v), tables.bigram, where, prev, temperature))
+        with torch.no_grad():
+            # π_old: at τ = 1 the loop's logits are the scored ones; else h/τ + U/τ rounds unlike (h + U)/τ
+            sampled = (scored.logp if temperature == 1.0
+                       else torch.stack(logits, 1).view(*tokens.shape, v).log_softmax(-1))
+            logps = sampled.gather(-1, tokens[..., None]).squeeze(-1)
             reward, correct = self.tasks.score_prompts(prompt, tokens)
         return Batch(list(requests), domain, tokens, layout.mask, reward, correct, logps,
-                     SimPayload(content, prompt, prev, temperature))
+                     SimPayload(content, prompt, prev, temperature, scored))
+
+    def _logprobs(self, hidden: torch.Tensor, bigram: torch.Tensor, where: torch.Tensor, prev: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+        """[R, N, T, V] log-probs from the rollouts' prompt logits `hidden` [R, N, T, V] and the bigram rows of
+        their previous tokens prev [R, N, T] in the `bigram` table, whose slot of request r is block where[r]."""
+        rows = ((where * (self.vocab_size + 1))[:, :, None] + prev).view(-1)
+        logits = hidden + bigram.index_select(0, rows).view(hidden.shape)
+        return (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
 
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
+        payload, scored = batch.payload, batch.payload.scored
         # a row that needs no score (slot -1) gets its sampler's: those tables are at hand, the values unused
         slots = [s if s >= 0 else r.slot for s, r in zip(slots, batch.requests)]
-        tables = self._tables(slots)
-        where = torch.tensor([tables.slots[s] for s in slots])[:, None]
+        if (scored is not None and scored.tables is self._cache and (scored.logp.requires_grad or not grad)
+                and slots == [r.slot for r in batch.requests]):
+            logp = scored.logp
+        else:
+            tables = self._tables(slots)
+            where = torch.tensor([tables.slots[s] for s in slots])[:, None]
+            table, bigram = (tables.prompt, tables.bigram) if grad else (tables.prompt.detach(), tables.bigram.detach())
+            hidden = table.index_select(0, (where * self.n_prompts + payload.prompt).view(-1))
+            hidden = hidden.view(*batch.tokens.shape, self.vocab_size)
+            logp = self._logprobs(hidden, bigram, where, payload.prev, payload.temperature)
         if grad:  # the caller's backward frees the tables' graph: later callers get fresh tables
             self._cache = None
-        table, bigram = (tables.prompt, tables.bigram) if grad else (tables.prompt.detach(), tables.bigram.detach())
-        payload, shape, v = batch.payload, batch.tokens.shape, self.vocab_size
-        prompt_rows = (where * self.n_prompts + payload.prompt).view(-1)
-        bigram_rows = ((where * (v + 1))[:, :, None] + payload.prev).view(-1)
-        logits = (table.index_select(0, prompt_rows).view(*shape, v)
-                  + bigram.index_select(0, bigram_rows).view(*shape, v))
-        temperature = payload.temperature
-        return (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
+            return logp
+        return logp.detach()
 
     def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         return self.full_logprobs(batch, slots, grad).gather(-1, batch.tokens[..., None]).squeeze(-1)
