@@ -227,14 +227,18 @@ class SimWorld:
             if temperature != 1.0:  # x / 1.0 is x: skip the op
                 hidden_loop, bigram = hidden_loop / temperature, bigram / temperature
             bigram_rows = (where * (v + 1)).expand(n_rows, n).reshape(-1)
-            # Gumbel-max sampling: argmax(logits/τ + g) is a draw from softmax(logits/τ), with g = -log(-log u);
-            # `minus_g` spares the last negation: logits - (-g) is exactly logits + g
+            # inverse-CDF sampling: one uniform u per token (Gumbel-max needs V of them, and drawing them was the
+            # dearest part of a tick); the token is the first id whose cumulative probability exceeds u
             if not greedy:
-                minus_g = torch.rand((length, n_rows * n, v), generator=self.gen).log_().neg_().log_().unbind(0)
+                uniform = torch.rand((length, n_rows * n, 1), generator=self.gen).unbind(0)
             steps, logits = [torch.full((n_rows * n,), v)], []  # the token before position 0: the start token
             for t, hidden_t in enumerate(hidden_loop.unbind(1)):
                 logits.append(hidden_t + bigram.index_select(0, bigram_rows + steps[-1]))
-                steps.append((logits[-1] if greedy else torch.sub(logits[-1], minus_g[t], out=minus_g[t])).argmax(-1))
+                if greedy:
+                    steps.append(logits[-1].argmax(-1))
+                else:  # u scaled by the row's total: float rounding never runs past the last id with mass
+                    cdf = logits[-1].softmax(-1).cumsum_(-1)
+                    steps.append(torch.searchsorted(cdf, uniform[t] * cdf[:, -1:], right=True).view(-1))
             sequence = torch.stack(steps, -1).view(n_rows, n, length + 1)  # the start token, then the answer
             tokens, prev = sequence[..., 1:], sequence[..., :-1]
         scored = Scored(tables, self._logprobs(hidden.view(*tokens.shape, v), tables.bigram, where, prev, temperature))
