@@ -102,6 +102,7 @@ class Trainer:
         self.rollouts_done = dict.fromkeys(self.steps_done, 0)
         self.gap = Meter(cfg, world, self._log)
         self._boundary = False
+        self._requests: dict[tuple[str, int], list] = {}  # see _stage_requests
         self._pending: list[tuple[int, list[tuple[str, str, str]], torch.Tensor]] = []
         self.signal_rows: list[dict] = []  # training signals from drained _pending; they follow self.rows
 
@@ -239,25 +240,42 @@ class Trainer:
         """This tick's requests of one recipe: native GRPO batches and OPD batches per open edge."""
         cur = self.cursors[recipe.name]
         stage = recipe.stages[cur.stage]
-        for name in stage.train:
-            branch = recipe.branch(name)
-            if not is_active(cur.tick, branch.step_rate):
+        for name, step_rate, native, opd in self._stage_requests(recipe, cur.stage):
+            if not is_active(cur.tick, step_rate):
                 continue
-            slot = self.slot(recipe, name)
             self.steps_done[f"{recipe.name}/{name}"] += 1
-            if stage.rlvr:
-                requests.append(Request(slot, tuple(self.domain_index[d] for d in branch.domains)))
+            if native is not None:
+                requests.append(native)
                 owners.append((recipe.name, name, ""))
-            for edge in stage.edges:
-                if edge.student == name and self._edge_open(recipe, stage, edge):
-                    requests.append(Request(slot, (self.domain_index[edge.domain],),
-                                            teacher=self.teacher_slot(recipe, edge), beta=edge.beta))
+            for edge, request in opd:
+                if self._edge_open(recipe, stage, edge):
+                    requests.append(request)
                     owners.append((recipe.name, name, edge.label))
         cur.tick += 1
         if cur.tick == stage.steps and len(recipe.branches) > 1 and self.cfg.metrics.gap_at_phase_end:
             self._boundary = True  # the gap is measured at every phase end: the saw-tooth's corners
         for key in list(cur.windows):
             cur.windows[key] -= 1
+
+    def _stage_requests(self, recipe: Recipe, index: int) -> list[tuple[str, float, Request | None, list]]:
+        """Per trained branch of a stage: name, step rate, native GRPO request (None without RLVR) and
+        (edge, OPD request) of each edge it learns on. Built once per stage: requests never change, and
+        matching edges to students every tick would cost K·|edges| per tick."""
+        key = (recipe.name, index)
+        if key not in self._requests:
+            stage = recipe.stages[index]
+            edges_of: dict[str, list[OPDEdge]] = {}
+            for edge in stage.edges:
+                edges_of.setdefault(edge.student, []).append(edge)
+            plan = []
+            for name in stage.train:
+                branch, slot = recipe.branch(name), self.slot(recipe, name)
+                native = Request(slot, tuple(self.domain_index[d] for d in branch.domains)) if stage.rlvr else None
+                opd = [(edge, Request(slot, (self.domain_index[edge.domain],), teacher=self.teacher_slot(recipe, edge),
+                                      beta=edge.beta)) for edge in edges_of.get(name, [])]
+                plan.append((name, branch.step_rate, native, opd))
+            self._requests[key] = plan
+        return self._requests[key]
 
     def _edge_open(self, recipe: Recipe, stage: Stage, edge: OPDEdge) -> bool:
         if stage.adaptive_threshold <= 0:
