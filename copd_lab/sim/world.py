@@ -86,6 +86,7 @@ class SimWorld:
             total += size
         self.n_params = total
         self._layouts: dict[tuple, Layout] = {}
+        self._first: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._cache: LogitTables | None = None
 
     # ---------------------------------------------------------------- slots and optimizer
@@ -219,14 +220,14 @@ class SimWorld:
         v, length = self.vocab_size, self.cfg.answer_len
         # the teachers that will score these rollouts join the tables now, rather than rebuild them then
         tables = self._tables([r.slot for r in requests] + [r.teacher for r in requests if r.teacher >= 0])
-        where = torch.tensor([tables.slots[r.slot] for r in requests])[:, None]
+        first = self._first_rows(tables, [r.slot for r in requests])
         # in the caller's grad mode: the training forward reuses this (see Scored)
-        hidden = tables.prompt.index_select(0, (where * self.n_prompts + prompt).view(-1))  # [R * N, T, V]
+        hidden = tables.prompt.index_select(0, (first[0] + prompt).view(-1))  # [R * N, T, V]
         with torch.no_grad():  # rollouts are flattened to R * N rows: fewer, larger ops in the token loop
             hidden_loop, bigram = hidden.detach(), tables.bigram.detach()
             if temperature != 1.0:  # x / 1.0 is x: skip the op
                 hidden_loop, bigram = hidden_loop / temperature, bigram / temperature
-            bigram_rows = (where * (v + 1)).expand(n_rows, n).reshape(-1)
+            bigram_rows = first[1].expand(n_rows, n).reshape(-1)
             # inverse-CDF sampling: one uniform u per token (Gumbel-max needs V of them, and drawing them was the
             # dearest part of a tick); the token is the first id whose cumulative probability exceeds u
             if not greedy:
@@ -241,7 +242,8 @@ class SimWorld:
                     steps.append(torch.searchsorted(cdf, uniform[t] * cdf[:, -1:], right=True).view(-1))
             sequence = torch.stack(steps, -1).view(n_rows, n, length + 1)  # the start token, then the answer
             tokens, prev = sequence[..., 1:], sequence[..., :-1]
-        scored = Scored(tables, self._logprobs(hidden.view(*tokens.shape, v), tables.bigram, where, prev, temperature))
+        logp = self._logprobs(hidden.view(*tokens.shape, v), tables.bigram, first[1], prev, temperature)
+        scored = Scored(tables, logp)
         with torch.no_grad():
             # π_old: at τ = 1 the loop's logits are the scored ones; else h/τ + U/τ rounds unlike (h + U)/τ
             sampled = (scored.logp if temperature == 1.0
@@ -251,32 +253,50 @@ class SimWorld:
         return Batch(list(requests), domain, tokens, layout.mask, reward, correct, logps,
                      SimPayload(content, prompt, prev, temperature, scored))
 
-    def _logprobs(self, hidden: torch.Tensor, bigram: torch.Tensor, where: torch.Tensor, prev: torch.Tensor,
+    def _first_rows(self, tables: LogitTables, slots: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[R, 1] first row of each request's slot in the tables' prompt and bigram tables (cached: a tick's
+        requests and tables come back every tick)."""
+        key = (tuple(tables.slots), tuple(slots))
+        if key not in self._first:
+            where = torch.tensor([tables.slots[s] for s in slots])[:, None]
+            self._first[key] = where * self.n_prompts, where * (self.vocab_size + 1)
+        return self._first[key]
+
+    def _logprobs(self, hidden: torch.Tensor, bigram: torch.Tensor, first: torch.Tensor, prev: torch.Tensor,
                   temperature: float) -> torch.Tensor:
         """[R, N, T, V] log-probs from the rollouts' prompt logits `hidden` [R, N, T, V] and the bigram rows of
-        their previous tokens prev [R, N, T] in the `bigram` table, whose slot of request r is block where[r]."""
-        rows = ((where * (self.vocab_size + 1))[:, :, None] + prev).view(-1)
+        their previous tokens prev [R, N, T] in the `bigram` table, where request r's slot starts at first[r]."""
+        rows = (first[:, :, None] + prev).view(-1)
         logits = hidden + bigram.index_select(0, rows).view(hidden.shape)
         return (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
 
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         payload, scored = batch.payload, batch.payload.scored
-        # a row that needs no score (slot -1) gets its sampler's: those tables are at hand, the values unused
-        slots = [s if s >= 0 else r.slot for s, r in zip(slots, batch.requests)]
         if (scored is not None and scored.tables is self._cache and (scored.logp.requires_grad or not grad)
                 and slots == [r.slot for r in batch.requests]):
             logp = scored.logp
-        else:
-            tables = self._tables(slots)
-            where = torch.tensor([tables.slots[s] for s in slots])[:, None]
-            table, bigram = (tables.prompt, tables.bigram) if grad else (tables.prompt.detach(), tables.bigram.detach())
-            hidden = table.index_select(0, (where * self.n_prompts + payload.prompt).view(-1))
-            hidden = hidden.view(*batch.tokens.shape, self.vocab_size)
-            logp = self._logprobs(hidden, bigram, where, payload.prev, payload.temperature)
+        elif min(slots) >= 0:
+            logp = self._score(slots, payload.prompt, payload.prev, payload.temperature, grad)
+        else:  # rows that need no score (slot -1: the GRPO rows of a tick's teacher scoring) stay zeros
+            logp = torch.zeros(*batch.tokens.shape, self.vocab_size)
+            needed = [i for i, s in enumerate(slots) if s >= 0]
+            if needed:
+                index = torch.tensor(needed)
+                logp = logp.index_copy(0, index, self._score([slots[i] for i in needed], payload.prompt[index],
+                                                             payload.prev[index], payload.temperature, grad))
         if grad:  # the caller's backward frees the tables' graph: later callers get fresh tables
             self._cache = None
             return logp
         return logp.detach()
+
+    def _score(self, slots: list[int], prompt: torch.Tensor, prev: torch.Tensor, temperature: float,
+               grad: bool) -> torch.Tensor:
+        """[R, N, T, V] log-probs under slots[r] of rollouts with prompts prompt [R, N] and previous tokens prev."""
+        tables = self._tables(slots)
+        first = self._first_rows(tables, slots)
+        table, bigram = (tables.prompt, tables.bigram) if grad else (tables.prompt.detach(), tables.bigram.detach())
+        hidden = table.index_select(0, (first[0] + prompt).view(-1)).view(*prev.shape, self.vocab_size)
+        return self._logprobs(hidden, bigram, first[1], prev, temperature)
 
     def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         return self.full_logprobs(batch, slots, grad).gather(-1, batch.tokens[..., None]).squeeze(-1)
