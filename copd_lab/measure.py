@@ -38,10 +38,10 @@ class Meter:
         """[len(pairs), M] gap metrics of (student, teacher) slot pairs on the student's visited prefixes
         (the paper's μ_θ): all GAP_METRICS if `full`, else the first three of QUICK_METRICS' order."""
         students = sorted({s for s, _ in pairs})
-        batch = self._student_rollouts(students)
         rows = torch.tensor([students.index(s) for s, _ in pairs])
         k = self.cfg.metrics.topk
         with torch.no_grad():
+            batch = self._student_rollouts(students)
             # a student's top-k sets serve all its pairs: one torch.topk per student, not per pair
             p_top = TopK(self.world.full_logprobs(batch, students, grad=False), k).take(rows)
             pair_batch = batch.take(rows.tolist())

@@ -275,9 +275,10 @@ class SimWorld:
         if (scored is not None and scored.tables is self._cache and (scored.logp.requires_grad or not grad)
                 and slots == [r.slot for r in batch.requests]):
             logp = scored.logp
-        elif min(slots) >= 0:
+        elif 2 * slots.count(-1) <= len(slots):  # rows that need no score (slot -1) get their sampler's
+            slots = [s if s >= 0 else r.slot for s, r in zip(slots, batch.requests)]
             logp = self._score(slots, payload.prompt, payload.prev, payload.temperature, grad)
-        else:  # rows that need no score (slot -1: the GRPO rows of a tick's teacher scoring) stay zeros
+        else:  # mostly unneeded rows (a tick's teacher scoring with few OPD rows): score the others, zeros here
             logp = torch.zeros(*batch.tokens.shape, self.vocab_size)
             needed = [i for i, s in enumerate(slots) if s >= 0]
             if needed:
