@@ -4,9 +4,14 @@ The policy is a small autoregressive network over the task's tokens: for prompt 
 after token y_{t-1}, logits = hardtanh(E_content[s, t] + E_domain[d]) W + b + U[y_{t-1}]. The hidden
 layer (width = SimConfig.hidden) is the capacity that domains share; the bigram term U lets a response
 keep the behaviour pattern it started with. Because the hidden part does not depend on earlier tokens,
-a whole rollout's hidden logits are one batched matmul and sampling only adds U row by row.
-All slots' weights live in one flat tensor [slots, P]; Adam runs on it with a mask so only the slots
-that trained this tick move, each with its own step count.
+the hidden logits of every prompt are one batched matmul per weight version (the logit tables, built
+once a tick and reused by sampling, scoring and the training forward) and sampling only adds U row by
+row. All slots' weights live in one flat tensor [slots, P]; Adam runs on the rows of the slots that
+trained this tick, each with its own step count.
+
+A tick here is a few hundred tensor ops on small tensors, so its cost is mostly per-op overhead: the
+code below favours fewer ops (flat tables read with index_select, caches of what repeats every tick)
+over fewer flops, with the float ops of the plain computation, so that none of this changes a number.
 """
 
 from __future__ import annotations
@@ -220,14 +225,14 @@ class SimWorld:
         v, length = self.vocab_size, self.cfg.answer_len
         # the teachers that will score these rollouts join the tables now, rather than rebuild them then
         tables = self._tables([r.slot for r in requests] + [r.teacher for r in requests if r.teacher >= 0])
-        first = self._first_rows(tables, [r.slot for r in requests])
+        prompt_first, bigram_first = self._first_rows(tables, [r.slot for r in requests])
         # in the caller's grad mode: the training forward reuses this (see Scored)
-        hidden = tables.prompt.index_select(0, (first[0] + prompt).view(-1))  # [R * N, T, V]
+        hidden = tables.prompt.index_select(0, (prompt_first + prompt).view(-1))  # [R * N, T, V]
         with torch.no_grad():  # rollouts are flattened to R * N rows: fewer, larger ops in the token loop
             hidden_loop, bigram = hidden.detach(), tables.bigram.detach()
             if temperature != 1.0:  # x / 1.0 is x: skip the op
                 hidden_loop, bigram = hidden_loop / temperature, bigram / temperature
-            bigram_rows = first[1].expand(n_rows, n).reshape(-1)
+            bigram_rows = bigram_first.expand(n_rows, n).reshape(-1)
             # inverse-CDF sampling: one uniform u per token (Gumbel-max needs V of them, and drawing them was the
             # dearest part of a tick); the token is the first id whose cumulative probability exceeds u
             if not greedy:
@@ -242,8 +247,8 @@ class SimWorld:
                     steps.append(torch.searchsorted(cdf, uniform[t] * cdf[:, -1:], right=True).view(-1))
             sequence = torch.stack(steps, -1).view(n_rows, n, length + 1)  # the start token, then the answer
             tokens, prev = sequence[..., 1:], sequence[..., :-1]
-        logp = self._logprobs(hidden.view(*tokens.shape, v), tables.bigram, first[1], prev, temperature)
-        scored = Scored(tables, logp)
+        scored = Scored(tables, self._logprobs(hidden.view(*tokens.shape, v), tables.bigram, bigram_first, prev,
+                                               temperature))
         with torch.no_grad():
             # π_old: at τ = 1 the loop's logits are the scored ones; else h/τ + U/τ rounds unlike (h + U)/τ
             sampled = (scored.logp if temperature == 1.0
@@ -262,15 +267,16 @@ class SimWorld:
             self._first[key] = where * self.n_prompts, where * (self.vocab_size + 1)
         return self._first[key]
 
-    def _logprobs(self, hidden: torch.Tensor, bigram: torch.Tensor, first: torch.Tensor, prev: torch.Tensor,
+    def _logprobs(self, hidden: torch.Tensor, bigram: torch.Tensor, bigram_first: torch.Tensor, prev: torch.Tensor,
                   temperature: float) -> torch.Tensor:
         """[R, N, T, V] log-probs from the rollouts' prompt logits `hidden` [R, N, T, V] and the bigram rows of
-        their previous tokens prev [R, N, T] in the `bigram` table, where request r's slot starts at first[r]."""
-        rows = (first[:, :, None] + prev).view(-1)
+        their previous tokens prev [R, N, T], request r's slot starting at row bigram_first[r] of `bigram`."""
+        rows = (bigram_first[:, :, None] + prev).view(-1)
         logits = hidden + bigram.index_select(0, rows).view(hidden.shape)
         return (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
 
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
+        """The sampler's own log-probs when they are still current (see Scored), else scored from the tables."""
         payload, scored = batch.payload, batch.payload.scored
         if (scored is not None and scored.tables is self._cache and (scored.logp.requires_grad or not grad)
                 and slots == [r.slot for r in batch.requests]):
@@ -294,10 +300,10 @@ class SimWorld:
                grad: bool) -> torch.Tensor:
         """[R, N, T, V] log-probs under slots[r] of rollouts with prompts prompt [R, N] and previous tokens prev."""
         tables = self._tables(slots)
-        first = self._first_rows(tables, slots)
+        prompt_first, bigram_first = self._first_rows(tables, slots)
         table, bigram = (tables.prompt, tables.bigram) if grad else (tables.prompt.detach(), tables.bigram.detach())
-        hidden = table.index_select(0, (first[0] + prompt).view(-1)).view(*prev.shape, self.vocab_size)
-        return self._logprobs(hidden, bigram, first[1], prev, temperature)
+        hidden = table.index_select(0, (prompt_first + prompt).view(-1)).view(*prev.shape, self.vocab_size)
+        return self._logprobs(hidden, bigram, bigram_first, prev, temperature)
 
     def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         return self.full_logprobs(batch, slots, grad).gather(-1, batch.tokens[..., None]).squeeze(-1)
