@@ -12,6 +12,8 @@ the thunlp/OPD (arXiv 2604.13016) support variants, for comparison.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch
 from torch import Tensor
 
@@ -142,27 +144,60 @@ def opd_sampled_advantage(teacher_logprobs: Tensor, student_logprobs: Tensor, be
     return (beta * (teacher_logprobs - student_logprobs)).detach()
 
 
-def topk_mask(logp: Tensor, k: int) -> Tensor:
-    """Bool [..., V] membership of TopK(logp) along V, exactly min(k, V) ids per position.
+class TopK:
+    """TopK(logp) along V, exactly min(k, V) ids per position, from one torch.topk call; the membership mask
+    and the ids are derived on first use, so metrics that need the same sets can share one TopK.
 
     Ties at the k-th value go to the lowest token ids, so the set is reproducible across devices (torch.topk
-    leaves tie order unspecified, and bf16 log-probs tie often)."""
-    if k < 1:
-        raise ValueError(f"k={k} must be >= 1")
-    k = min(k, logp.shape[-1])
-    kth = logp.topk(k, dim=-1).values[..., -1:]
-    above = logp > kth
-    tied = logp == kth
-    room = k - above.sum(dim=-1, keepdim=True)
-    return above | (tied & (tied.cumsum(dim=-1) <= room))
+    leaves tie order unspecified, and bf16 log-probs tie often). Float log-probs rarely tie: when no position
+    has an id outside its top k tied with its k-th value, the set is simply logp >= k-th value and the ids
+    torch.topk gave are its members, which saves the tie-breaking cumsum and nonzero.
+    """
+
+    def __init__(self, logp: Tensor, k: int):
+        if k < 1:
+            raise ValueError(f"k={k} must be >= 1")
+        v = logp.shape[-1]
+        self.k, self.logp = min(k, v), logp
+        top = logp.topk(min(self.k + 1, v), dim=-1)
+        self._ids, self._kth = top.indices[..., : self.k], top.values[..., self.k - 1 : self.k]
+        # `<` is False on nan and on a tie at -inf, which take the exact path
+        self._clean = self.k == v or bool((top.values[..., self.k] < self._kth[..., 0]).all())
+
+    def take(self, index: Tensor) -> TopK:
+        """The sets of logp[index] (index picks along the first dim), without another torch.topk."""
+        other = TopK.__new__(TopK)
+        other.k, other.logp, other._clean = self.k, self.logp[index], self._clean
+        other._ids, other._kth = self._ids[index], self._kth[index]
+        return other
+
+    @cached_property
+    def mask(self) -> Tensor:
+        """Bool [..., V] membership."""
+        if self._clean:
+            return self.logp >= self._kth
+        above = self.logp > self._kth
+        tied = self.logp == self._kth
+        room = self.k - above.sum(dim=-1, keepdim=True)
+        return above | (tied & (tied.cumsum(dim=-1) <= room))
+
+    @cached_property
+    def ids(self) -> Tensor:
+        """Long [..., min(k, V)]: the members' ids in increasing order."""
+        if self._clean:
+            return self._ids.sort(dim=-1).values
+        # every row holds exactly k members and nonzero() is row-major, so the last column reshapes cleanly
+        return self.mask.nonzero()[:, -1].reshape(*self.mask.shape[:-1], self.k)
+
+
+def topk_mask(logp: Tensor, k: int) -> Tensor:
+    """Bool [..., V] membership of TopK(logp) along V, exactly min(k, V) ids per position (see TopK)."""
+    return TopK(logp, k).mask
 
 
 def topk_ids(logp: Tensor, k: int) -> Tensor:
     """Long [..., min(k, V)]: the ids of ``topk_mask``, in increasing id order."""
-    members = topk_mask(logp, k)
-    k = min(k, logp.shape[-1])
-    # every row holds exactly k members and nonzero() is row-major, so the last column reshapes cleanly
-    return members.nonzero()[:, -1].reshape(*members.shape[:-1], k)
+    return TopK(logp, k).ids
 
 
 def topk_reverse_kl(

@@ -13,6 +13,7 @@ import torch
 
 from copd_lab import losses, metrics
 from copd_lab.config import ExperimentConfig
+from copd_lab.losses import TopK
 from copd_lab.policy import Request, World
 
 Log = Callable[[str, int, str, str, str, float], None]  # method, step, branch, pair, metric, value
@@ -37,20 +38,24 @@ class Meter:
         """[len(pairs), M] gap metrics of (student, teacher) slot pairs on the student's visited prefixes
         (the paper's μ_θ): all GAP_METRICS if `full`, else the first three of QUICK_METRICS' order."""
         students = sorted({s for s, _ in pairs})
-        batch = self._student_rollouts(students)
-        rows = [students.index(s) for s, _ in pairs]
+        rows = torch.tensor([students.index(s) for s, _ in pairs])
         k = self.cfg.metrics.topk
         with torch.no_grad():
-            p_full = self.world.full_logprobs(batch, students, grad=False)[rows]
-            pair_batch = batch.take(rows)
+            batch = self._student_rollouts(students)
+            # a student's top-k sets serve all its pairs: one torch.topk per student, not per pair
+            p_top = TopK(self.world.full_logprobs(batch, students, grad=False), k).take(rows)
+            pair_batch = batch.take(rows.tolist())
+            p_full = p_top.logp
             q_full = self.world.full_logprobs(pair_batch, [t for _, t in pairs], grad=False)
+            tops = p_top, TopK(q_full, k)
             mask, tokens = pair_batch.mask, pair_batch.tokens[..., None]
             p_tok, q_tok = p_full.gather(-1, tokens).squeeze(-1), q_full.gather(-1, tokens).squeeze(-1)
-            values = [metrics.topk_overlap(p_full, q_full, mask, k), metrics.symmetric_kl(p_full, q_full, mask),
+            values = [metrics.topk_overlap(p_full, q_full, mask, k, tops), metrics.symmetric_kl(p_full, q_full, mask),
                       metrics.sampled_reverse_kl(p_tok, q_tok, mask)]
             if full:
-                values += [*metrics.overlap_mass(p_full, q_full, mask, k), metrics.entropy_gap(p_full, q_full, mask),
-                           metrics.overlap_token_advantage(p_full, q_full, mask, k)]
+                values += [*metrics.overlap_mass(p_full, q_full, mask, k, tops),
+                           metrics.entropy_gap(p_full, q_full, mask),
+                           metrics.overlap_token_advantage(p_full, q_full, mask, k, tops)]
         return torch.stack(values, dim=1)
 
     def overlap(self, pairs: list[tuple[int, int]]) -> list[float]:

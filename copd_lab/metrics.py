@@ -3,7 +3,7 @@
 ``p_logp`` is the model whose rollouts visited the prefixes (the student, μ_θ in O_k's definition), ``q_logp``
 the other one (teacher, other branch, base). Both are full log-probs [..., N, T, V] (normalised over V);
 ``mask`` [..., N, T]. Each metric is a mean over masked positions, one value per leading index: [...].
-Top-k sets come from ``losses.topk_mask`` (ties go to the lowest token id; k is clamped to V).
+Top-k sets come from ``losses.TopK`` (ties go to the lowest token id; k is clamped to V).
 """
 
 from __future__ import annotations
@@ -11,30 +11,35 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from copd_lab.losses import aggregate, kl_per_position, topk_ids, topk_mask
+from copd_lab.losses import TopK, aggregate, kl_per_position
 
 
 def _mean(per_position: Tensor, mask: Tensor) -> Tensor:
     return aggregate(per_position, mask, "token_mean")
 
 
-def topk_overlap(p_logp: Tensor, q_logp: Tensor, mask: Tensor, k: int = 10) -> Tensor:
-    """CoPD's O_k = E_t |TopK(p_t) ∩ TopK(q_t)| / k (k = 10 in the paper's pilot), [...]."""
-    shared = (topk_mask(p_logp, k) & topk_mask(q_logp, k)).sum(dim=-1)
+def _sets(p_logp: Tensor, q_logp: Tensor, k: int, tops: tuple[TopK, TopK] | None) -> tuple[TopK, TopK]:
+    return tops if tops is not None else (TopK(p_logp, k), TopK(q_logp, k))
+
+
+def topk_overlap(p_logp: Tensor, q_logp: Tensor, mask: Tensor, k: int = 10,
+                 tops: tuple[TopK, TopK] | None = None) -> Tensor:
+    """CoPD's O_k = E_t |TopK(p_t) ∩ TopK(q_t)| / k (k = 10 in the paper's pilot), [...].
+
+    tops: (TopK(p_logp, k), TopK(q_logp, k)) when the caller already has them (the top-k metrics share them).
+    """
+    p_top, q_top = _sets(p_logp, q_logp, k, tops)
+    shared = (p_top.mask & q_top.mask).sum(dim=-1)
     return _mean(shared.to(p_logp.dtype) / min(k, p_logp.shape[-1]), mask)
 
 
-def _shared_on_student_topk(p_logp: Tensor, q_logp: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The student's top-k ids [..., k] and, for each, whether it is also in the teacher's top-k."""
-    ids = topk_ids(p_logp, k)
-    return ids, topk_mask(q_logp, k).gather(-1, ids)
-
-
-def overlap_mass(p_logp: Tensor, q_logp: Tensor, mask: Tensor, k: int = 10) -> tuple[Tensor, Tensor]:
+def overlap_mass(p_logp: Tensor, q_logp: Tensor, mask: Tensor, k: int = 10,
+                 tops: tuple[TopK, TopK] | None = None) -> tuple[Tensor, Tensor]:
     """Student and teacher probability on the shared ids, Σ_{v∈I_t} p_t(v) and Σ_{v∈I_t} q_t(v), with
     I_t = TopK(p_t) ∩ TopK(q_t) and full-softmax (not renormalised) probabilities, averaged over positions
     with a non-empty I_t (thunlp/OPD's student_p_sum_intersection / teacher_p_sum_intersection)."""
-    ids, shared = _shared_on_student_topk(p_logp, q_logp, k)
+    p_top, q_top = _sets(p_logp, q_logp, k, tops)
+    ids, shared = p_top.ids, q_top.mask.gather(-1, p_top.ids)  # the student's top-k ids, and which are shared
     zero = torch.zeros((), dtype=p_logp.dtype, device=p_logp.device)
     student_mass = torch.where(shared, p_logp.gather(-1, ids).exp(), zero).sum(dim=-1)
     teacher_mass = torch.where(shared, q_logp.gather(-1, ids).exp(), zero).sum(dim=-1)
@@ -42,16 +47,18 @@ def overlap_mass(p_logp: Tensor, q_logp: Tensor, mask: Tensor, k: int = 10) -> t
     return _mean(student_mass, counted), _mean(teacher_mass, counted)
 
 
-def overlap_token_advantage(p_logp: Tensor, q_logp: Tensor, mask: Tensor, k: int = 10) -> Tensor:
+def overlap_token_advantage(p_logp: Tensor, q_logp: Tensor, mask: Tensor, k: int = 10,
+                            tops: tuple[TopK, TopK] | None = None) -> Tensor:
     """thunlp/OPD's E_t[(1/|I_t|) Σ_{v∈I_t} p̄_t(v) (log q̄_t(v) − log p̄_t(v))], [...].
 
     Renormalisation: p̄_t is p_t renormalised over the student's own top-k, q̄_t is q_t renormalised over
     the teacher's own top-k (each model's truncated distribution, as in verl's top-k distillation probe).
     It tends to 0 when the two agree on the shared ids. Positions with an empty intersection are skipped.
     """
-    ids, shared = _shared_on_student_topk(p_logp, q_logp, k)
+    p_top, q_top = _sets(p_logp, q_logp, k, tops)
+    ids, shared = p_top.ids, q_top.mask.gather(-1, p_top.ids)
     p_bar = torch.log_softmax(p_logp.gather(-1, ids), dim=-1)
-    q_norm = torch.logsumexp(q_logp.gather(-1, topk_ids(q_logp, k)), dim=-1, keepdim=True)
+    q_norm = torch.logsumexp(q_logp.gather(-1, q_top.ids), dim=-1, keepdim=True)
     q_bar = q_logp.gather(-1, ids) - q_norm
     # where first: off the intersection q̄ may be −inf, and 0·inf is nan
     gap = torch.where(shared, q_bar - p_bar, torch.zeros_like(p_bar))

@@ -13,6 +13,7 @@ and can continue from it with the same rows; a NaN or inf loss stops it before t
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -101,6 +102,7 @@ class Trainer:
         self.rollouts_done = dict.fromkeys(self.steps_done, 0)
         self.gap = Meter(cfg, world, self._log)
         self._boundary = False
+        self._requests: dict[tuple[str, int], list] = {}  # see _stage_requests
         self._pending: list[tuple[int, list[tuple[str, str, str]], torch.Tensor]] = []
         self.signal_rows: list[dict] = []  # training signals from drained _pending; they follow self.rows
 
@@ -238,25 +240,42 @@ class Trainer:
         """This tick's requests of one recipe: native GRPO batches and OPD batches per open edge."""
         cur = self.cursors[recipe.name]
         stage = recipe.stages[cur.stage]
-        for name in stage.train:
-            branch = recipe.branch(name)
-            if not is_active(cur.tick, branch.step_rate):
+        for name, step_rate, native, opd in self._stage_requests(recipe, cur.stage):
+            if not is_active(cur.tick, step_rate):
                 continue
-            slot = self.slot(recipe, name)
             self.steps_done[f"{recipe.name}/{name}"] += 1
-            if stage.rlvr:
-                requests.append(Request(slot, tuple(self.domain_index[d] for d in branch.domains)))
+            if native is not None:
+                requests.append(native)
                 owners.append((recipe.name, name, ""))
-            for edge in stage.edges:
-                if edge.student == name and self._edge_open(recipe, stage, edge):
-                    requests.append(Request(slot, (self.domain_index[edge.domain],),
-                                            teacher=self.teacher_slot(recipe, edge), beta=edge.beta))
+            for edge, request in opd:
+                if self._edge_open(recipe, stage, edge):
+                    requests.append(request)
                     owners.append((recipe.name, name, edge.label))
         cur.tick += 1
         if cur.tick == stage.steps and len(recipe.branches) > 1 and self.cfg.metrics.gap_at_phase_end:
             self._boundary = True  # the gap is measured at every phase end: the saw-tooth's corners
         for key in list(cur.windows):
             cur.windows[key] -= 1
+
+    def _stage_requests(self, recipe: Recipe, index: int) -> list[tuple[str, float, Request | None, list]]:
+        """Per trained branch of a stage: name, step rate, native GRPO request (None without RLVR) and
+        (edge, OPD request) of each edge it learns on. Built once per stage: requests never change, and
+        matching edges to students every tick would cost K·|edges| per tick."""
+        key = (recipe.name, index)
+        if key not in self._requests:
+            stage = recipe.stages[index]
+            edges_of: dict[str, list[OPDEdge]] = {}
+            for edge in stage.edges:
+                edges_of.setdefault(edge.student, []).append(edge)
+            plan = []
+            for name in stage.train:
+                branch, slot = recipe.branch(name), self.slot(recipe, name)
+                native = Request(slot, tuple(self.domain_index[d] for d in branch.domains)) if stage.rlvr else None
+                opd = [(edge, Request(slot, (self.domain_index[edge.domain],), teacher=self.teacher_slot(recipe, edge),
+                                      beta=edge.beta)) for edge in edges_of.get(name, [])]
+                plan.append((name, branch.step_rate, native, opd))
+            self._requests[key] = plan
+        return self._requests[key]
 
     def _edge_open(self, recipe: Recipe, stage: Stage, edge: OPDEdge) -> bool:
         if stage.adaptive_threshold <= 0:
@@ -270,15 +289,17 @@ class Trainer:
         world = self.world
         batch = world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
         students = [r.slot for r in requests]
-        is_opd = torch.tensor([r.teacher >= 0 for r in requests])
         teachers = [r.teacher for r in requests]
-        beta = torch.tensor([r.beta for r in requests])
+        # most ticks have no OPD request: their OPD terms are skipped (a tick costs mostly per-op overhead)
+        any_opd = any(t >= 0 for t in teachers)
+        is_opd = torch.tensor([t >= 0 for t in teachers]) if any_opd else None
+        beta = torch.tensor([r.beta for r in requests]) if any_opd else None
         # each branch's loss is the mean of its requests' losses: one update on B_nat ∪ (∪_j B_j)
-        share = torch.tensor([1.0 / students.count(s) for s in students])
-        full = c.estimator != "sampled" and bool(is_opd.any())
+        requests_of = Counter(students)
+        share = torch.tensor([1.0 / requests_of[s] for s in students]) if len(requests_of) < len(students) else None
+        full = c.estimator != "sampled" and any_opd
         with torch.no_grad():
-            teacher_lp = (world.token_logprobs(batch, teachers, grad=False) if is_opd.any()
-                          else torch.zeros_like(batch.sample_logprobs))
+            teacher_lp = world.token_logprobs(batch, teachers, grad=False) if any_opd else None
             teacher_full = world.full_logprobs(batch, [max(t, 0) for t in teachers], grad=False) if full else None
             ref_lp = world.token_logprobs(batch, [0] * len(requests), grad=False) if g.kl_coef > 0 else None
         grpo_adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
@@ -288,8 +309,9 @@ class Trainer:
                 lp = student_full.gather(-1, batch.tokens[..., None]).squeeze(-1)
             else:
                 lp = world.token_logprobs(batch, students, grad=True)
-            opd_adv = losses.opd_sampled_advantage(teacher_lp, lp, beta)
-            adv = torch.where(is_opd[:, None, None], opd_adv, grpo_adv)
+            adv = grpo_adv
+            if any_opd:
+                adv = torch.where(is_opd[:, None, None], losses.opd_sampled_advantage(teacher_lp, lp, beta), adv)
             row_loss = losses.clipped_pg_loss(lp, batch.sample_logprobs, adv, batch.mask, g.clip_low,
                                               g.clip_high, g.aggregation)
             if full:  # top-k / full-vocabulary reverse KL replaces the sampled-token PG on OPD rows
@@ -301,10 +323,10 @@ class Trainer:
             finite = torch.isfinite(row_loss)
             if not bool(finite.all()):  # stop before the update: the weights stay the last good ones
                 self._non_finite(tick, owners, row_loss, finite)
-            world.step((row_loss * share).sum(), students)
+            world.step((row_loss if share is None else row_loss * share).sum(), students)  # x * 1.0 is x
         with torch.no_grad():  # per-row training signals, synced to Python only when flushed
             signal = batch.rewards.mean(1)
-            if is_opd.any():
+            if any_opd:
                 reverse_kl = metrics.sampled_reverse_kl(lp.detach(), teacher_lp, batch.mask)
                 signal = torch.where(is_opd, reverse_kl, signal)
         self._pending.append((tick, owners, signal))

@@ -261,6 +261,24 @@ def test_topk_mask_and_ids_break_ties_to_lowest_id():
         topk_mask(x, 0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_topk_mask_and_ids_without_ties_and_with_one_tied_position(dtype):
+    # distinct values take the fast path (logp >= k-th value); one tie at the k-th value anywhere in the
+    # tensor sends the whole call down the tie-breaking path; both must give the reference sets
+    torch.manual_seed(7)
+    x = torch.randn(3, 4, 12, dtype=dtype).log_softmax(-1)
+    tied = x.clone()
+    order = tied[1, 2].argsort(descending=True)
+    tied[1, 2, order[4]] = tied[1, 2, order[3]]  # ids tied at the 4th value, one of them outside the top 4
+    for values in (x, tied):
+        for k in (1, 4, 11, 12, 15):
+            members, ids = topk_mask(values, k), topk_ids(values, k)
+            for a, b in _positions(3, 4):
+                want = sorted(ref_topk_set(values[a, b], k))
+                assert torch.nonzero(members[a, b]).flatten().tolist() == want
+                assert ids[a, b].tolist() == want
+
+
 @pytest.mark.parametrize("support", ["student", "teacher"])
 @pytest.mark.parametrize("k", [1, 3, 6, 10])
 def test_topk_reverse_kl_matches_loop_and_grad(support, k):

@@ -97,3 +97,34 @@ def test_sampling_follows_the_policy():
                             minlength=w.vocab_size).float()
     assert torch.allclose(counts / counts.sum(), probs, atol=0.03)
     assert len(list(itertools.islice(iter(batch.tokens), 1))) == 1
+
+
+def test_sampling_follows_the_policy_at_every_position_and_temperature():
+    # at each position, token frequencies match the policy's probabilities averaged over the sampled prefixes
+    w = world(slots=2)
+    for temperature in (1.0, 0.7):
+        batch = w.sample([Request(1, (0,))], 1, 20000, temperature)
+        probs = w.full_logprobs(batch, [1], grad=False)[0].exp()  # [N, T, V]
+        for t in range(batch.tokens.shape[-1]):
+            counts = torch.bincount(batch.tokens[0, :, t], minlength=w.vocab_size).float()
+            assert torch.allclose(counts / counts.sum(), probs[:, t].mean(0), atol=0.015)
+
+
+def test_rescoring_a_batch_reuses_its_sampler_log_probs_exactly():
+    w = world()
+    batch = w.sample([Request(1, (0,)), Request(2, (1, 2))], 4, 4, 1.0)
+    copy = batch.take([0, 1])  # without the sampler's scores: scored again from the tables
+    assert torch.equal(w.full_logprobs(batch, [1, 2], grad=False), w.full_logprobs(copy, [1, 2], grad=False))
+    grads = [w.flat_grads(w.token_logprobs(b, [1, 2], grad=True).sum(), [1, 2]) for b in (batch, copy)]
+    assert torch.equal(*grads)
+
+
+def test_rows_that_need_no_score_are_left_out():
+    w = world()
+    batch = w.sample([Request(1, (0,)), Request(2, (1,)), Request(3, (2,))], 4, 4, 1.0)
+    full = w.full_logprobs(batch, [3, 1, 2], grad=False)
+    for slots in ([3, -1, 2], [-1, -1, 2]):  # a few unneeded rows, or mostly unneeded ones (then zeros)
+        some = w.full_logprobs(batch, slots, grad=False)
+        needed = [i for i, s in enumerate(slots) if s >= 0]
+        assert torch.equal(some[needed], full[needed])
+    assert (w.full_logprobs(batch, [-1, -1, 2], grad=False)[:2] == 0).all()

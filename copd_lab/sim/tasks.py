@@ -48,7 +48,8 @@ class SimTasks:
         shared[order[: round(cfg.shared_skill * s)]] = True
         targets = torch.where(shared[None, :, None], common[None], private)
         tasks = cls(targets, shared, q, cfg.patterns)
-        object.__setattr__(tasks, "_answers", tasks.answer_tokens)  # cached for the hot path
+        # cached for the hot path: one row [M, T] per prompt id d * S + s
+        object.__setattr__(tasks, "_answers", tasks.answer_tokens.flatten(0, 1))
         return tasks
 
     @property
@@ -59,6 +60,11 @@ class SimTasks:
 
     def score(self, domain: torch.Tensor, content: torch.Tensor, tokens: torch.Tensor):
         """Rewards and correctness [...] of responses tokens [..., T] to prompts (domain, content)."""
-        hits = tokens.unsqueeze(-2) == self._answers[domain, content]  # [..., M, T]
+        return self.score_prompts(domain * self.targets.shape[1] + content, tokens)
+
+    def score_prompts(self, prompt: torch.Tensor, tokens: torch.Tensor):
+        """`score` of prompts given as one id d * S + s each (the simulator world has them at hand)."""
+        answers = self._answers.index_select(0, prompt.reshape(-1))
+        hits = tokens.unsqueeze(-2) == answers.view(*prompt.shape, *answers.shape[1:])  # [..., M, T]
         reward = hits.float().mean(-1).amax(-1)
         return reward, (reward == 1.0).float()

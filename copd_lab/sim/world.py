@@ -4,9 +4,14 @@ The policy is a small autoregressive network over the task's tokens: for prompt 
 after token y_{t-1}, logits = hardtanh(E_content[s, t] + E_domain[d]) W + b + U[y_{t-1}]. The hidden
 layer (width = SimConfig.hidden) is the capacity that domains share; the bigram term U lets a response
 keep the behaviour pattern it started with. Because the hidden part does not depend on earlier tokens,
-a whole rollout's hidden logits are one batched matmul and sampling only adds U row by row.
-All slots' weights live in one flat tensor [slots, P]; Adam runs on it with a mask so only the slots
-that trained this tick move, each with its own step count.
+the hidden logits of every prompt are one batched matmul per weight version (the logit tables, built
+once a tick and reused by sampling, scoring and the training forward) and sampling only adds U row by
+row. All slots' weights live in one flat tensor [slots, P]; Adam runs on the rows of the slots that
+trained this tick, each with its own step count.
+
+A tick here is a few hundred tensor ops on small tensors, so its cost is mostly per-op overhead: the
+code below favours fewer ops (flat tables read with index_select, caches of what repeats every tick)
+over fewer flops, with the float ops of the plain computation, so that none of this changes a number.
 """
 
 from __future__ import annotations
@@ -23,13 +28,48 @@ from copd_lab.sim.tasks import SimTasks
 
 @dataclass
 class SimPayload:
-    """What re-scoring needs beyond the tokens: the prompts' contents and the temperature."""
+    """What re-scoring needs beyond the tokens: each rollout's prompt and previous tokens, and the temperature."""
 
-    content: torch.Tensor  # [R, N]
+    content: torch.Tensor  # [R, N] content s of each rollout's prompt
+    prompt: torch.Tensor  # [R, N] d * S + s: the prompt's row in a slot's table of prompt logits
+    prev: torch.Tensor  # [R, N, T] the token before each position (V = the start token): the bigram's row
     temperature: float
+    scored: Scored | None = None  # the sampler's own scores, reused while its tables are current
 
     def take(self, rows: list[int]) -> SimPayload:
-        return SimPayload(self.content[torch.tensor(rows, dtype=torch.long)], self.temperature)
+        index = torch.tensor(rows, dtype=torch.long)
+        return SimPayload(self.content[index], self.prompt[index], self.prev[index], self.temperature)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Full log-probs [R, N, T, V] of a batch under its samplers' slots, with their graph to `tables`.
+
+    Sampling computes them anyway (its log-probs are π_old), and the training forward, the gap's
+    student side and the conflict probe ask for the very same numbers right after: they get these.
+    """
+
+    tables: LogitTables
+    logp: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the rollouts of a sample call come from (cached per request shape)."""
+
+    domain: torch.Tensor  # [R, N] domain d of each rollout; pooled domains split evenly over a request's prompts
+    first_prompt: torch.Tensor  # [R, N] d * S: the row of the domain's first prompt in a slot's table
+    content: torch.Tensor | None  # [R, N] content s when every eval prompt is visited once, else None (drawn)
+    mask: torch.Tensor  # [R, N, T] all ones: every sim answer has T tokens
+
+
+@dataclass
+class LogitTables:
+    """The logit tables of some slots under the current weights (see SimWorld._tables)."""
+
+    slots: dict[int, int]  # slot -> its block in the tables
+    prompt: torch.Tensor  # [k * D * S, T, V] hidden-part logits of every (slot, prompt), by row
+    bigram: torch.Tensor  # [k * (V + 1), V] bigram logits U of every (slot, previous token), by row
 
 
 class SimWorld:
@@ -41,7 +81,7 @@ class SimWorld:
         self.cfg, self.domains, self.lr = cfg, tuple(domains), lr
         self.tasks = SimTasks.build(cfg, len(domains), cfg.task_seed)
         s, d, t, v, h = cfg.prompts_per_domain, len(domains), cfg.answer_len, self.tasks.vocab_size, cfg.hidden
-        self.vocab_size = v
+        self.vocab_size, self.n_prompts = v, d * s
         self.shapes = {"content": (s, t, h), "domain": (d, h), "out_weight": (h, v), "out_bias": (v,),
                        "bigram": (v + 1, v)}
         self.offsets, total = {}, 0
@@ -50,9 +90,12 @@ class SimWorld:
             self.offsets[name] = (total, total + size)
             total += size
         self.n_params = total
-        self._patterns: dict[tuple, torch.Tensor] = {}
+        self._layouts: dict[tuple, Layout] = {}
+        self._first: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: LogitTables | None = None
 
     # ---------------------------------------------------------------- slots and optimizer
+    # Every method that changes weights drops the cached logit tables (see _tables).
 
     def reset(self, n_slots: int, seed: int) -> None:
         self.gen = torch.Generator().manual_seed(seed)
@@ -61,11 +104,13 @@ class SimWorld:
         self.m = torch.zeros_like(self.flat, requires_grad=False)
         self.v = torch.zeros_like(self.m)
         self.t = torch.zeros(n_slots, 1)
+        self._cache = None
 
     def copy(self, src: int, dst: int) -> None:
         with torch.no_grad():
             self.flat[dst] = self.flat[src]
             self.m[dst], self.v[dst], self.t[dst] = 0.0, 0.0, 0.0
+        self._cache = None
 
     def _named(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
         return {n: row[a:b].view(self.shapes[n]) for n, (a, b) in self.offsets.items()}
@@ -77,20 +122,23 @@ class SimWorld:
                                        list(spec.weights) or None, spec.density, spec.scale)
             self.flat[dst] = torch.cat([merged[n].reshape(-1) for n in self.shapes])
             self.m[dst], self.v[dst], self.t[dst] = 0.0, 0.0, 0.0
+        self._cache = None
 
     def step(self, loss: torch.Tensor, slots: list[int]) -> None:
         """One Adam step on the slots that trained; the others keep weights and moments untouched."""
         loss.backward()
         with torch.no_grad():
-            rows = torch.tensor(sorted(set(slots)))
+            rows = _rows(slots)
             g, (b1, b2) = self.flat.grad[rows], self.betas
             m = self.m[rows].lerp_(g, 1 - b1)
             v = self.v[rows].mul_(b2).addcmul_(g, g, value=1 - b2)
-            t = self.t[rows] + 1
+            t = self.t[rows].add_(1)
             update = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt_() + self.eps)
-            self.flat.index_add_(0, rows, update, alpha=-self.lr)
-            self.m[rows], self.v[rows], self.t[rows] = m, v, t
+            weights = self.flat[rows].add_(update, alpha=-self.lr)
+            if not isinstance(rows, slice):  # an index gathered copies: write them back
+                self.flat[rows], self.m[rows], self.v[rows], self.t[rows] = weights, m, v, t
         self.flat.grad = None
+        self._cache = None
 
     def flat_weights(self, slots: list[int]) -> torch.Tensor:
         return self.flat.detach()[slots]
@@ -108,36 +156,47 @@ class SimWorld:
         self.m, self.v, self.t = state["m"].clone(), state["v"].clone(), state["t"].clone()
         self.gen = torch.Generator()
         self.gen.set_state(state["gen"])
+        self._cache = None
 
     # ---------------------------------------------------------------- the policy
 
     def _logit_tables(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt logits [k, D, S, T, V] and bigram [k, V+1, V] of the slots in `rows` (a [k, P] view).
+        """Prompt logits [k * D * S, T, V] and bigram [k * (V+1), V] of the slots in `rows` (a [k, P] view).
 
         The hidden part of the policy depends only on (d, s, t), so one small batched matmul per weight
-        version serves every rollout of a tick: sampling, teacher scoring and the training forward.
+        version serves every rollout: sampling, teacher scoring and the training forward. Each op here
+        is also a node of the backward, and a tick's cost is mostly per-op overhead: views go straight
+        to the broadcast shapes.
         """
-        n = rows.shape[0]
+        n, (s, t, h), (d, _), v = rows.shape[0], self.shapes["content"], self.shapes["domain"], self.vocab_size
         sizes = [b - a for a, b in self.offsets.values()]  # split: its backward is one cat
-        p = {name: part.view(n, *self.shapes[name]) for name, part in zip(self.shapes, rows.split(sizes, 1))}
-        pre = p["content"][:, None] + p["domain"][:, :, None, None]  # [k, D, S, T, H]
-        d, s, t, h = pre.shape[1:]
+        content, domain, out_weight, out_bias, bigram = rows.split(sizes, 1)
+        pre = content.view(n, 1, s * t, h) + domain.view(n, d, 1, h)  # [k, D, S * T, H]
         hidden = torch.nn.functional.hardtanh(pre).view(n, d * s * t, h)  # tanh is 3x slower on CPU
-        logits = torch.baddbmm(p["out_bias"][:, None], hidden, p["out_weight"]).view(n, d, s, t, -1)
-        return logits, p["bigram"]
+        logits = torch.baddbmm(out_bias.view(n, 1, v), hidden, out_weight.view(n, h, v))
+        return logits.view(n * d * s, t, v), bigram.reshape(n * (v + 1), v)
 
-    def _tables(self, slots: list[int], grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The tables of the distinct slots asked for, and each slot's row in them (work scales with the
-        slots in use, not with all the slots of the run)."""
-        unique = sorted(set(slots))
-        where = {s: i for i, s in enumerate(unique)}
-        flat = self.flat if grad else self.flat.detach()
-        return (*self._logit_tables(flat[unique]), torch.tensor([where[s] for s in slots]))
+    def _tables(self, slots: list[int]) -> LogitTables:
+        """The logit tables of (at least) these slots under the current weights, with their graph.
 
-    def _prompt_layout(self, requests: list[Request], prompts: int, group: int, every: bool) -> torch.Tensor:
-        """[R, N] domain of each rollout: pooled domains split evenly over a request's prompts."""
+        A tick asks for the same tables several times (sampling, teacher scoring, the training forward),
+        so they are computed once, for the slots in use: the cache grows to the union of the slots asked
+        for, and is dropped when weights change or a gradient caller takes it. They are built with
+        autograd on, so that the training forward can reuse them; the no-grad callers take them detached.
+        Work scales with the slots in use, not with all the slots of the run.
+        """
+        cache = self._cache
+        if cache is None or not all(s in cache.slots for s in slots):
+            wanted = sorted(set(slots) | set(cache.slots if cache is not None else ()))
+            with torch.enable_grad():
+                prompt, bigram = self._logit_tables(self.flat[_rows(wanted)])
+            self._cache = cache = LogitTables({s: i for i, s in enumerate(wanted)}, prompt, bigram)
+        return cache
+
+    def _prompt_layout(self, requests: list[Request], prompts: int, group: int, every: bool) -> Layout:
+        """Where a call's rollouts come from, cached: the same request shapes come back every tick."""
         key = (tuple(r.domains for r in requests), prompts, group, every)
-        if key not in self._patterns:
+        if key not in self._layouts:
             s = self.cfg.prompts_per_domain
             rows = []
             for r in requests:
@@ -146,52 +205,114 @@ class SimWorld:
                 else:
                     doms = [r.domains[i % len(r.domains)] for i in range(prompts)]
                 rows.append(torch.tensor(doms).repeat_interleave(group))
-            self._patterns[key] = torch.stack(rows)
-        return self._patterns[key]
+            domain = torch.stack(rows)
+            n_rows, n = domain.shape
+            content = None
+            if every:
+                content = torch.arange(s).repeat_interleave(group).repeat(n // (s * group)).expand(n_rows, n)
+            self._layouts[key] = Layout(domain, domain * s, content, torch.ones(n_rows, n, self.cfg.answer_len))
+        return self._layouts[key]
 
     def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
                greedy: bool = False, every_prompt: bool = False) -> Batch:
-        domain = self._prompt_layout(requests, prompts, group, every_prompt)
+        layout = self._prompt_layout(requests, prompts, group, every_prompt)
+        domain, content = layout.domain, layout.content
         n_rows, n = domain.shape
-        if every_prompt:
-            per = self.cfg.prompts_per_domain
-            content = torch.arange(per).repeat_interleave(group).repeat(n // (per * group))
-            content = content.expand(n_rows, n)
-        else:
+        if content is None:  # a prompt's G rollouts are contiguous
             content = torch.randint(self.cfg.prompts_per_domain, (n_rows, prompts), generator=self.gen)
-            content = content.repeat_interleave(group, dim=1)
-        v = self.vocab_size
+            content = content[:, :, None].expand(n_rows, prompts, group).reshape(n_rows, n)
+        prompt = layout.first_prompt + content
+        v, length = self.vocab_size, self.cfg.answer_len
+        # the teachers that will score these rollouts join the tables now, rather than rebuild them then
+        tables = self._tables([r.slot for r in requests] + [r.teacher for r in requests if r.teacher >= 0])
+        prompt_first, bigram_first = self._first_rows(tables, [r.slot for r in requests])
+        # in the caller's grad mode: the training forward reuses this (see Scored)
+        hidden = tables.prompt.index_select(0, (prompt_first + prompt).view(-1))  # [R * N, T, V]
+        with torch.no_grad():  # rollouts are flattened to R * N rows: fewer, larger ops in the token loop
+            hidden_loop, bigram = hidden.detach(), tables.bigram.detach()
+            if temperature != 1.0:  # x / 1.0 is x: skip the op
+                hidden_loop, bigram = hidden_loop / temperature, bigram / temperature
+            bigram_rows = bigram_first.expand(n_rows, n).reshape(-1)
+            # inverse-CDF sampling: one uniform u per token (Gumbel-max needs V of them, and drawing them was the
+            # dearest part of a tick); the token is the first id whose cumulative probability exceeds u
+            if not greedy:
+                uniform = torch.rand((length, n_rows * n, 1), generator=self.gen).unbind(0)
+            steps, logits = [torch.full((n_rows * n,), v)], []  # the token before position 0: the start token
+            for t, hidden_t in enumerate(hidden_loop.unbind(1)):
+                logits.append(hidden_t + bigram.index_select(0, bigram_rows + steps[-1]))
+                if greedy:
+                    steps.append(logits[-1].argmax(-1))
+                else:  # u scaled by the row's total: float rounding never runs past the last id with mass
+                    cdf = logits[-1].softmax(-1).cumsum_(-1)
+                    steps.append(torch.searchsorted(cdf, uniform[t] * cdf[:, -1:], right=True).view(-1))
+            sequence = torch.stack(steps, -1).view(n_rows, n, length + 1)  # the start token, then the answer
+            tokens, prev = sequence[..., 1:], sequence[..., :-1]
+        scored = Scored(tables, self._logprobs(hidden.view(*tokens.shape, v), tables.bigram, bigram_first, prev,
+                                               temperature))
         with torch.no_grad():
-            table, bigram, index = self._tables([r.slot for r in requests], grad=False)
-            hidden = table[index[:, None], domain, content]  # [R, N, T, V]
-            bigram = bigram[index]  # [R, V+1, V]
-            rows = torch.arange(n_rows)[:, None]
-            prev = torch.full((n_rows, n), v, dtype=torch.long)
-            if temperature != 1.0:
-                hidden = hidden / temperature
-            # Gumbel-max sampling: argmax(logits/τ + g) is a draw from softmax(logits/τ)
-            shape = (self.cfg.answer_len, n_rows, n, v)
-            noise = torch.zeros(shape) if greedy else -torch.rand(shape, generator=self.gen).log_().neg_().log_()
-            tokens, logits = [], []
-            for t in range(self.cfg.answer_len):
-                step_logits = hidden[:, :, t] + bigram[rows, prev] / temperature
-                prev = (step_logits + noise[t]).argmax(-1)
-                tokens.append(prev)
-                logits.append(step_logits)
-            tokens = torch.stack(tokens, -1)
-            logps = torch.stack(logits, 2).log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
-            reward, correct = self.tasks.score(domain, content, tokens)
-        return Batch(list(requests), domain, tokens, torch.ones(tokens.shape), reward, correct, logps,
-                     SimPayload(content, temperature))
+            # π_old: at τ = 1 the loop's logits are the scored ones; else h/τ + U/τ rounds unlike (h + U)/τ
+            sampled = (scored.logp if temperature == 1.0
+                       else torch.stack(logits, 1).view(*tokens.shape, v).log_softmax(-1))
+            logps = sampled.gather(-1, tokens[..., None]).squeeze(-1)
+            reward, correct = self.tasks.score_prompts(prompt, tokens)
+        return Batch(list(requests), domain, tokens, layout.mask, reward, correct, logps,
+                     SimPayload(content, prompt, prev, temperature, scored))
+
+    def _first_rows(self, tables: LogitTables, slots: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[R, 1] first row of each request's slot in the tables' prompt and bigram tables (cached: a tick's
+        requests and tables come back every tick)."""
+        key = (tuple(tables.slots), tuple(slots))
+        if key not in self._first:
+            where = torch.tensor([tables.slots[s] for s in slots])[:, None]
+            self._first[key] = where * self.n_prompts, where * (self.vocab_size + 1)
+        return self._first[key]
+
+    def _logprobs(self, hidden: torch.Tensor, bigram: torch.Tensor, bigram_first: torch.Tensor, prev: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+        """[R, N, T, V] log-probs from the rollouts' prompt logits `hidden` [R, N, T, V] and the bigram rows of
+        their previous tokens prev [R, N, T], request r's slot starting at row bigram_first[r] of `bigram`."""
+        rows = (bigram_first[:, :, None] + prev).view(-1)
+        logits = hidden + bigram.index_select(0, rows).view(hidden.shape)
+        return (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
 
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
-        table, bigram, index = self._tables([max(s, 0) for s in slots], grad)
-        index = index[:, None, None]
-        v = self.vocab_size
-        prev = torch.cat([torch.full_like(batch.tokens[..., :1], v), batch.tokens[..., :-1]], -1)
-        logits = table[index[..., 0], batch.domain, batch.payload.content] + bigram[index, prev]
-        temperature = batch.payload.temperature
-        return (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
+        """The sampler's own log-probs when they are still current (see Scored), else scored from the tables."""
+        payload, scored = batch.payload, batch.payload.scored
+        if (scored is not None and scored.tables is self._cache and (scored.logp.requires_grad or not grad)
+                and slots == [r.slot for r in batch.requests]):
+            logp = scored.logp
+        elif 2 * slots.count(-1) <= len(slots):  # rows that need no score (slot -1) get their sampler's
+            slots = [s if s >= 0 else r.slot for s, r in zip(slots, batch.requests)]
+            logp = self._score(slots, payload.prompt, payload.prev, payload.temperature, grad)
+        else:  # mostly unneeded rows (a tick's teacher scoring with few OPD rows): score the others, zeros here
+            logp = torch.zeros(*batch.tokens.shape, self.vocab_size)
+            needed = [i for i, s in enumerate(slots) if s >= 0]
+            if needed:
+                index = torch.tensor(needed)
+                logp = logp.index_copy(0, index, self._score([slots[i] for i in needed], payload.prompt[index],
+                                                             payload.prev[index], payload.temperature, grad))
+        if grad:  # the caller's backward frees the tables' graph: later callers get fresh tables
+            self._cache = None
+            return logp
+        return logp.detach()
+
+    def _score(self, slots: list[int], prompt: torch.Tensor, prev: torch.Tensor, temperature: float,
+               grad: bool) -> torch.Tensor:
+        """[R, N, T, V] log-probs under slots[r] of rollouts with prompts prompt [R, N] and previous tokens prev."""
+        tables = self._tables(slots)
+        prompt_first, bigram_first = self._first_rows(tables, slots)
+        table, bigram = (tables.prompt, tables.bigram) if grad else (tables.prompt.detach(), tables.bigram.detach())
+        hidden = table.index_select(0, (prompt_first + prompt).view(-1)).view(*prev.shape, self.vocab_size)
+        return self._logprobs(hidden, bigram, bigram_first, prev, temperature)
 
     def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         return self.full_logprobs(batch, slots, grad).gather(-1, batch.tokens[..., None]).squeeze(-1)
+
+
+def _rows(slots: list[int]) -> slice | torch.Tensor:
+    """The rows of these slots in a [slots, P] tensor: a slice (a view: no gather, and a cheap backward)
+    when the distinct slots are contiguous, as a tick's training branches usually are; else an index."""
+    unique = sorted(set(slots))
+    if unique[-1] - unique[0] + 1 == len(unique):
+        return slice(unique[0], unique[-1] + 1)
+    return torch.tensor(unique)
