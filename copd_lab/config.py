@@ -202,6 +202,8 @@ class MetricsConfig:
     topk: int = 10  # k of the top-k overlap O_k (paper: 10)
     gap_every: int = 20  # ticks between behavioural-gap measurements
     gap_at_phase_end: bool = True  # also measure the gap at every phase end (the saw-tooth's corners)
+    gap_prompts: int = 16  # eval prompts per domain whose student rollouts the gap metrics use (0: all of them;
+    # the sim has 16; the VLM's 64 make every measurement 4x dearer for a smoother curve)
     eval_every: int = 100  # ticks between per-domain accuracy evaluations during training
     eval_samples: int = 8  # sampled completions per eval prompt for sampled pass@1
     score: str = "acc_sampled"  # metric in the results table: acc_sampled | acc_greedy | reward
@@ -209,6 +211,7 @@ class MetricsConfig:
     def __post_init__(self) -> None:
         _require(self.topk >= 1, "topk", self.topk, "an integer >= 1")
         _require(self.gap_every >= 1, "gap_every", self.gap_every, "an integer >= 1")
+        _require(self.gap_prompts >= 0, "gap_prompts", self.gap_prompts, "an integer >= 0 (0: all eval prompts)")
         _require(self.eval_every >= 1, "eval_every", self.eval_every, "an integer >= 1")
         _require(self.eval_samples >= 1, "eval_samples", self.eval_samples, "an integer >= 1")
         allowed = ("acc_sampled", "acc_greedy", "reward")

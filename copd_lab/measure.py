@@ -32,7 +32,8 @@ class Meter:
     def _student_rollouts(self, slots: list[int]):
         """One sampled rollout per eval prompt of every domain, for each student slot."""
         requests = [Request(s, self.all_domains) for s in slots]
-        return self.world.sample(requests, 1, 1, self.cfg.grpo.temperature, every_prompt=True)
+        return self.world.sample(requests, self.cfg.metrics.gap_prompts, 1, self.cfg.grpo.temperature,
+                                 every_prompt=True)
 
     def gap(self, pairs: list[tuple[int, int]], full: bool = True) -> torch.Tensor:
         """[len(pairs), M] gap metrics of (student, teacher) slot pairs on the student's visited prefixes
@@ -99,8 +100,8 @@ class Meter:
         requests = [Request(slot, (d,)) for _, slot in outputs for d in self.all_domains]
         prefix = "final_" if final else ""
         with torch.no_grad():
-            greedy = world.sample(requests, 1, 1, 1.0, greedy=True, every_prompt=True)
-            sampled = world.sample(requests, 1, m.eval_samples, self.cfg.grpo.temperature, every_prompt=True)
+            greedy = world.sample(requests, 0, 1, 1.0, greedy=True, every_prompt=True)
+            sampled = world.sample(requests, 0, m.eval_samples, self.cfg.grpo.temperature, every_prompt=True)
             values = torch.stack([greedy.correct.mean(1), sampled.correct.mean(1), sampled.rewards.mean(1),
                                   sampled.mask.sum(2).mean(1)], dim=1).tolist()
         names = ("acc_greedy", "acc_sampled", "reward", "length")

@@ -65,7 +65,8 @@ class World(Protocol):
                greedy: bool = False, every_prompt: bool = False) -> Batch:
         """Sample `group` rollouts on each of `prompts` prompts per request, with rewards.
 
-        every_prompt: evaluate on each eval prompt of the request's domains once (prompts ignored).
+        every_prompt: evaluate on the eval prompts of the request's domains, in order, `group` rollouts each:
+            the first `prompts` of each domain, or all of them when `prompts` is 0 (or more than there are).
         """
 
     def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:

@@ -50,10 +50,14 @@ def test_sample_shapes_and_ratio_one():
 
 def test_greedy_every_prompt_covers_each_prompt_once():
     w = world()
-    batch = w.sample([Request(0, (1,))], 1, 1, 1.0, greedy=True, every_prompt=True)
+    batch = w.sample([Request(0, (1,))], 0, 1, 1.0, greedy=True, every_prompt=True)
     assert batch.tokens.shape == (1, 16, 4) and batch.payload.content[0].tolist() == list(range(16))
-    again = w.sample([Request(0, (1,))], 1, 1, 1.0, greedy=True, every_prompt=True)
+    again = w.sample([Request(0, (1,))], 0, 1, 1.0, greedy=True, every_prompt=True)
     assert torch.equal(batch.tokens, again.tokens)
+    first = w.sample([Request(0, (1, 2))], 5, 2, 1.0, greedy=True, every_prompt=True)  # the gap's subset
+    assert first.payload.content[0].tolist() == [s for _ in range(2) for s in range(5) for _ in range(2)]
+    assert first.domain[0].tolist() == [1] * 10 + [2] * 10
+    assert torch.equal(first.tokens[0, :10:2], batch.tokens[0, :5])
 
 
 def test_step_moves_only_trained_slots_and_copy_merge():

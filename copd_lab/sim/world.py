@@ -198,10 +198,11 @@ class SimWorld:
         key = (tuple(r.domains for r in requests), prompts, group, every)
         if key not in self._layouts:
             s = self.cfg.prompts_per_domain
+            visited = prompts if 0 < prompts < s else s  # every: the first `prompts` of each domain (0: all)
             rows = []
             for r in requests:
                 if every:
-                    doms = [d for d in r.domains for _ in range(s)]
+                    doms = [d for d in r.domains for _ in range(visited)]
                 else:
                     doms = [r.domains[i % len(r.domains)] for i in range(prompts)]
                 rows.append(torch.tensor(doms).repeat_interleave(group))
@@ -209,7 +210,8 @@ class SimWorld:
             n_rows, n = domain.shape
             content = None
             if every:
-                content = torch.arange(s).repeat_interleave(group).repeat(n // (s * group)).expand(n_rows, n)
+                content = torch.arange(visited).repeat_interleave(group).repeat(n // (visited * group))
+                content = content.expand(n_rows, n)
             self._layouts[key] = Layout(domain, domain * s, content, torch.ones(n_rows, n, self.cfg.answer_len))
         return self._layouts[key]
 

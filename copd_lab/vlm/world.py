@@ -120,8 +120,8 @@ class VLMWorld:
         """(domain, row) of each distinct prompt, domain by domain; pooled domains split evenly."""
         out = []
         for j, d in enumerate(request.domains):
-            if every_prompt:
-                out += [(d, i) for i in range(self.n_eval)]
+            if every_prompt:  # the first `prompts` eval prompts (0: all of them)
+                out += [(d, i) for i in range(prompts if 0 < prompts < self.n_eval else self.n_eval)]
                 continue
             count = len(range(j, prompts, len(request.domains)))
             size = len(self.suites[d].train)

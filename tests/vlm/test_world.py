@@ -97,7 +97,7 @@ def test_sample_shapes_masks_rewards(world):
     world.reset(5, 0)
     perturb(world, 2, 3)
     group = 3
-    batch = world.sample([Request(1, (0, 1, 2)), Request(2, (2, 1, 0))], 1, group, 1.0, every_prompt=True)
+    batch = world.sample([Request(1, (0, 1, 2)), Request(2, (2, 1, 0))], 0, group, 1.0, every_prompt=True)
     r, n, t = batch.tokens.shape
     assert (r, n) == (2, 3 * 2 * group) and batch.domain[1, 0].eq(2)
     assert batch.domain[0].tolist() == [d for d in range(3) for _ in range(2 * group)]
@@ -118,6 +118,8 @@ def test_sample_shapes_masks_rewards(world):
             assert batch.rewards[i, j] == world.suites[d].verifier(text, row)
             assert batch.correct[i, j] == float(is_correct(text, row))
     assert (batch.sample_logprobs * (1 - batch.mask)).abs().max() == 0
+    first = world.sample([Request(1, (2, 0))], 1, 1, 1.0, every_prompt=True)  # the first eval prompt of each
+    assert first.domain[0].tolist() == [2, 0] and first.tokens.shape[1] == 2
     assert (batch.sample_logprobs[batch.mask.bool()] < 0).all()
 
 
