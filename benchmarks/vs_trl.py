@@ -247,7 +247,8 @@ def trl_trainer(args: argparse.Namespace, suite: TaskSuite, output_dir: str) -> 
 
 def row(name: str, steps: list[dict[str, float]], tokens: str, reward: float) -> str:
     totals = [s["total"] for s in steps]
-    phases = "".join(f"{statistics.median(s.get(p, 0.0) for s in steps):>15.3f}" for p in PHASES)
+    phases = "".join(f"{statistics.median(s.get(p, 0.0) for s in steps):>15.3f}" if any(p in s for s in steps)
+                     else f"{'-':>15}" for p in PHASES)  # "-": this side never does that work
     return (f"{name:<10}{statistics.median(totals):>9.3f}{min(totals):>8.3f}{max(totals):>8.3f}{phases}"
             f"{tokens:>12}{reward:>8.2f}")
 
