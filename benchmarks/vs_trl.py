@@ -283,7 +283,7 @@ def main() -> None:
 
     rollouts = args.prompts * args.group
     print(f"copd_lab vs TRL {trl.__version__} GRPOTrainer: one GRPO step on {args.model}, {args.domain} tasks, "
-          f"torch {torch.__version__} float32 CPU, {args.threads} threads, seed {args.seed}")
+          f"torch {torch.__version__} float32 CPU, torch threads {args.threads}, seed {args.seed}")
     print(f"both: {args.prompts} prompts x {args.group} rollouts = {rollouts} rollouts per optimizer step (the same "
           f"{args.prompts} prompts every step), max {args.max_new_tokens} new tokens, temperature {TEMPERATURE} "
           f"(top-k 0, top-p 1), vision placeholders suppressed")
