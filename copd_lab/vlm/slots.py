@@ -23,6 +23,7 @@ from copd_lab.vlm.adapters import LoraSettings, peft_merge_args
 from copd_lab.vlm.decoding import BASE_ADAPTER
 from copd_lab.vlm.families import Family
 from copd_lab.vlm.full_forward import SlotModel
+from copd_lab.vlm.mixed_lora import use_runs_forward
 
 
 def adapter_name(slot: int) -> str:
@@ -90,6 +91,7 @@ class LoraSlots(Slots):
         self.peft: PeftModel = get_peft_model(model, lora.peft_config(), adapter_name="slot1",
                                               autocast_adapter_dtype=True)
         self.peft.eval()  # no dropout anywhere: sampling and scoring see the same function
+        use_runs_forward(self.layers())  # each slot's rows are contiguous: slices, not peft's per-row indexing
         self.model = self.peft
 
     def layers(self) -> list:
