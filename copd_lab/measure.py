@@ -43,11 +43,15 @@ class Meter:
         k = self.cfg.metrics.topk
         with torch.no_grad():
             batch = self._student_rollouts(students)
+            # students on their own rollouts and teachers on the students' in one call: a world may then run
+            # a prompt once per slot however many pairs share it (VLMWorld does)
+            n = len(students)
+            scored = self.world.full_logprobs(batch.take(list(range(n)) + rows.tolist()),
+                                              students + [t for _, t in pairs], grad=False)
             # a student's top-k sets serve all its pairs: one torch.topk per student, not per pair
-            p_top = TopK(self.world.full_logprobs(batch, students, grad=False), k).take(rows)
+            p_top = TopK(scored[:n], k).take(rows)
             pair_batch = batch.take(rows.tolist())
-            p_full = p_top.logp
-            q_full = self.world.full_logprobs(pair_batch, [t for _, t in pairs], grad=False)
+            p_full, q_full = p_top.logp, scored[n:]
             tops = p_top, TopK(q_full, k)
             mask, tokens = pair_batch.mask, pair_batch.tokens[..., None]
             p_tok, q_tok = p_full.gather(-1, tokens).squeeze(-1), q_full.gather(-1, tokens).squeeze(-1)

@@ -37,15 +37,21 @@ class Prefix:
     next_position: torch.Tensor  # [B] position id of the next token
 
 
-def prefill(model, prompts: PromptSet, adapters: list[str], group: int) -> Prefix:
+def prefill(model, prompts: PromptSet, adapters: list[str], group: int, rows: torch.Tensor | None = None) -> Prefix:
     """Run each prompt row once under its adapter and expand its cache to `group` rollout rows.
 
     model: the peft model (accepts `adapter_names`); adapters: one name per prompt row (BASE_ADAPTER: the base).
+    rows: the prompt row each rollout row continues, for prompts shared by several requests under one adapter
+    (default: each prompt row `group` times in a row).
     """
     out = model(**prompts.inputs(), use_cache=True, logits_to_keep=1, adapter_names=adapters)
-    out.cache.batch_repeat_interleave(group)
-    return Prefix(out.cache, out.logits[:, -1].repeat_interleave(group, 0),
-                  prompts.attention_mask.repeat_interleave(group, 0), prompts.next_positions().repeat_interleave(group))
+    if rows is None:
+        out.cache.batch_repeat_interleave(group)
+        return Prefix(out.cache, out.logits[:, -1].repeat_interleave(group, 0),
+                      prompts.attention_mask.repeat_interleave(group, 0),
+                      prompts.next_positions().repeat_interleave(group))
+    out.cache.batch_select_indices(rows)
+    return Prefix(out.cache, out.logits[rows, -1], prompts.attention_mask[rows], prompts.next_positions()[rows])
 
 
 def extend(model, prefix: Prefix, tokens: torch.Tensor, adapters: list[str]) -> torch.Tensor:
@@ -63,14 +69,18 @@ def extend(model, prefix: Prefix, tokens: torch.Tensor, adapters: list[str]) -> 
 
 
 def completion_logits(model, prompts: PromptSet, adapters: list[str], group: int,
-                      completions: torch.Tensor) -> torch.Tensor:
-    """[B, T, V] logits predicting each completion token, B = prompts * group, each prompt run once.
+                      completions: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T, V] logits predicting each completion token, B = prompts * group (or len(rows), see
+    `prefill`), each prompt run once.
 
     The logits of token 0 come from the prompt's last position; tokens 0..T-2 are fed to get the rest.
     """
-    prefix = prefill(model, prompts, adapters, group)
+    prefix = prefill(model, prompts, adapters, group, rows)
     first = prefix.logits[:, None]
     if completions.shape[1] == 1:
         return first
-    row_adapters = [name for name in adapters for _ in range(group)]
+    if rows is None:
+        row_adapters = [name for name in adapters for _ in range(group)]
+    else:
+        row_adapters = [adapters[r] for r in rows.tolist()]
     return torch.cat([first, extend(model, prefix, completions[:, :-1], row_adapters)], dim=1)

@@ -1,7 +1,8 @@
 """Rows of several full-weight slots in one call, with the contract decoding.py expects of a peft model.
 
 decoding.py calls `model(**inputs, adapter_names=[...], cache=...)` with every row under its own slot, then
-expands the returned cache to the group (`batch_repeat_interleave`) and continues it. peft serves such
+expands the returned cache to the group (`batch_repeat_interleave`, or `batch_select_indices` for prompts
+shared by several requests) and continues it. peft serves such
 mixed batches for LoRA; full copies share no base weights to batch over, so `SlotModel` splits the rows by
 slot, runs one forward per slot with that slot's weights swapped in by `torch.func.functional_call` (no
 copy into the module, and autograd reaches the slot's own tensors), and returns the logits in row order
@@ -37,6 +38,20 @@ class SlotCache:
             cache.batch_repeat_interleave(repeats)
             copies = torch.arange(repeats, device=rows.device)
             self.parts[name] = ((rows[:, None] * repeats + copies).reshape(-1), cache)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Row j becomes a copy of row indices[j], as in one cache of the whole batch."""
+        size = sum(len(rows) for rows, _ in self.parts.values())
+        indices, parts = indices.cpu(), {}
+        for name, (rows, cache) in self.parts.items():
+            local = torch.full((size,), -1, dtype=torch.long)
+            local[rows.cpu()] = torch.arange(len(rows))
+            picked = local[indices]
+            keep = picked >= 0
+            if keep.any():  # a slot none of whose rows is kept drops out of the continuation
+                cache.batch_select_indices(picked[keep].to(rows.device))
+                parts[name] = (keep.nonzero().squeeze(1).to(rows.device), cache)
+        self.parts = parts
 
 
 @dataclass

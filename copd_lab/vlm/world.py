@@ -156,14 +156,19 @@ class VLMWorld:
                greedy: bool = False, every_prompt: bool = False) -> Batch:
         split = "eval" if every_prompt else "train"
         encoded, data_rows, domains = [], [], []
+        seen = {}  # layout -> (prompt set, data rows): identical layouts (eval prompts) are encoded once
         for request in requests:
             layout = self._prompt_rows(request, prompts, every_prompt)
-            sets = []
-            for d in dict.fromkeys(dom for dom, _ in layout):
-                prompt_set, rows = self._encode(d, [i for dom, i in layout if dom == d], split)
-                sets.append(prompt_set)
-                data_rows += [(d, row) for row in rows for _ in range(group)]
-            encoded.append(PromptSet.cat(sets, self.pad_id))
+            key = tuple(layout)
+            if key not in seen:
+                sets, rows_here = [], []
+                for d in dict.fromkeys(dom for dom, _ in layout):
+                    prompt_set, rows = self._encode(d, [i for dom, i in layout if dom == d], split)
+                    sets.append(prompt_set)
+                    rows_here += [(d, row) for row in rows for _ in range(group)]
+                seen[key] = (PromptSet.cat(sets, self.pad_id), rows_here)
+            encoded.append(seen[key][0])
+            data_rows += seen[key][1]
             domains.append(torch.tensor([dom for dom, _ in layout]).repeat_interleave(group))
         if len({len(d) for d in domains}) > 1:
             raise ValueError(f"requests of one sample() call must have the same number of rollouts, got "
@@ -188,6 +193,26 @@ class VLMWorld:
 
     # ---------------------------------------------------------------- scoring
 
+    def _distinct_prompts(self, payload: VLMPayload, requests: list[tuple[int, int]]):
+        """Each (prompt set, slot) once: the prompt sets, one adapter name per prompt row, and the prompt row
+        each rollout row continues (None when no two requests share one; then rows follow `group`).
+
+        Requests share prompt sets when they score one set of rollouts under several teachers (the gap
+        metrics), or the same eval prompts (sample() encodes identical layouts once)."""
+        first: dict[tuple[int, int], int] = {}
+        sets, adapters, rows = [], [], []
+        for request, slot in requests:
+            prompt_set = payload.prompts[request]
+            n = prompt_set.input_ids.shape[0]
+            key = (id(prompt_set), slot)
+            if key not in first:
+                first[key] = len(adapters)
+                sets.append(prompt_set)
+                adapters += [adapter_name(slot)] * n
+            rows.append(torch.arange(first[key], first[key] + n).repeat_interleave(payload.group))
+        shared = len(sets) < len(requests)
+        return sets, adapters, torch.cat(rows).to(self.device) if shared else None
+
     def _score(self, batch: Batch, slots: list[int], grad: bool, full: bool) -> torch.Tensor:
         """Log-probs along the rollouts under slots[r]: all rows in one forward, each prompt run once."""
         r_, n_, t_ = batch.tokens.shape
@@ -197,12 +222,11 @@ class VLMWorld:
         if not rows:  # every slot was -1
             return out
         payload = batch.payload
-        prompts = [payload.prompts[i] for i in rows]
-        adapters = [adapter_name(slots[i]) for i, p in zip(rows, prompts) for _ in range(p.input_ids.shape[0])]
+        prompts, adapters, prompt_rows = self._distinct_prompts(payload, [(i, slots[i]) for i in rows])
         completion = batch.tokens[rows].flatten(0, 1).to(self.device)
         with torch.set_grad_enabled(grad):
             logits = completion_logits(self.slots.model, PromptSet.cat(prompts, self.pad_id), adapters,
-                                       payload.group, completion)
+                                       payload.group, completion, prompt_rows)
             logp = sampling_logprobs(logits, self._placeholder_index, payload.temperature)
             if not full:
                 logp = logp.gather(-1, completion[..., None]).squeeze(-1)

@@ -68,3 +68,24 @@ def test_mixed_forward_gradients_reach_each_slot_alone(world):
     lp = world.token_logprobs(batch, [1, 2], grad=True)
     grads = world.flat_grads((lp[0] * batch.mask[0]).sum(), [1, 2])  # only row 0, under slot 1
     assert grads[0].abs().max() > 0 and grads[1].abs().max() == 0
+
+
+def _shared_prompts_score_like_separate_calls(world):
+    """Eval prompts are encoded once for all requests; scoring several requests that share them under
+    several slots (as the gap metrics do) runs each (prompts, slot) once and equals scoring each alone."""
+    batch = world.sample([Request(1, (0, 1, 2)), Request(2, (0, 1, 2))], prompts=2, group=1, temperature=1.0,
+                         every_prompt=True)
+    assert batch.payload.prompts[0] is batch.payload.prompts[1]
+    pairs = batch.take([0, 1, 0, 1, 0])
+    slots = [1, 2, 2, 0, 0]  # (prompts, slot) (P,1) (P,2) twice (P,0) twice: 3 distinct prefills
+    prompts, _, rows = world._distinct_prompts(pairs.payload, list(enumerate(slots)))
+    assert len(prompts) == 3 and rows is not None
+    together = world.full_logprobs(pairs, slots, grad=False)
+    for row, slot in enumerate(slots):
+        alone = world.full_logprobs(pairs.take([row]), [slot], grad=False)[0]
+        keep = pairs.mask[row].bool()
+        torch.testing.assert_close(together[row][keep], alone[keep], rtol=0, atol=1e-4)
+
+
+def test_shared_prompts_score_like_separate_calls(world):
+    _shared_prompts_score_like_separate_calls(world)

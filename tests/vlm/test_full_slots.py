@@ -19,6 +19,7 @@ from copd_lab.tasks import build_suites
 from copd_lab.vlm.engine import HFGenerateEngine
 from copd_lab.vlm.processing import extend_for_completion, prepare_batch
 from copd_lab.vlm.world import VLMWorld
+from tests.vlm.test_engine import _shared_prompts_score_like_separate_calls
 from tests.vlm.test_run import run_args
 from tests.vlm.test_world import DOMAINS, REQUESTS, SIZES
 from tiny_models.build import build_tiny, build_tiny_qwen2vl
@@ -261,3 +262,10 @@ def test_hf_generate_engine_with_full_copies_fails_before_work(tmp_path, capsys)
     err = capsys.readouterr().err
     assert all(word in err for word in ("vlm.engine", "'hf_generate'", "'cached'")), err
     assert not (tmp_path / "x").exists()
+
+
+def test_shared_prompts_score_like_separate_calls_with_full_copies(world):
+    """SlotCache.batch_select_indices: prompts shared across requests continue per slot correctly."""
+    for slot in (1, 2):
+        perturb(world, slot, seed=10 + slot)
+    _shared_prompts_score_like_separate_calls(world)
