@@ -7,7 +7,9 @@ keep the behaviour pattern it started with. Because the hidden part does not dep
 the hidden logits of every prompt are one batched matmul per weight version (the logit tables, built
 once a tick and reused by sampling, scoring and the training forward) and sampling only adds U row by
 row. All slots' weights live in one flat tensor [slots, P]; Adam runs on the rows of the slots that
-trained this tick, each with its own step count.
+trained this tick, each with its own step count. The gradient lands on the rows the logit tables were
+built from (a leaf of the slots in use), not on the whole [slots, P] tensor: a full-size gradient is
+zero-filled and copied into on every backward, for rows that mostly never train.
 
 A tick here is a few hundred tensor ops on small tensors, so its cost is mostly per-op overhead: the
 code below favours fewer ops (flat tables read with index_select, caches of what repeats every tick)
@@ -68,6 +70,7 @@ class LogitTables:
     """The logit tables of some slots under the current weights (see SimWorld._tables)."""
 
     slots: dict[int, int]  # slot -> its block in the tables
+    weights: torch.Tensor  # [k, P] the rows of these slots: the leaf the tables' gradient lands on
     prompt: torch.Tensor  # [k * D * S, T, V] hidden-part logits of every (slot, prompt), by row
     bigram: torch.Tensor  # [k * (V + 1), V] bigram logits U of every (slot, previous token), by row
 
@@ -93,6 +96,7 @@ class SimWorld:
         self._layouts: dict[tuple, Layout] = {}
         self._first: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._cache: LogitTables | None = None
+        self._graded: LogitTables | None = None  # the tables the last gradient caller got (see step)
 
     # ---------------------------------------------------------------- slots and optimizer
     # Every method that changes weights drops the cached logit tables (see _tables).
@@ -100,11 +104,11 @@ class SimWorld:
     def reset(self, n_slots: int, seed: int) -> None:
         self.gen = torch.Generator().manual_seed(seed)
         base = torch.randn(self.n_params, generator=self.gen) * self.cfg.init_scale
-        self.flat = base.repeat(n_slots, 1).requires_grad_(True)
-        self.m = torch.zeros_like(self.flat, requires_grad=False)
+        self.flat = base.repeat(n_slots, 1)
+        self.m = torch.zeros_like(self.flat)
         self.v = torch.zeros_like(self.m)
         self.t = torch.zeros(n_slots, 1)
-        self._cache = None
+        self._cache = self._graded = None
 
     def copy(self, src: int, dst: int) -> None:
         with torch.no_grad():
@@ -117,8 +121,8 @@ class SimWorld:
 
     def merge(self, sources: list[int], dst: int, spec: MergeConfig) -> None:
         with torch.no_grad():
-            experts = [self._named(self.flat[s].detach()) for s in sources]
-            merged = merge_state_dicts(experts, self._named(self.flat[0].detach()), spec.method,
+            experts = [self._named(self.flat[s]) for s in sources]
+            merged = merge_state_dicts(experts, self._named(self.flat[0]), spec.method,
                                        list(spec.weights) or None, spec.density, spec.scale)
             self.flat[dst] = torch.cat([merged[n].reshape(-1) for n in self.shapes])
             self.m[dst], self.v[dst], self.t[dst] = 0.0, 0.0, 0.0
@@ -127,9 +131,10 @@ class SimWorld:
     def step(self, loss: torch.Tensor, slots: list[int]) -> None:
         """One Adam step on the slots that trained; the others keep weights and moments untouched."""
         loss.backward()
+        graded, self._graded = self._graded, None
         with torch.no_grad():
             rows = _rows(slots)
-            g, (b1, b2) = self.flat.grad[rows], self.betas
+            g, (b1, b2) = self._slot_grads(graded, slots), self.betas
             m = self.m[rows].lerp_(g, 1 - b1)
             v = self.v[rows].mul_(b2).addcmul_(g, g, value=1 - b2)
             t = self.t[rows].add_(1)
@@ -137,26 +142,35 @@ class SimWorld:
             weights = self.flat[rows].add_(update, alpha=-self.lr)
             if not isinstance(rows, slice):  # an index gathered copies: write them back
                 self.flat[rows], self.m[rows], self.v[rows], self.t[rows] = weights, m, v, t
-        self.flat.grad = None
         self._cache = None
 
+    def _slot_grads(self, graded: LogitTables | None, slots: list[int]) -> torch.Tensor:
+        """The gradient rows of the distinct slots, in order, from the leaf of the tables that were graded."""
+        unique = sorted(set(slots))
+        if graded is None or graded.weights.grad is None:  # the loss did not reach any weights
+            return torch.zeros(len(unique), self.n_params)
+        index = _rows([graded.slots[s] for s in unique])
+        grad = graded.weights.grad
+        return grad[index] if isinstance(index, slice) else grad.index_select(0, index)
+
     def flat_weights(self, slots: list[int]) -> torch.Tensor:
-        return self.flat.detach()[slots]
+        return self.flat[slots]
 
     def flat_grads(self, loss: torch.Tensor, slots: list[int]) -> torch.Tensor:
-        (grad,) = torch.autograd.grad(loss, self.flat, retain_graph=True)
-        return grad[slots]
+        graded = self._graded
+        (grad,) = torch.autograd.grad(loss, graded.weights, retain_graph=True)
+        return grad[[graded.slots[s] for s in slots]]
 
     def state_dict(self) -> dict:
-        return {"flat": self.flat.detach().clone(), "m": self.m.clone(), "v": self.v.clone(),
+        return {"flat": self.flat.clone(), "m": self.m.clone(), "v": self.v.clone(),
                 "t": self.t.clone(), "gen": self.gen.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.flat = state["flat"].clone().requires_grad_(True)
+        self.flat = state["flat"].clone()
         self.m, self.v, self.t = state["m"].clone(), state["v"].clone(), state["t"].clone()
         self.gen = torch.Generator()
         self.gen.set_state(state["gen"])
-        self._cache = None
+        self._cache = self._graded = None
 
     # ---------------------------------------------------------------- the policy
 
@@ -188,9 +202,10 @@ class SimWorld:
         cache = self._cache
         if cache is None or not all(s in cache.slots for s in slots):
             wanted = sorted(set(slots) | set(cache.slots if cache is not None else ()))
+            weights = self.flat[_rows(wanted)].requires_grad_(True)  # a view (or a copy): a leaf of its own
             with torch.enable_grad():
-                prompt, bigram = self._logit_tables(self.flat[_rows(wanted)])
-            self._cache = cache = LogitTables({s: i for i, s in enumerate(wanted)}, prompt, bigram)
+                prompt, bigram = self._logit_tables(weights)
+            self._cache = cache = LogitTables({s: i for i, s in enumerate(wanted)}, weights, prompt, bigram)
         return cache
 
     def _prompt_layout(self, requests: list[Request], prompts: int, group: int, every: bool) -> Layout:
@@ -294,7 +309,7 @@ class SimWorld:
                 logp = logp.index_copy(0, index, self._score([slots[i] for i in needed], payload.prompt[index],
                                                              payload.prev[index], payload.temperature, grad))
         if grad:  # the caller's backward frees the tables' graph: later callers get fresh tables
-            self._cache = None
+            self._graded, self._cache = self._cache, None
             return logp
         return logp.detach()
 
