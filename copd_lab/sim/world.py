@@ -18,6 +18,7 @@ over fewer flops, with the float ops of the plain computation, so that none of t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ from copd_lab.config import MergeConfig, SimConfig
 from copd_lab.merge import merge_state_dicts
 from copd_lab.policy import Batch, Request
 from copd_lab.sim.tasks import SimTasks
+from copd_lab.streams import Streams
 
 
 @dataclass
@@ -95,6 +97,7 @@ class SimWorld:
         self.n_params = total
         self._layouts: dict[tuple, Layout] = {}
         self._first: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._plans: dict[tuple, tuple[list[tuple[str, int]], torch.Tensor | None]] = {}
         self._cache: LogitTables | None = None
         self._graded: LogitTables | None = None  # the tables the last gradient caller got (see step)
 
@@ -102,8 +105,8 @@ class SimWorld:
     # Every method that changes weights drops the cached logit tables (see _tables).
 
     def reset(self, n_slots: int, seed: int) -> None:
-        self.gen = torch.Generator().manual_seed(seed)
-        base = torch.randn(self.n_params, generator=self.gen) * self.cfg.init_scale
+        base = torch.randn(self.n_params, generator=torch.Generator().manual_seed(seed)) * self.cfg.init_scale
+        self.streams = Streams(seed)
         self.flat = base.repeat(n_slots, 1)
         self.m = torch.zeros_like(self.flat)
         self.v = torch.zeros_like(self.m)
@@ -163,13 +166,12 @@ class SimWorld:
 
     def state_dict(self) -> dict:
         return {"flat": self.flat.clone(), "m": self.m.clone(), "v": self.v.clone(),
-                "t": self.t.clone(), "gen": self.gen.get_state()}
+                "t": self.t.clone(), "streams": self.streams.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.flat = state["flat"].clone()
         self.m, self.v, self.t = state["m"].clone(), state["v"].clone(), state["t"].clone()
-        self.gen = torch.Generator()
-        self.gen.set_state(state["gen"])
+        self.streams = Streams.from_state_dict(state["streams"])
         self._cache = self._graded = None
 
     # ---------------------------------------------------------------- the policy
@@ -236,7 +238,8 @@ class SimWorld:
         domain, content = layout.domain, layout.content
         n_rows, n = domain.shape
         if content is None:  # a prompt's G rollouts are contiguous
-            content = torch.randint(self.cfg.prompts_per_domain, (n_rows, prompts), generator=self.gen)
+            content = self._per_stream(requests, 1, 0, lambda gen, rows: torch.randint(
+                self.cfg.prompts_per_domain, (rows, prompts), generator=gen))
             content = content[:, :, None].expand(n_rows, prompts, group).reshape(n_rows, n)
         prompt = layout.first_prompt + content
         v, length = self.vocab_size, self.cfg.answer_len
@@ -253,7 +256,8 @@ class SimWorld:
             # inverse-CDF sampling: one uniform u per token (Gumbel-max needs V of them, and drawing them was the
             # dearest part of a tick); the token is the first id whose cumulative probability exceeds u
             if not greedy:
-                uniform = torch.rand((length, n_rows * n, 1), generator=self.gen).unbind(0)
+                uniform = self._per_stream(requests, n, 1, lambda gen, rows: torch.rand(
+                    (length, rows, 1), generator=gen)).unbind(0)
             steps, logits = [torch.full((n_rows * n,), v)], []  # the token before position 0: the start token
             for t, hidden_t in enumerate(hidden_loop.unbind(1)):
                 logits.append(hidden_t + bigram.index_select(0, bigram_rows + steps[-1]))
@@ -274,6 +278,31 @@ class SimWorld:
             reward, correct = self.tasks.score_prompts(prompt, tokens)
         return Batch(list(requests), domain, tokens, layout.mask, reward, correct, logps,
                      SimPayload(content, prompt, prev, temperature, scored))
+
+    def _per_stream(self, requests: list[Request], per_request: int, dim: int,
+                    draw: Callable[[torch.Generator, int], torch.Tensor]) -> torch.Tensor:
+        """Random draws of a call, `per_request` rows each along `dim`, in request order: draw(generator, rows)
+        makes the rows of each stream's requests from that stream (see copd_lab.streams), so a method's
+        rollouts do not depend on the other methods' requests beside it."""
+        counts, order = self._stream_plan(tuple(r.stream for r in requests), per_request)
+        parts = [draw(self.streams(name), count * per_request) for name, count in counts]
+        drawn = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+        return drawn if order is None else drawn.index_select(dim, order)
+
+    def _stream_plan(self, streams: tuple[str, ...], per_request: int) -> tuple[list[tuple[str, int]],
+                                                                                   torch.Tensor | None]:
+        """(stream, its request count) in order of first use, and where each request's rows are in the
+        draws grouped by stream (None: already in request order, as when a method's requests are adjacent)."""
+        key = (streams, per_request)
+        if key not in self._plans:
+            names = list(dict.fromkeys(streams))
+            grouped = [i for name in names for i, s in enumerate(streams) if s == name]
+            order = None
+            if grouped != sorted(grouped):
+                position = torch.tensor(grouped).argsort()  # request i's place among the grouped draws
+                order = (position[:, None] * per_request + torch.arange(per_request)).view(-1)
+            self._plans[key] = [(name, streams.count(name)) for name in names], order
+        return self._plans[key]
 
     def _first_rows(self, tables: LogitTables, slots: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """[R, 1] first row of each request's slot in the tables' prompt and bigram tables (cached: a tick's
