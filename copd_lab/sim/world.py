@@ -96,7 +96,7 @@ class SimWorld:
             total += size
         self.n_params = total
         self._layouts: dict[tuple, Layout] = {}
-        self._first: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._first: dict[tuple, tuple[torch.Tensor, ...]] = {}  # see _first_rows, _rollout_rows
         self._plans: dict[tuple, tuple[list[tuple[str, int]], torch.Tensor | None]] = {}
         self._cache: LogitTables | None = None
         self._graded: LogitTables | None = None  # the tables the last gradient caller got (see step)
@@ -252,15 +252,15 @@ class SimWorld:
             hidden_loop, bigram = hidden.detach(), tables.bigram.detach()
             if temperature != 1.0:  # x / 1.0 is x: skip the op
                 hidden_loop, bigram = hidden_loop / temperature, bigram / temperature
-            bigram_rows = bigram_first.expand(n_rows, n).reshape(-1)
+            bigram_rows, start_rows, start = self._rollout_rows(tables, [r.slot for r in requests], n)
             # inverse-CDF sampling: one uniform u per token (Gumbel-max needs V of them, and drawing them was the
             # dearest part of a tick); the token is the first id whose cumulative probability exceeds u
             if not greedy:
                 uniform = self._per_stream(requests, n, 1, lambda gen, rows: torch.rand(
                     (length, rows, 1), generator=gen)).unbind(0)
-            steps, logits = [torch.full((n_rows * n,), v)], []  # the token before position 0: the start token
+            steps, logits = [start], []  # the token before position 0: the start token
             for t, hidden_t in enumerate(hidden_loop.unbind(1)):
-                logits.append(hidden_t + bigram.index_select(0, bigram_rows + steps[-1]))
+                logits.append(hidden_t + bigram.index_select(0, bigram_rows + steps[-1] if t else start_rows))
                 if greedy:
                     steps.append(logits[-1].argmax(-1))
                 else:  # u scaled by the row's total: float rounding never runs past the last id with mass
@@ -311,6 +311,15 @@ class SimWorld:
         if key not in self._first:
             where = torch.tensor([tables.slots[s] for s in slots])[:, None]
             self._first[key] = where * self.n_prompts, where * (self.vocab_size + 1)
+        return self._first[key]
+
+    def _rollout_rows(self, tables: LogitTables, slots: list[int], n: int) -> tuple[torch.Tensor, ...]:
+        """[R * N] per rollout: its slot's first bigram row, the row of the start token, and the start token V
+        (cached, like _first_rows: they are the same every tick)."""
+        key = (tuple(tables.slots), tuple(slots), n)
+        if key not in self._first:
+            bigram_rows = self._first_rows(tables, slots)[1].expand(len(slots), n).reshape(-1)
+            self._first[key] = bigram_rows, bigram_rows + self.vocab_size, torch.full_like(bigram_rows, self.vocab_size)
         return self._first[key]
 
     def _logprobs(self, hidden: torch.Tensor, bigram: torch.Tensor, bigram_first: torch.Tensor, prev: torch.Tensor,
