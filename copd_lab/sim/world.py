@@ -55,6 +55,7 @@ class Scored:
 
     tables: LogitTables
     logp: torch.Tensor
+    token: torch.Tensor | None  # [R, N, T] logp at the sampled tokens (at τ = 1: they are π_old), with the graph
 
 
 @dataclass(frozen=True)
@@ -268,13 +269,14 @@ class SimWorld:
                     steps.append(torch.searchsorted(cdf, uniform[t] * cdf[:, -1:], right=True).view(-1))
             sequence = torch.stack(steps, -1).view(n_rows, n, length + 1)  # the start token, then the answer
             tokens, prev = sequence[..., 1:], sequence[..., :-1]
-        scored = Scored(tables, self._logprobs(hidden.view(*tokens.shape, v), tables.bigram, bigram_first, prev,
-                                               temperature))
+        logp = self._logprobs(hidden.view(*tokens.shape, v), tables.bigram, bigram_first, prev, temperature)
+        # π_old: at τ = 1 the loop's logits are the scored ones (and the training forward's token log-probs are
+        # these very numbers); else h/τ + U/τ rounds unlike (h + U)/τ
+        token = logp.gather(-1, tokens[..., None]).squeeze(-1) if temperature == 1.0 else None
+        scored = Scored(tables, logp, token)
         with torch.no_grad():
-            # π_old: at τ = 1 the loop's logits are the scored ones; else h/τ + U/τ rounds unlike (h + U)/τ
-            sampled = (scored.logp if temperature == 1.0
-                       else torch.stack(logits, 1).view(*tokens.shape, v).log_softmax(-1))
-            logps = sampled.gather(-1, tokens[..., None]).squeeze(-1)
+            logps = (token.detach() if token is not None else torch.stack(logits, 1).view(*tokens.shape, v)
+                     .log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1))
             reward, correct = self.tasks.score_prompts(prompt, tokens)
         return Batch(list(requests), domain, tokens, layout.mask, reward, correct, logps,
                      SimPayload(content, prompt, prev, temperature, scored))
@@ -333,8 +335,7 @@ class SimWorld:
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         """The sampler's own log-probs when they are still current (see Scored), else scored from the tables."""
         payload, scored = batch.payload, batch.payload.scored
-        if (scored is not None and scored.tables is self._cache and (scored.logp.requires_grad or not grad)
-                and slots == [r.slot for r in batch.requests]):
+        if self._current(scored, batch, slots, grad):
             logp = scored.logp
         elif 2 * slots.count(-1) <= len(slots):  # rows that need no score (slot -1) get their sampler's
             slots = [s if s >= 0 else r.slot for s, r in zip(slots, batch.requests)]
@@ -346,6 +347,14 @@ class SimWorld:
                 index = torch.tensor(needed)
                 logp = logp.index_copy(0, index, self._score([slots[i] for i in needed], payload.prompt[index],
                                                              payload.prev[index], payload.temperature, grad))
+        return self._handed(logp, grad)
+
+    def _current(self, scored: Scored | None, batch: Batch, slots: list[int], grad: bool) -> bool:
+        """Whether the sampler's own scores answer this call: same slots, tables still current, graph if asked."""
+        return (scored is not None and scored.tables is self._cache and (scored.logp.requires_grad or not grad)
+                and slots == [r.slot for r in batch.requests])
+
+    def _handed(self, logp: torch.Tensor, grad: bool) -> torch.Tensor:
         if grad:  # the caller's backward frees the tables' graph: later callers get fresh tables
             self._graded, self._cache = self._cache, None
             return logp
@@ -361,6 +370,9 @@ class SimWorld:
         return self._logprobs(hidden, bigram, bigram_first, prev, temperature)
 
     def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
+        scored = batch.payload.scored
+        if self._current(scored, batch, slots, grad) and scored.token is not None:
+            return self._handed(scored.token, grad)
         return self.full_logprobs(batch, slots, grad).gather(-1, batch.tokens[..., None]).squeeze(-1)
 
 
