@@ -13,6 +13,7 @@ and can continue from it with the same rows; a NaN or inf loss stops it before t
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -322,10 +323,12 @@ class Trainer:
                 row_loss = torch.where(is_opd, beta * losses.aggregate(kl, batch.mask, g.aggregation), row_loss)
             if ref_lp is not None:
                 row_loss = row_loss + g.kl_coef * losses.kl_penalty(lp, ref_lp, batch.mask, g.aggregation)
-            finite = torch.isfinite(row_loss)
-            if not bool(finite.all()):  # stop before the update: the weights stay the last good ones
-                self._non_finite(tick, owners, row_loss, finite)
-            world.step((row_loss if share is None else row_loss * share).sum(), students)  # x * 1.0 is x
+            loss = (row_loss if share is None else row_loss * share).sum()  # x * 1.0 is x
+            if not math.isfinite(loss.item()):  # stop before the update: the weights stay the last good ones
+                finite = torch.isfinite(row_loss)  # (one sync on the sum, not isfinite's four ops every tick)
+                if not bool(finite.all()):  # finite rows whose sum overflowed are not an error
+                    self._non_finite(tick, owners, row_loss, finite)
+            world.step(loss, students)
         with torch.no_grad():  # per-row training signals, synced to Python only when flushed
             signal = batch.rewards.mean(1)
             if any_opd:
