@@ -333,20 +333,38 @@ class SimWorld:
         return (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
 
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
-        """The sampler's own log-probs when they are still current (see Scored), else scored from the tables."""
+        return self._logprobs_of(batch, slots, grad, tokens=False)
+
+    def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
+        scored = batch.payload.scored
+        if self._current(scored, batch, slots, grad) and scored.token is not None:
+            return self._handed(scored.token, grad)
+        return self._logprobs_of(batch, slots, grad, tokens=True)
+
+    def _logprobs_of(self, batch: Batch, slots: list[int], grad: bool, tokens: bool) -> torch.Tensor:
+        """Full log-probs [R, N, T, V], or with `tokens` those of the batch's tokens [R, N, T]: the sampler's own
+        when they are still current (see Scored), else scored from the tables."""
         payload, scored = batch.payload, batch.payload.scored
+
+        def pick(logp: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+            if not tokens:
+                return logp
+            chosen = batch.tokens if rows is None else batch.tokens[rows]
+            return logp.gather(-1, chosen[..., None]).squeeze(-1)
+
         if self._current(scored, batch, slots, grad):
-            logp = scored.logp
+            logp = pick(scored.logp)
         elif 2 * slots.count(-1) <= len(slots):  # rows that need no score (slot -1) get their sampler's
             slots = [s if s >= 0 else r.slot for s, r in zip(slots, batch.requests)]
-            logp = self._score(slots, payload.prompt, payload.prev, payload.temperature, grad)
+            logp = pick(self._score(slots, payload.prompt, payload.prev, payload.temperature, grad))
         else:  # mostly unneeded rows (a tick's teacher scoring with few OPD rows): score the others, zeros here
-            logp = torch.zeros(*batch.tokens.shape, self.vocab_size)
+            logp = torch.zeros(*batch.tokens.shape, *(() if tokens else (self.vocab_size,)))
             needed = [i for i, s in enumerate(slots) if s >= 0]
             if needed:
                 index = torch.tensor(needed)
-                logp = logp.index_copy(0, index, self._score([slots[i] for i in needed], payload.prompt[index],
-                                                             payload.prev[index], payload.temperature, grad))
+                logp = logp.index_copy(0, index, pick(self._score([slots[i] for i in needed], payload.prompt[index],
+                                                                  payload.prev[index], payload.temperature, grad),
+                                                      index))
         return self._handed(logp, grad)
 
     def _current(self, scored: Scored | None, batch: Batch, slots: list[int], grad: bool) -> bool:
@@ -368,12 +386,6 @@ class SimWorld:
         table, bigram = (tables.prompt, tables.bigram) if grad else (tables.prompt.detach(), tables.bigram.detach())
         hidden = table.index_select(0, (prompt_first + prompt).view(-1)).view(*prev.shape, self.vocab_size)
         return self._logprobs(hidden, bigram, bigram_first, prev, temperature)
-
-    def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
-        scored = batch.payload.scored
-        if self._current(scored, batch, slots, grad) and scored.token is not None:
-            return self._handed(scored.token, grad)
-        return self.full_logprobs(batch, slots, grad).gather(-1, batch.tokens[..., None]).squeeze(-1)
 
 
 def _rows(slots: list[int]) -> slice | torch.Tensor:
