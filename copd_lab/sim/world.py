@@ -65,6 +65,7 @@ class Layout:
     domain: torch.Tensor  # [R, N] domain d of each rollout; pooled domains split evenly over a request's prompts
     first_prompt: torch.Tensor  # [R, N] d * S: the row of the domain's first prompt in a slot's table
     content: torch.Tensor | None  # [R, N] content s when every eval prompt is visited once, else None (drawn)
+    prompt_of: torch.Tensor  # [N] the prompt (of `prompts` drawn) each rollout answers: a prompt's G are adjacent
     mask: torch.Tensor  # [R, N, T] all ones: every sim answer has T tokens
 
 
@@ -230,7 +231,9 @@ class SimWorld:
             if every:
                 content = torch.arange(visited).repeat_interleave(group).repeat(n // (visited * group))
                 content = content.expand(n_rows, n)
-            self._layouts[key] = Layout(domain, domain * s, content, torch.ones(n_rows, n, self.cfg.answer_len))
+            prompt_of = torch.arange(max(prompts, 1)).repeat_interleave(group)
+            mask = torch.ones(n_rows, n, self.cfg.answer_len)
+            self._layouts[key] = Layout(domain, domain * s, content, prompt_of, mask)
         return self._layouts[key]
 
     def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
@@ -240,8 +243,7 @@ class SimWorld:
         n_rows, n = domain.shape
         if content is None:  # a prompt's G rollouts are contiguous
             content = self._per_stream(requests, 1, 0, lambda gen, rows: torch.randint(
-                self.cfg.prompts_per_domain, (rows, prompts), generator=gen))
-            content = content[:, :, None].expand(n_rows, prompts, group).reshape(n_rows, n)
+                self.cfg.prompts_per_domain, (rows, prompts), generator=gen)).index_select(1, layout.prompt_of)
         prompt = layout.first_prompt + content
         v, length = self.vocab_size, self.cfg.answer_len
         # the teachers that will score these rollouts join the tables now, rather than rebuild them then
