@@ -13,7 +13,7 @@ from copd_lab.config import ConfigError, ExperimentConfig, dump_toml
 from copd_lab.policy import World
 from copd_lab.recipes import Recipe, build_recipes
 from copd_lab.results import format_table, results_table
-from copd_lab.trainer import ROW_COLUMNS, Trainer, resume_key, unpack_rows
+from copd_lab.trainer import ROW_COLUMNS, STATE_FORMAT, Trainer, resume_key, unpack_rows
 
 
 @dataclass
@@ -109,6 +109,9 @@ def _resumable(cfg: ExperimentConfig, path: Path) -> dict | None:
     if not path.exists():
         return None
     state = load_checkpoint(path)
+    if state.get("format", 1) != STATE_FORMAT:
+        raise ConfigError(f"--resume is not allowed with {path}: it was written by another copd_lab version (state "
+                          f"format {state.get('format', 1)}, this one reads {STATE_FORMAT}); use a new --out")
     if state["config"] != resume_key(cfg):
         ours, theirs = resume_key(cfg), state["config"]
         diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))

@@ -22,6 +22,12 @@ GAP_METRICS = QUICK_METRICS + ("student_overlap_mass", "teacher_overlap_mass", "
                                "overlap_token_advantage")  # also at every eval
 
 
+def measure_stream(method: str) -> str:
+    """The random stream of a method's measurements: apart from its training stream, so that how often a
+    method is measured does not change how it trains (see copd_lab.streams)."""
+    return f"{method}/measure"
+
+
 class Meter:
     """Measures slots of a world and logs rows through `log`."""
 
@@ -29,20 +35,21 @@ class Meter:
         self.cfg, self.world, self.log = cfg, world, log
         self.all_domains = tuple(range(len(world.domains)))
 
-    def _student_rollouts(self, slots: list[int]):
-        """One sampled rollout per eval prompt of every domain, for each student slot."""
-        requests = [Request(s, self.all_domains) for s in slots]
+    def _student_rollouts(self, slots: list[int], methods: dict[int, str]):
+        """One sampled rollout per eval prompt of every domain, for each student slot (of methods[slot])."""
+        requests = [Request(s, self.all_domains, stream=measure_stream(methods[s])) for s in slots]
         return self.world.sample(requests, self.cfg.metrics.gap_prompts, 1, self.cfg.grpo.temperature,
                                  every_prompt=True)
 
-    def gap(self, pairs: list[tuple[int, int]], full: bool = True) -> torch.Tensor:
+    def gap(self, pairs: list[tuple[int, int]], methods: dict[int, str], full: bool = True) -> torch.Tensor:
         """[len(pairs), M] gap metrics of (student, teacher) slot pairs on the student's visited prefixes
-        (the paper's μ_θ): all GAP_METRICS if `full`, else the first three of QUICK_METRICS' order."""
+        (the paper's μ_θ): all GAP_METRICS if `full`, else the first three of QUICK_METRICS' order.
+        methods: student slot -> the method it belongs to (whose stream its rollouts draw from)."""
         students = sorted({s for s, _ in pairs})
         rows = torch.tensor([students.index(s) for s, _ in pairs])
         k = self.cfg.metrics.topk
         with torch.no_grad():
-            batch = self._student_rollouts(students)
+            batch = self._student_rollouts(students, methods)
             # students on their own rollouts and teachers on the students' in one call: a world may then run
             # a prompt once per slot however many pairs share it (VLMWorld does)
             n = len(students)
@@ -63,9 +70,9 @@ class Meter:
                            metrics.overlap_token_advantage(p_full, q_full, mask, k, tops)]
         return torch.stack(values, dim=1)
 
-    def overlap(self, pairs: list[tuple[int, int]]) -> list[float]:
-        """Top-k overlap O_k of (student, teacher) slot pairs (the adaptive schedule's signal)."""
-        return self.gap(pairs, full=False)[:, 0].tolist()
+    def overlap(self, pairs: list[tuple[int, int]], method: str) -> list[float]:
+        """Top-k overlap O_k of (student, teacher) slot pairs of one method (the adaptive schedule's signal)."""
+        return self.gap(pairs, {s: method for s, _ in pairs}, full=False)[:, 0].tolist()
 
     def measure_groups(self, step: int, groups: list[tuple[str, list[tuple[str, int]]]], full: bool) -> None:
         """Gap metrics between every ordered pair of a group's branches and of each branch vs the base,
@@ -79,29 +86,29 @@ class Meter:
                         labels.append((method, student, f"{student}<-{teacher}"))
         if not pairs:
             return
-        values = self.gap(pairs, full).tolist()
+        methods = {slot: method for method, branches in groups for _, slot in branches}
+        values = self.gap(pairs, methods, full).tolist()
         for (method, branch, pair), row in zip(labels, values):
             for name, value in zip(GAP_METRICS, row):
                 self.log(method, step, branch, pair, name, value)
-        slots = sorted({s for _, branches in groups for _, s in branches})
-        with torch.no_grad():  # task vectors θ − θ_0 of every slot at once; one sync
-            vectors = self.world.flat_weights(slots) - self.world.flat_weights([0])
-            unit = vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-12)
-            norms, distance, cosine = vectors.norm(dim=1).tolist(), torch.cdist(vectors, vectors).tolist(), \
-                (unit @ unit.T).tolist()
+        base = self.world.flat_weights([0])
         for method, branches in groups:
-            for i, (a, a_slot) in enumerate(branches):
-                ia = slots.index(a_slot)
-                self.log(method, step, a, "", "task_vector_norm", norms[ia])
-                for b, b_slot in branches[i + 1:]:
-                    ib = slots.index(b_slot)
-                    self.log(method, step, a, f"{a}|{b}", "task_vector_distance", distance[ia][ib])
-                    self.log(method, step, a, f"{a}|{b}", "task_vector_cosine", cosine[ia][ib])
+            # task vectors θ − θ_0 group by group: a matmul's rounding may depend on the other rows in it
+            with torch.no_grad():
+                vectors = self.world.flat_weights([s for _, s in branches]) - base
+                unit = vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                norms, distance, cosine = vectors.norm(dim=1).tolist(), torch.cdist(vectors, vectors).tolist(), \
+                    (unit @ unit.T).tolist()
+            for i, (a, _) in enumerate(branches):
+                self.log(method, step, a, "", "task_vector_norm", norms[i])
+                for j, (b, _) in enumerate(branches[i + 1:], i + 1):
+                    self.log(method, step, a, f"{a}|{b}", "task_vector_distance", distance[i][j])
+                    self.log(method, step, a, f"{a}|{b}", "task_vector_cosine", cosine[i][j])
 
     def accuracy(self, method: str, outputs: list[tuple[str, int]], step: int, final: bool) -> None:
         """Greedy and sampled pass@1 and reward per domain on the eval prompts."""
         world, m = self.world, self.cfg.metrics
-        requests = [Request(slot, (d,)) for _, slot in outputs for d in self.all_domains]
+        requests = [Request(slot, (d,), stream=measure_stream(method)) for _, slot in outputs for d in self.all_domains]
         prefix = "final_" if final else ""
         with torch.no_grad():
             greedy = world.sample(requests, 0, 1, 1.0, greedy=True, every_prompt=True)
@@ -122,7 +129,7 @@ class Meter:
         if n_dom < 2:
             return
         slots = [s for _, s in branches]
-        requests = [Request(s, (d,)) for d in self.all_domains for s in slots]
+        requests = [Request(s, (d,), stream=measure_stream(method)) for d in self.all_domains for s in slots]
         batch = world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
         lp = world.token_logprobs(batch, [r.slot for r in requests], grad=True)
         adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]

@@ -61,7 +61,7 @@ def overlap_token_advantage(p_logp: Tensor, q_logp: Tensor, mask: Tensor, k: int
     q_norm = torch.logsumexp(q_logp.gather(-1, q_top.ids), dim=-1, keepdim=True)
     q_bar = q_logp.gather(-1, ids) - q_norm
     # where first: off the intersection q̄ may be −inf, and 0·inf is nan
-    gap = torch.where(shared, q_bar - p_bar, torch.zeros_like(p_bar))
+    gap = torch.where(shared, q_bar - p_bar, 0.0)
     count = shared.sum(dim=-1)
     per_position = (p_bar.exp() * gap).sum(dim=-1) / count.clamp(min=1).to(p_logp.dtype)
     return _mean(per_position, mask.bool() & (count > 0))
@@ -75,7 +75,7 @@ def symmetric_kl(p_logp: Tensor, q_logp: Tensor, mask: Tensor) -> Tensor:
 
 def _entropy(logp: Tensor) -> Tensor:
     p = logp.exp()
-    return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(dim=-1)
+    return -(p * torch.where(p > 0, logp, 0.0)).sum(dim=-1)
 
 
 def entropy_gap(p_logp: Tensor, q_logp: Tensor, mask: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ class Request:
     domains: tuple[int, ...]  # prompt domains; several = a pooled mixture, prompts split evenly
     teacher: int = -1  # slot that grades the rollouts token by token (OPD); -1 for a GRPO batch
     beta: float = 0.0  # β of the OPD advantage
+    stream: str = ""  # the random stream it draws from: its method's name (see copd_lab.streams)
 
 
 @dataclass
@@ -53,7 +54,8 @@ class World(Protocol):
     domains: tuple[str, ...]
 
     def reset(self, n_slots: int, seed: int) -> None:
-        """Fresh run: `n_slots` slots, all holding the base weights; slot 0 is the base itself."""
+        """Fresh run: `n_slots` slots, all holding the base weights; slot 0 is the base itself. Sampling
+        draws from one stream per (seed, request.stream) (copd_lab.streams)."""
 
     def copy(self, src: int, dst: int) -> None:
         """Weights (and fresh optimizer state) of `dst` become those of `src`."""
@@ -88,7 +90,7 @@ class World(Protocol):
         """[len(slots), P] gradient of `loss` w.r.t. each slot's weights, without updating anything."""
 
     def state_dict(self) -> dict:
-        """Everything needed to resume: weights of every slot, optimizer state, RNG state."""
+        """Everything needed to resume: weights of every slot, optimizer state, RNG state (every stream's)."""
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned."""

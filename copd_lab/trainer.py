@@ -13,6 +13,7 @@ and can continue from it with the same rows; a NaN or inf loss stops it before t
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from copd_lab.policy import Request, World
 from copd_lab.recipes import BASE, OPDEdge, Recipe, Stage, is_active
 
 ROW_COLUMNS = ("run", "method", "seed", "step", "branch", "pair", "metric", "value")
+STATE_FORMAT = 2  # 2: one random stream per method (copd_lab.streams); 1 (no field): one per seed
 
 
 class NonFiniteError(RuntimeError):
@@ -101,7 +103,7 @@ class Trainer:
         self.steps_done = {f"{r.name}/{b.name}": 0 for r in recipes for b in r.branches}
         self.rollouts_done = dict.fromkeys(self.steps_done, 0)
         self.gap = Meter(cfg, world, self._log)
-        self._boundary = False
+        self._boundary: set[str] = set()  # recipes that ended a phase this tick: their gap is measured
         self._requests: dict[tuple[str, int], list] = {}  # see _stage_requests
         self._pending: list[tuple[int, list[tuple[str, str, str]], torch.Tensor]] = []
         self.signal_rows: list[dict] = []  # training signals from drained _pending; they follow self.rows
@@ -185,12 +187,12 @@ class Trainer:
         """Everything needed to continue at `next_tick`, as plain data (loads with weights_only=True)."""
         self._drain()
         return {
-            "seed": self.seed, "config": resume_key(self.cfg), "tick": next_tick, "done": done,
+            "format": STATE_FORMAT, "seed": self.seed, "config": resume_key(self.cfg), "tick": next_tick, "done": done,
             "cursors": {name: dataclasses.asdict(c) for name, c in self.cursors.items()},
             "steps_done": dict(self.steps_done), "rollouts_done": dict(self.rollouts_done),
             "rows": pack_rows(self.rows),
             "signal_rows": pack_rows(self.signal_rows),
-            "boundary": self._boundary, "torch_rng": torch.get_rng_state(), "world": self.world.state_dict(),
+            "boundary": sorted(self._boundary), "torch_rng": torch.get_rng_state(), "world": self.world.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> int:
@@ -199,7 +201,7 @@ class Trainer:
         self.steps_done, self.rollouts_done = dict(state["steps_done"]), dict(state["rollouts_done"])
         self.rows = unpack_rows(state["rows"])
         self.signal_rows = unpack_rows(state["signal_rows"])
-        self._boundary = state["boundary"]
+        self._boundary = set(state["boundary"])
         torch.set_rng_state(state["torch_rng"])
         self.world.load_state_dict(state["world"])
         return state["tick"]
@@ -253,7 +255,7 @@ class Trainer:
                     owners.append((recipe.name, name, edge.label))
         cur.tick += 1
         if cur.tick == stage.steps and len(recipe.branches) > 1 and self.cfg.metrics.gap_at_phase_end:
-            self._boundary = True  # the gap is measured at every phase end: the saw-tooth's corners
+            self._boundary.add(recipe.name)  # the gap is measured at every phase end: the saw-tooth's corners
         for key in list(cur.windows):
             cur.windows[key] -= 1
 
@@ -270,9 +272,10 @@ class Trainer:
             plan = []
             for name in stage.train:
                 branch, slot = recipe.branch(name), self.slot(recipe, name)
-                native = Request(slot, tuple(self.domain_index[d] for d in branch.domains)) if stage.rlvr else None
+                domains = tuple(self.domain_index[d] for d in branch.domains)
+                native = Request(slot, domains, stream=recipe.name) if stage.rlvr else None
                 opd = [(edge, Request(slot, (self.domain_index[edge.domain],), teacher=self.teacher_slot(recipe, edge),
-                                      beta=edge.beta)) for edge in edges_of.get(name, [])]
+                                      beta=edge.beta, stream=recipe.name)) for edge in edges_of.get(name, [])]
                 plan.append((name, branch.step_rate, native, opd))
             self._requests[key] = plan
         return self._requests[key]
@@ -320,10 +323,12 @@ class Trainer:
                 row_loss = torch.where(is_opd, beta * losses.aggregate(kl, batch.mask, g.aggregation), row_loss)
             if ref_lp is not None:
                 row_loss = row_loss + g.kl_coef * losses.kl_penalty(lp, ref_lp, batch.mask, g.aggregation)
-            finite = torch.isfinite(row_loss)
-            if not bool(finite.all()):  # stop before the update: the weights stay the last good ones
-                self._non_finite(tick, owners, row_loss, finite)
-            world.step((row_loss if share is None else row_loss * share).sum(), students)  # x * 1.0 is x
+            loss = (row_loss if share is None else row_loss * share).sum()  # x * 1.0 is x
+            if not math.isfinite(loss.item()):  # stop before the update: the weights stay the last good ones
+                finite = torch.isfinite(row_loss)  # (one sync on the sum, not isfinite's four ops every tick)
+                if not bool(finite.all()):  # finite rows whose sum overflowed are not an error
+                    self._non_finite(tick, owners, row_loss, finite)
+            world.step(loss, students)
         with torch.no_grad():  # per-row training signals, synced to Python only when flushed
             signal = batch.rewards.mean(1)
             if any_opd:
@@ -360,9 +365,11 @@ class Trainer:
             if stage is not None and stage.adaptive_threshold > 0 and check:
                 self._open_windows(recipe, stage, tick)
         evaluate = tick % m.eval_every == 0
-        if tick % m.gap_every == 0 or evaluate or self._boundary:
-            self._boundary = False
-            groups = [(r.name, [(b.name, self.slot(r, b.name)) for b in r.branches]) for r in live]
+        # every recipe at the cadence, else only those at a phase end: a method's rows never depend on the others
+        measured = live if tick % m.gap_every == 0 or evaluate else [r for r in live if r.name in self._boundary]
+        self._boundary.clear()
+        if measured:
+            groups = [(r.name, [(b.name, self.slot(r, b.name)) for b in r.branches]) for r in measured]
             self.gap.measure_groups(tick, groups, full=evaluate)
         if evaluate and tick > 0:
             for recipe in live:
@@ -377,7 +384,7 @@ class Trainer:
         if not closed:
             return
         pairs = [(self.slot(recipe, e.student), self.teacher_slot(recipe, e)) for e in closed]
-        overlap = self.gap.overlap(pairs)
+        overlap = self.gap.overlap(pairs, recipe.name)
         for edge, value in zip(closed, overlap):
             if value < stage.adaptive_threshold:
                 cur.windows[edge.label] = stage.adaptive_window

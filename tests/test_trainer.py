@@ -53,6 +53,21 @@ def test_same_seed_same_results_and_seeds_give_error_bars():
     assert "±" in two.table()
 
 
+@pytest.mark.parametrize("method, others", [("copd", ["experts", "mixed"]), ("mixed", ["copd", "copd_frozen"]),
+                                            ("mopd", ["mixed", "copd"])])
+def test_a_methods_rows_do_not_depend_on_the_other_methods(method, others):
+    """Each method draws from its own random stream and is measured on its own schedule: its rows are the same
+    alone as beside other methods (mopd needs the experts either way)."""
+    rows = {}
+    for methods in ([method], [method] + others, others + [method]):
+        m = run_comparison(load_config(None, SMALL + [f"methods={methods}"]), progress=False).metrics
+        rows[tuple(methods)] = m[m.method == method].drop(columns="run").reset_index(drop=True)
+    alone, *together = rows.values()
+    assert len(alone) > 50
+    for other in together:
+        assert other.equals(alone), other.compare(alone)
+
+
 def test_adaptive_schedule_opens_windows_on_low_overlap():
     cfg = load_config(None, SMALL + ["methods=['copd']", "copd.adaptive_threshold=0.95", "copd.adaptive_check_every=2"])
     m = run_comparison(cfg, progress=False).metrics

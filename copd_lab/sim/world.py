@@ -7,7 +7,9 @@ keep the behaviour pattern it started with. Because the hidden part does not dep
 the hidden logits of every prompt are one batched matmul per weight version (the logit tables, built
 once a tick and reused by sampling, scoring and the training forward) and sampling only adds U row by
 row. All slots' weights live in one flat tensor [slots, P]; Adam runs on the rows of the slots that
-trained this tick, each with its own step count.
+trained this tick, each with its own step count. The gradient lands on the rows the logit tables were
+built from (a leaf of the slots in use), not on the whole [slots, P] tensor: a full-size gradient is
+zero-filled and copied into on every backward, for rows that mostly never train.
 
 A tick here is a few hundred tensor ops on small tensors, so its cost is mostly per-op overhead: the
 code below favours fewer ops (flat tables read with index_select, caches of what repeats every tick)
@@ -16,6 +18,7 @@ over fewer flops, with the float ops of the plain computation, so that none of t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +27,7 @@ from copd_lab.config import MergeConfig, SimConfig
 from copd_lab.merge import merge_state_dicts
 from copd_lab.policy import Batch, Request
 from copd_lab.sim.tasks import SimTasks
+from copd_lab.streams import Streams
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Scored:
 
     tables: LogitTables
     logp: torch.Tensor
+    token: torch.Tensor | None  # [R, N, T] logp at the sampled tokens (at τ = 1: they are π_old), with the graph
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Layout:
     domain: torch.Tensor  # [R, N] domain d of each rollout; pooled domains split evenly over a request's prompts
     first_prompt: torch.Tensor  # [R, N] d * S: the row of the domain's first prompt in a slot's table
     content: torch.Tensor | None  # [R, N] content s when every eval prompt is visited once, else None (drawn)
+    prompt_of: torch.Tensor  # [N] the prompt (of `prompts` drawn) each rollout answers: a prompt's G are adjacent
     mask: torch.Tensor  # [R, N, T] all ones: every sim answer has T tokens
 
 
@@ -68,6 +74,7 @@ class LogitTables:
     """The logit tables of some slots under the current weights (see SimWorld._tables)."""
 
     slots: dict[int, int]  # slot -> its block in the tables
+    weights: torch.Tensor  # [k, P] the rows of these slots: the leaf the tables' gradient lands on
     prompt: torch.Tensor  # [k * D * S, T, V] hidden-part logits of every (slot, prompt), by row
     bigram: torch.Tensor  # [k * (V + 1), V] bigram logits U of every (slot, previous token), by row
 
@@ -91,20 +98,22 @@ class SimWorld:
             total += size
         self.n_params = total
         self._layouts: dict[tuple, Layout] = {}
-        self._first: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._first: dict[tuple, tuple[torch.Tensor, ...]] = {}  # see _first_rows, _rollout_rows
+        self._plans: dict[tuple, tuple[list[tuple[str, int]], torch.Tensor | None]] = {}
         self._cache: LogitTables | None = None
+        self._graded: LogitTables | None = None  # the tables the last gradient caller got (see step)
 
     # ---------------------------------------------------------------- slots and optimizer
     # Every method that changes weights drops the cached logit tables (see _tables).
 
     def reset(self, n_slots: int, seed: int) -> None:
-        self.gen = torch.Generator().manual_seed(seed)
-        base = torch.randn(self.n_params, generator=self.gen) * self.cfg.init_scale
-        self.flat = base.repeat(n_slots, 1).requires_grad_(True)
-        self.m = torch.zeros_like(self.flat, requires_grad=False)
+        base = torch.randn(self.n_params, generator=torch.Generator().manual_seed(seed)) * self.cfg.init_scale
+        self.streams = Streams(seed)
+        self.flat = base.repeat(n_slots, 1)
+        self.m = torch.zeros_like(self.flat)
         self.v = torch.zeros_like(self.m)
         self.t = torch.zeros(n_slots, 1)
-        self._cache = None
+        self._cache = self._graded = None
 
     def copy(self, src: int, dst: int) -> None:
         with torch.no_grad():
@@ -117,8 +126,8 @@ class SimWorld:
 
     def merge(self, sources: list[int], dst: int, spec: MergeConfig) -> None:
         with torch.no_grad():
-            experts = [self._named(self.flat[s].detach()) for s in sources]
-            merged = merge_state_dicts(experts, self._named(self.flat[0].detach()), spec.method,
+            experts = [self._named(self.flat[s]) for s in sources]
+            merged = merge_state_dicts(experts, self._named(self.flat[0]), spec.method,
                                        list(spec.weights) or None, spec.density, spec.scale)
             self.flat[dst] = torch.cat([merged[n].reshape(-1) for n in self.shapes])
             self.m[dst], self.v[dst], self.t[dst] = 0.0, 0.0, 0.0
@@ -127,9 +136,10 @@ class SimWorld:
     def step(self, loss: torch.Tensor, slots: list[int]) -> None:
         """One Adam step on the slots that trained; the others keep weights and moments untouched."""
         loss.backward()
+        graded, self._graded = self._graded, None
         with torch.no_grad():
             rows = _rows(slots)
-            g, (b1, b2) = self.flat.grad[rows], self.betas
+            g, (b1, b2) = self._slot_grads(graded, slots), self.betas
             m = self.m[rows].lerp_(g, 1 - b1)
             v = self.v[rows].mul_(b2).addcmul_(g, g, value=1 - b2)
             t = self.t[rows].add_(1)
@@ -137,26 +147,34 @@ class SimWorld:
             weights = self.flat[rows].add_(update, alpha=-self.lr)
             if not isinstance(rows, slice):  # an index gathered copies: write them back
                 self.flat[rows], self.m[rows], self.v[rows], self.t[rows] = weights, m, v, t
-        self.flat.grad = None
         self._cache = None
+
+    def _slot_grads(self, graded: LogitTables | None, slots: list[int]) -> torch.Tensor:
+        """The gradient rows of the distinct slots, in order, from the leaf of the tables that were graded."""
+        unique = sorted(set(slots))
+        if graded is None or graded.weights.grad is None:  # the loss did not reach any weights
+            return torch.zeros(len(unique), self.n_params)
+        index = _rows([graded.slots[s] for s in unique])
+        grad = graded.weights.grad
+        return grad[index] if isinstance(index, slice) else grad.index_select(0, index)
 
     def flat_weights(self, slots: list[int]) -> torch.Tensor:
-        return self.flat.detach()[slots]
+        return self.flat[slots]
 
     def flat_grads(self, loss: torch.Tensor, slots: list[int]) -> torch.Tensor:
-        (grad,) = torch.autograd.grad(loss, self.flat, retain_graph=True)
-        return grad[slots]
+        graded = self._graded
+        (grad,) = torch.autograd.grad(loss, graded.weights, retain_graph=True)
+        return grad[[graded.slots[s] for s in slots]]
 
     def state_dict(self) -> dict:
-        return {"flat": self.flat.detach().clone(), "m": self.m.clone(), "v": self.v.clone(),
-                "t": self.t.clone(), "gen": self.gen.get_state()}
+        return {"flat": self.flat.clone(), "m": self.m.clone(), "v": self.v.clone(),
+                "t": self.t.clone(), "streams": self.streams.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.flat = state["flat"].clone().requires_grad_(True)
+        self.flat = state["flat"].clone()
         self.m, self.v, self.t = state["m"].clone(), state["v"].clone(), state["t"].clone()
-        self.gen = torch.Generator()
-        self.gen.set_state(state["gen"])
-        self._cache = None
+        self.streams = Streams.from_state_dict(state["streams"])
+        self._cache = self._graded = None
 
     # ---------------------------------------------------------------- the policy
 
@@ -188,9 +206,10 @@ class SimWorld:
         cache = self._cache
         if cache is None or not all(s in cache.slots for s in slots):
             wanted = sorted(set(slots) | set(cache.slots if cache is not None else ()))
+            weights = self.flat[_rows(wanted)].requires_grad_(True)  # a view (or a copy): a leaf of its own
             with torch.enable_grad():
-                prompt, bigram = self._logit_tables(self.flat[_rows(wanted)])
-            self._cache = cache = LogitTables({s: i for i, s in enumerate(wanted)}, prompt, bigram)
+                prompt, bigram = self._logit_tables(weights)
+            self._cache = cache = LogitTables({s: i for i, s in enumerate(wanted)}, weights, prompt, bigram)
         return cache
 
     def _prompt_layout(self, requests: list[Request], prompts: int, group: int, every: bool) -> Layout:
@@ -212,7 +231,9 @@ class SimWorld:
             if every:
                 content = torch.arange(visited).repeat_interleave(group).repeat(n // (visited * group))
                 content = content.expand(n_rows, n)
-            self._layouts[key] = Layout(domain, domain * s, content, torch.ones(n_rows, n, self.cfg.answer_len))
+            prompt_of = torch.arange(max(prompts, 1)).repeat_interleave(group)
+            mask = torch.ones(n_rows, n, self.cfg.answer_len)
+            self._layouts[key] = Layout(domain, domain * s, content, prompt_of, mask)
         return self._layouts[key]
 
     def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
@@ -221,8 +242,8 @@ class SimWorld:
         domain, content = layout.domain, layout.content
         n_rows, n = domain.shape
         if content is None:  # a prompt's G rollouts are contiguous
-            content = torch.randint(self.cfg.prompts_per_domain, (n_rows, prompts), generator=self.gen)
-            content = content[:, :, None].expand(n_rows, prompts, group).reshape(n_rows, n)
+            content = self._per_stream(requests, 1, 0, lambda gen, rows: torch.randint(
+                self.cfg.prompts_per_domain, (rows, prompts), generator=gen)).index_select(1, layout.prompt_of)
         prompt = layout.first_prompt + content
         v, length = self.vocab_size, self.cfg.answer_len
         # the teachers that will score these rollouts join the tables now, rather than rebuild them then
@@ -234,14 +255,15 @@ class SimWorld:
             hidden_loop, bigram = hidden.detach(), tables.bigram.detach()
             if temperature != 1.0:  # x / 1.0 is x: skip the op
                 hidden_loop, bigram = hidden_loop / temperature, bigram / temperature
-            bigram_rows = bigram_first.expand(n_rows, n).reshape(-1)
+            bigram_rows, start_rows, start = self._rollout_rows(tables, [r.slot for r in requests], n)
             # inverse-CDF sampling: one uniform u per token (Gumbel-max needs V of them, and drawing them was the
             # dearest part of a tick); the token is the first id whose cumulative probability exceeds u
             if not greedy:
-                uniform = torch.rand((length, n_rows * n, 1), generator=self.gen).unbind(0)
-            steps, logits = [torch.full((n_rows * n,), v)], []  # the token before position 0: the start token
+                uniform = self._per_stream(requests, n, 1, lambda gen, rows: torch.rand(
+                    (length, rows, 1), generator=gen)).unbind(0)
+            steps, logits = [start], []  # the token before position 0: the start token
             for t, hidden_t in enumerate(hidden_loop.unbind(1)):
-                logits.append(hidden_t + bigram.index_select(0, bigram_rows + steps[-1]))
+                logits.append(hidden_t + bigram.index_select(0, bigram_rows + steps[-1] if t else start_rows))
                 if greedy:
                     steps.append(logits[-1].argmax(-1))
                 else:  # u scaled by the row's total: float rounding never runs past the last id with mass
@@ -249,16 +271,42 @@ class SimWorld:
                     steps.append(torch.searchsorted(cdf, uniform[t] * cdf[:, -1:], right=True).view(-1))
             sequence = torch.stack(steps, -1).view(n_rows, n, length + 1)  # the start token, then the answer
             tokens, prev = sequence[..., 1:], sequence[..., :-1]
-        scored = Scored(tables, self._logprobs(hidden.view(*tokens.shape, v), tables.bigram, bigram_first, prev,
-                                               temperature))
+        logp = self._logprobs(hidden.view(*tokens.shape, v), tables.bigram, bigram_first, prev, temperature)
+        # π_old: at τ = 1 the loop's logits are the scored ones (and the training forward's token log-probs are
+        # these very numbers); else h/τ + U/τ rounds unlike (h + U)/τ
+        token = logp.gather(-1, tokens[..., None]).squeeze(-1) if temperature == 1.0 else None
+        scored = Scored(tables, logp, token)
         with torch.no_grad():
-            # π_old: at τ = 1 the loop's logits are the scored ones; else h/τ + U/τ rounds unlike (h + U)/τ
-            sampled = (scored.logp if temperature == 1.0
-                       else torch.stack(logits, 1).view(*tokens.shape, v).log_softmax(-1))
-            logps = sampled.gather(-1, tokens[..., None]).squeeze(-1)
+            logps = (token.detach() if token is not None else torch.stack(logits, 1).view(*tokens.shape, v)
+                     .log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1))
             reward, correct = self.tasks.score_prompts(prompt, tokens)
         return Batch(list(requests), domain, tokens, layout.mask, reward, correct, logps,
                      SimPayload(content, prompt, prev, temperature, scored))
+
+    def _per_stream(self, requests: list[Request], per_request: int, dim: int,
+                    draw: Callable[[torch.Generator, int], torch.Tensor]) -> torch.Tensor:
+        """Random draws of a call, `per_request` rows each along `dim`, in request order: draw(generator, rows)
+        makes the rows of each stream's requests from that stream (see copd_lab.streams), so a method's
+        rollouts do not depend on the other methods' requests beside it."""
+        counts, order = self._stream_plan(tuple(r.stream for r in requests), per_request)
+        parts = [draw(self.streams(name), count * per_request) for name, count in counts]
+        drawn = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+        return drawn if order is None else drawn.index_select(dim, order)
+
+    def _stream_plan(self, streams: tuple[str, ...], per_request: int) -> tuple[list[tuple[str, int]],
+                                                                                   torch.Tensor | None]:
+        """(stream, its request count) in order of first use, and where each request's rows are in the
+        draws grouped by stream (None: already in request order, as when a method's requests are adjacent)."""
+        key = (streams, per_request)
+        if key not in self._plans:
+            names = list(dict.fromkeys(streams))
+            grouped = [i for name in names for i, s in enumerate(streams) if s == name]
+            order = None
+            if grouped != sorted(grouped):
+                position = torch.tensor(grouped).argsort()  # request i's place among the grouped draws
+                order = (position[:, None] * per_request + torch.arange(per_request)).view(-1)
+            self._plans[key] = [(name, streams.count(name)) for name in names], order
+        return self._plans[key]
 
     def _first_rows(self, tables: LogitTables, slots: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """[R, 1] first row of each request's slot in the tables' prompt and bigram tables (cached: a tick's
@@ -267,6 +315,15 @@ class SimWorld:
         if key not in self._first:
             where = torch.tensor([tables.slots[s] for s in slots])[:, None]
             self._first[key] = where * self.n_prompts, where * (self.vocab_size + 1)
+        return self._first[key]
+
+    def _rollout_rows(self, tables: LogitTables, slots: list[int], n: int) -> tuple[torch.Tensor, ...]:
+        """[R * N] per rollout: its slot's first bigram row, the row of the start token, and the start token V
+        (cached, like _first_rows: they are the same every tick)."""
+        key = (tuple(tables.slots), tuple(slots), n)
+        if key not in self._first:
+            bigram_rows = self._first_rows(tables, slots)[1].expand(len(slots), n).reshape(-1)
+            self._first[key] = bigram_rows, bigram_rows + self.vocab_size, torch.full_like(bigram_rows, self.vocab_size)
         return self._first[key]
 
     def _logprobs(self, hidden: torch.Tensor, bigram: torch.Tensor, bigram_first: torch.Tensor, prev: torch.Tensor,
@@ -278,23 +335,48 @@ class SimWorld:
         return (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
 
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
-        """The sampler's own log-probs when they are still current (see Scored), else scored from the tables."""
+        return self._logprobs_of(batch, slots, grad, tokens=False)
+
+    def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
+        scored = batch.payload.scored
+        if self._current(scored, batch, slots, grad) and scored.token is not None:
+            return self._handed(scored.token, grad)
+        return self._logprobs_of(batch, slots, grad, tokens=True)
+
+    def _logprobs_of(self, batch: Batch, slots: list[int], grad: bool, tokens: bool) -> torch.Tensor:
+        """Full log-probs [R, N, T, V], or with `tokens` those of the batch's tokens [R, N, T]: the sampler's own
+        when they are still current (see Scored), else scored from the tables."""
         payload, scored = batch.payload, batch.payload.scored
-        if (scored is not None and scored.tables is self._cache and (scored.logp.requires_grad or not grad)
-                and slots == [r.slot for r in batch.requests]):
-            logp = scored.logp
+
+        def pick(logp: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+            if not tokens:
+                return logp
+            chosen = batch.tokens if rows is None else batch.tokens[rows]
+            return logp.gather(-1, chosen[..., None]).squeeze(-1)
+
+        if self._current(scored, batch, slots, grad):
+            logp = pick(scored.logp)
         elif 2 * slots.count(-1) <= len(slots):  # rows that need no score (slot -1) get their sampler's
             slots = [s if s >= 0 else r.slot for s, r in zip(slots, batch.requests)]
-            logp = self._score(slots, payload.prompt, payload.prev, payload.temperature, grad)
+            logp = pick(self._score(slots, payload.prompt, payload.prev, payload.temperature, grad))
         else:  # mostly unneeded rows (a tick's teacher scoring with few OPD rows): score the others, zeros here
-            logp = torch.zeros(*batch.tokens.shape, self.vocab_size)
+            logp = torch.zeros(*batch.tokens.shape, *(() if tokens else (self.vocab_size,)))
             needed = [i for i, s in enumerate(slots) if s >= 0]
             if needed:
                 index = torch.tensor(needed)
-                logp = logp.index_copy(0, index, self._score([slots[i] for i in needed], payload.prompt[index],
-                                                             payload.prev[index], payload.temperature, grad))
+                logp = logp.index_copy(0, index, pick(self._score([slots[i] for i in needed], payload.prompt[index],
+                                                                  payload.prev[index], payload.temperature, grad),
+                                                      index))
+        return self._handed(logp, grad)
+
+    def _current(self, scored: Scored | None, batch: Batch, slots: list[int], grad: bool) -> bool:
+        """Whether the sampler's own scores answer this call: same slots, tables still current, graph if asked."""
+        return (scored is not None and scored.tables is self._cache and (scored.logp.requires_grad or not grad)
+                and slots == [r.slot for r in batch.requests])
+
+    def _handed(self, logp: torch.Tensor, grad: bool) -> torch.Tensor:
         if grad:  # the caller's backward frees the tables' graph: later callers get fresh tables
-            self._cache = None
+            self._graded, self._cache = self._cache, None
             return logp
         return logp.detach()
 
@@ -306,9 +388,6 @@ class SimWorld:
         table, bigram = (tables.prompt, tables.bigram) if grad else (tables.prompt.detach(), tables.bigram.detach())
         hidden = table.index_select(0, (prompt_first + prompt).view(-1)).view(*prev.shape, self.vocab_size)
         return self._logprobs(hidden, bigram, bigram_first, prev, temperature)
-
-    def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
-        return self.full_logprobs(batch, slots, grad).gather(-1, batch.tokens[..., None]).squeeze(-1)
 
 
 def _rows(slots: list[int]) -> slice | torch.Tensor:

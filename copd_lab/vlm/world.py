@@ -18,6 +18,7 @@ import torch
 
 from copd_lab.config import VLM_EXPERTS, MergeConfig
 from copd_lab.policy import Batch, Request
+from copd_lab.streams import Streams
 from copd_lab.tasks import TaskSuite, is_correct
 from copd_lab.vlm.adapters import LoraSettings
 from copd_lab.vlm.decoding import completion_logits, sampling_logprobs
@@ -86,8 +87,8 @@ class VLMWorld:
     # ---------------------------------------------------------------- slots (slots.py)
 
     def reset(self, n_slots: int, seed: int) -> None:
-        self.gen = torch.Generator().manual_seed(seed)
-        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator().manual_seed(seed)  # the shared LoRA A_0 and DARE's merge seeds
+        self.streams = Streams(seed)  # prompts and sampling noise, per request stream
         self.slots.reset(n_slots, self.gen)
 
     def copy(self, src: int, dst: int) -> None:
@@ -106,26 +107,28 @@ class VLMWorld:
         return self.slots.flat_grads(loss, slots)
 
     def state_dict(self) -> dict:
-        return {**self.slots.state_dict(), "gen": self.gen.get_state(), "rng": self.rng.bit_generator.state}
+        return {**self.slots.state_dict(), "gen": self.gen.get_state(), "streams": self.streams.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.gen, self.rng = torch.Generator(), np.random.default_rng()
+        self.gen = torch.Generator()
         self.slots.load_state_dict(state, self.gen)
         self.gen.set_state(state["gen"])
-        self.rng.bit_generator.state = state["rng"]
+        self.streams = Streams.from_state_dict(state["streams"])
 
     # ---------------------------------------------------------------- prompts and rollouts
 
     def _prompt_rows(self, request: Request, prompts: int, every_prompt: bool) -> list[tuple[int, int]]:
-        """(domain, row) of each distinct prompt, domain by domain; pooled domains split evenly."""
+        """(domain, row) of each distinct prompt, domain by domain; pooled domains split evenly; drawn from the
+        request's stream."""
         out = []
         for j, d in enumerate(request.domains):
             if every_prompt:  # the first `prompts` eval prompts (0: all of them)
                 out += [(d, i) for i in range(prompts if 0 < prompts < self.n_eval else self.n_eval)]
                 continue
             count = len(range(j, prompts, len(request.domains)))
-            size = len(self.suites[d].train)
-            out += [(d, int(i)) for i in self.rng.choice(size, count, replace=count > size)]
+            size, gen = len(self.suites[d].train), self.streams(request.stream)
+            rows = torch.randint(size, (count,), generator=gen) if count > size else torch.randperm(size, generator=gen)
+            out += [(d, int(i)) for i in rows[:count]]
         return out
 
     def _encode(self, domain: int, rows: list[int], split: str) -> tuple[PromptSet, list[dict]]:
@@ -176,8 +179,12 @@ class VLMWorld:
         payload = VLMPayload(encoded, group, temperature)
         adapters = [adapter_name(r.slot) for r, p in zip(requests, encoded) for _ in range(p.input_ids.shape[0])]
         rng_devices = [self.device] if self.device.type == "cuda" else []
+        # one batched generate draws every row from torch's global RNG: it is seeded from a draw of each stream in
+        # the call, so streams advance independently, but a row's tokens still depend on the call's other rows
+        draws = [int(torch.randint(2**62, (1,), generator=self.streams(name)))
+                 for name in dict.fromkeys(r.stream for r in requests)]
         with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
-            torch.manual_seed(int(torch.randint(2**62, (1,), generator=self.gen)))
+            torch.manual_seed(sum(draws) % 2**62)
             ids, logprobs = self.engine.generate(self.slots.model, PromptSet.cat(encoded, self.pad_id),
                                                  adapters, group, temperature=temperature, greedy=greedy,
                                                  max_new_tokens=self.max_new_tokens)

@@ -7,11 +7,11 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
 import pytest
 import torch
 
 from copd_lab.policy import Request
+from copd_lab.streams import Streams
 from copd_lab.vlm.engine import CachedEngine, HFGenerateEngine
 from tests.vlm.test_world import make_world, perturb
 
@@ -35,8 +35,7 @@ def with_engine(world, engine_class):
 def test_cached_greedy_rollouts_equal_hf_generate(world):
     batches = {}
     for engine in (HFGenerateEngine, CachedEngine):
-        with_engine(world, engine).gen.manual_seed(0)
-        world.rng = np.random.default_rng(0)  # the same prompts
+        with_engine(world, engine).streams = Streams(0)  # the same prompts
         batches[engine] = world.sample(REQUESTS, prompts=3, group=2, temperature=1.0, greedy=True)
     hf, cached = batches[HFGenerateEngine], batches[CachedEngine]
     assert torch.equal(hf.mask, cached.mask) and hf.mask.sum() > 0
