@@ -314,12 +314,15 @@ def main() -> None:
         "--seed", type=int, default=0, help="seed of the tokenizer corpus and the random init"
     )
     parser.add_argument(
-        "--warm-steps", type=int, default=60, help="supervised warm-start steps (0: save random weights)"
+        "--warm-steps", type=int, default=1000, help="supervised warm-start steps (0: save random weights)"
     )
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: as the shipped checkpoint; other counts sum in another order)")
     for field in fields(TinySizes):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)
     args = vars(parser.parse_args())
     out, seed, warm_steps = args.pop("out"), args.pop("seed"), args.pop("warm_steps")
+    torch.set_num_threads(args.pop("threads"))
     path = build_tiny_qwen2vl(out, seed=seed, warm_steps=warm_steps, **args)
     model = Qwen2VLForConditionalGeneration.from_pretrained(path)
     n_params = sum(p.numel() for p in model.parameters())

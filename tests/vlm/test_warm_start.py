@@ -15,7 +15,14 @@ import torch
 from copd_lab.tasks import build_suites
 from copd_lab.vlm.model_io import load_vlm
 from tiny_models.build import build_tiny
-from tiny_models.warm_start import DOMAINS, completion_loss, evaluate, warm_start, warm_start_suites
+from tiny_models.warm_start import (
+    DOMAINS,
+    completion_loss,
+    evaluate,
+    lr_factor,
+    warm_start,
+    warm_start_suites,
+)
 
 SHIPPED = Path(__file__).resolve().parents[2] / "tiny_models" / "qwen2vl-tiny"
 SIZES = dict(
@@ -46,11 +53,17 @@ def held_out_loss(model, processor, suites) -> float:
 def test_a_few_steps_reduce_the_completion_loss(suites):
     model, processor = build_tiny(seed=0, **SIZES)
     before = held_out_loss(model, processor, suites)
-    stats = warm_start(model, processor, suites, steps=8, lr=3e-3, batch_size=4, seed=0, noise=0.0)
+    stats = warm_start(model, processor, suites, steps=8, lr=3e-3, batch_size=4, seed=0, noise=0.0,
+                       warmup=0)
     after = held_out_loss(model, processor, suites)
     assert stats["steps"] == 8 and stats["last_loss"] < stats["first_loss"]
     assert after < 0.7 * before
     assert not model.training
+
+
+def test_lr_rises_over_the_warmup_then_stays():
+    assert [lr_factor(s, warmup=4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_factor(0, warmup=0) == 1.0
 
 
 def test_noise_must_be_a_fraction(suites):
@@ -69,9 +82,10 @@ def test_evaluate_returns_rates(suites, greedy):
 
 @pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="no shipped checkpoint")
 def test_shipped_checkpoint_has_room_above_its_base():
-    """README: greedy accuracy about 0.3 per domain, format rate 1.0; loose bounds for 32 rows."""
+    """README: greedy accuracy 0.3-0.65 per domain, format rate 1.0; loose bounds for 32 rows (a random
+    init scores 0, a fully trained model near 1)."""
     model, processor = load_vlm(SHIPPED)
     for domain, suite in warm_start_suites(seed=0, n_train=0, n_eval=32).items():
         accuracy, format_rate = evaluate(model, processor, suite, n=32)
-        assert 0.1 <= accuracy <= 0.6, (domain, accuracy)
+        assert 0.05 <= accuracy <= 0.85, (domain, accuracy)
         assert format_rate > 0.8, (domain, format_rate)
