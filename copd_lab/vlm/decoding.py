@@ -45,13 +45,14 @@ def prefill(model, prompts: PromptSet, adapters: list[str], group: int, rows: to
     (default: each prompt row `group` times in a row).
     """
     out = model(**prompts.inputs(), use_cache=True, logits_to_keep=1, adapter_names=adapters)
-    if rows is None:
-        out.cache.batch_repeat_interleave(group)
-        return Prefix(out.cache, out.logits[:, -1].repeat_interleave(group, 0),
-                      prompts.attention_mask.repeat_interleave(group, 0),
-                      prompts.next_positions().repeat_interleave(group))
+    rows = group_rows(prompts.input_ids.shape[0], group, out.logits.device) if rows is None else rows
     out.cache.batch_select_indices(rows)
     return Prefix(out.cache, out.logits[rows, -1], prompts.attention_mask[rows], prompts.next_positions()[rows])
+
+
+def group_rows(n_prompts: int, group: int, device) -> torch.Tensor:
+    """Prompt row of each rollout row when every prompt has `group` rollouts side by side."""
+    return torch.arange(n_prompts, device=device).repeat_interleave(group)
 
 
 def extend(model, prefix: Prefix, tokens: torch.Tensor, adapters: list[str]) -> torch.Tensor:
@@ -75,12 +76,10 @@ def completion_logits(model, prompts: PromptSet, adapters: list[str], group: int
 
     The logits of token 0 come from the prompt's last position; tokens 0..T-2 are fed to get the rest.
     """
+    rows = group_rows(len(adapters), group, completions.device) if rows is None else rows
     prefix = prefill(model, prompts, adapters, group, rows)
     first = prefix.logits[:, None]
     if completions.shape[1] == 1:
         return first
-    if rows is None:
-        row_adapters = [name for name in adapters for _ in range(group)]
-    else:
-        row_adapters = [adapters[r] for r in rows.tolist()]
+    row_adapters = [adapters[r] for r in rows.tolist()]
     return torch.cat([first, extend(model, prefix, completions[:, :-1], row_adapters)], dim=1)

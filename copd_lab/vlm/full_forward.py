@@ -1,8 +1,7 @@
 """Rows of several full-weight slots in one call, with the contract decoding.py expects of a peft model.
 
 decoding.py calls `model(**inputs, adapter_names=[...], cache=...)` with every row under its own slot, then
-expands the returned cache to the group (`batch_repeat_interleave`, or `batch_select_indices` for prompts
-shared by several requests) and continues it. peft serves such
+copies each prompt row's cache to its rollout rows (`batch_select_indices`) and continues it. peft serves such
 mixed batches for LoRA; full copies share no base weights to batch over, so `SlotModel` splits the rows by
 slot, runs one forward per slot with that slot's weights swapped in by `torch.func.functional_call` (no
 copy into the module, and autograd reaches the slot's own tensors), and returns the logits in row order
@@ -31,13 +30,6 @@ class SlotCache:
 
     def __init__(self, parts: dict[str, tuple[torch.Tensor, object]]):
         self.parts = parts
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        """Row r becomes rows r * repeats ... r * repeats + repeats - 1, as in one cache of the whole batch."""
-        for name, (rows, cache) in self.parts.items():
-            cache.batch_repeat_interleave(repeats)
-            copies = torch.arange(repeats, device=rows.device)
-            self.parts[name] = ((rows[:, None] * repeats + copies).reshape(-1), cache)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Row j becomes a copy of row indices[j], as in one cache of the whole batch."""

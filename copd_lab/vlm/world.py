@@ -202,7 +202,7 @@ class VLMWorld:
 
     def _distinct_prompts(self, payload: VLMPayload, requests: list[tuple[int, int]]):
         """Each (prompt set, slot) once: the prompt sets, one adapter name per prompt row, and the prompt row
-        each rollout row continues (None when no two requests share one; then rows follow `group`).
+        each rollout row continues.
 
         Requests share prompt sets when they score one set of rollouts under several teachers (the gap
         metrics), or the same eval prompts (sample() encodes identical layouts once)."""
@@ -217,8 +217,7 @@ class VLMWorld:
                 sets.append(prompt_set)
                 adapters += [adapter_name(slot)] * n
             rows.append(torch.arange(first[key], first[key] + n).repeat_interleave(payload.group))
-        shared = len(sets) < len(requests)
-        return sets, adapters, torch.cat(rows).to(self.device) if shared else None
+        return sets, adapters, torch.cat(rows).to(self.device)
 
     def _score(self, batch: Batch, slots: list[int], grad: bool, full: bool) -> torch.Tensor:
         """Log-probs along the rollouts under slots[r]: all rows in one forward, each prompt run once."""
