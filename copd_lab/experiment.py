@@ -13,7 +13,8 @@ from copd_lab.config import ConfigError, ExperimentConfig, dump_toml
 from copd_lab.policy import World
 from copd_lab.recipes import Recipe, build_recipes
 from copd_lab.results import format_table, results_table
-from copd_lab.trainer import ROW_COLUMNS, STATE_FORMAT, Trainer, resume_key, unpack_rows
+from copd_lab.rows import ROW_COLUMNS, unpack_rows
+from copd_lab.trainer import STATE_FORMAT, Trainer, resume_key
 
 
 @dataclass

@@ -26,8 +26,8 @@ from copd_lab.config import ExperimentConfig, to_dict
 from copd_lab.measure import Meter
 from copd_lab.policy import Request, World
 from copd_lab.recipes import BASE, OPDEdge, Recipe, Stage, is_active
+from copd_lab.rows import pack_rows, unpack_rows
 
-ROW_COLUMNS = ("run", "method", "seed", "step", "branch", "pair", "metric", "value")
 STATE_FORMAT = 2  # 2: one random stream per method (copd_lab.streams); 1 (no field): one per seed
 
 
@@ -41,29 +41,6 @@ def resume_key(cfg: ExperimentConfig) -> dict:
     for name in ("seeds", "checkpoint_every"):
         data.pop(name)
     return data
-
-
-def pack_rows(rows: list[dict]) -> dict:
-    """Tidy rows as a checkpoint stores them: numbers as tensors, strings as codes into a name list.
-
-    Thousands of small dicts pickle slowly; a few tensors save in a blink and load back exactly.
-    """
-    packed: dict = {"seed": torch.tensor([r["seed"] for r in rows], dtype=torch.int64),
-                    "step": torch.tensor([r["step"] for r in rows], dtype=torch.int64),
-                    "value": torch.tensor([r["value"] for r in rows], dtype=torch.float64)}
-    for col in ("run", "method", "branch", "pair", "metric"):
-        values = [r[col] for r in rows]
-        names = list(dict.fromkeys(values))
-        code = {name: i for i, name in enumerate(names)}
-        packed[col] = {"names": names, "codes": torch.tensor([code[v] for v in values], dtype=torch.int64)}
-    return packed
-
-
-def unpack_rows(packed: dict) -> list[dict]:
-    """Tidy rows back from `pack_rows`."""
-    columns = {col: (packed[col].tolist() if isinstance(packed[col], torch.Tensor)
-                     else [packed[col]["names"][i] for i in packed[col]["codes"].tolist()]) for col in ROW_COLUMNS}
-    return [dict(zip(ROW_COLUMNS, values)) for values in zip(*(columns[c] for c in ROW_COLUMNS))]
 
 
 @dataclasses.dataclass
