@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import replace
 
-from copd_lab.config import ConfigError, load_config
+from copd_lab.config import RUN_DEFAULTS, ConfigError, load_config
 from copd_lab.recipes import METHODS
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         overrides = list(args.set) + ([f"seeds={args.seeds}"] if args.seeds is not None else [])
-        cfg = load_config(args.config, overrides, defaults={"world": "vlm"} if args.command == "run" else None)
+        cfg = load_config(args.config, overrides, defaults=RUN_DEFAULTS if args.command == "run" else None)
         cfg = replace(cfg, world="sim") if args.command == "sim" and cfg.world != "sim" else cfg
         build_recipes(cfg)  # every method is checked before any work
         start = time.perf_counter()

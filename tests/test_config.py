@@ -1,6 +1,6 @@
 import pytest
 
-from copd_lab.config import ConfigError, ExperimentConfig, build, dump_toml, load_config, to_dict
+from copd_lab.config import RUN_DEFAULTS, ConfigError, ExperimentConfig, build, dump_toml, load_config, to_dict
 
 
 def test_defaults_follow_the_paper():
@@ -50,6 +50,25 @@ def test_bad_values_name_field_value_and_allowed(override, words):
         load_config(None, [override])
     for word in words:
         assert word in str(err.value)
+
+
+def test_hub_is_checked_only_when_a_copd_method_runs():
+    """A single-domain experts run needs no hub; a CoPD run over the same domain does."""
+    cfg = load_config(None, ["domains=['image']", "methods=['base','experts']"])
+    assert cfg.domains == ("image",)
+    with pytest.raises(ConfigError, match="copd.hub"):
+        load_config(None, ["domains=['image']", "methods=['copd']"])
+
+
+def test_defaults_merge_table_by_table(tmp_path):
+    """A file's [metrics] table keeps the defaults it does not set; file and --set win over defaults."""
+    path = tmp_path / "run.toml"
+    path.write_text("[metrics]\ntopk = 5\n")
+    cfg = load_config(path, [], defaults=RUN_DEFAULTS)
+    assert (cfg.world, cfg.metrics.eval_samples, cfg.metrics.topk) == ("vlm", 32, 5)
+    cfg = load_config(path, ["metrics.eval_samples=4", "world='sim'"], defaults=RUN_DEFAULTS)
+    assert (cfg.world, cfg.metrics.eval_samples, cfg.metrics.topk) == ("sim", 4, 5)
+    assert load_config(None).metrics.eval_samples == 8  # the simulator's default is untouched
 
 
 def test_bad_files_and_syntax(tmp_path):
