@@ -36,9 +36,10 @@ class NonFiniteError(RuntimeError):
 
 
 def resume_key(cfg: ExperimentConfig) -> dict:
-    """The config fields a checkpoint must agree on to be resumed (all but the seed count and cadence)."""
+    """The config fields a checkpoint must agree on to be resumed: all but which seeds and the cadence (the
+    file names its seed, so seeds run apart, e.g. one per machine, gather into one table with --resume)."""
     data = to_dict(cfg)
-    for name in ("seeds", "checkpoint_every"):
+    for name in ("seed", "seeds", "checkpoint_every"):
         data.pop(name)
     return data
 

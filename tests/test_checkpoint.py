@@ -84,6 +84,18 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     assert run_comparison(more_seeds, progress=False, out=tmp_path, resume=True).metrics.seed.nunique() == 2
 
 
+def test_seeds_run_apart_gather_into_one_table(tmp_path):
+    """Seed 1 run on its own (say on another machine) is reused by a 2-seed --resume in the same folder,
+    and the gathered rows equal a 2-seed run's."""
+    small = ["methods=['base','experts']", "expert_steps=4", "metrics.eval_every=2"]
+    run_comparison(load_config(None, small + ["seed=1", "seeds=1"]), progress=False, out=tmp_path / "apart")
+    both = load_config(None, small + ["seeds=2"])
+    gathered = run_comparison(both, progress=False, out=tmp_path / "apart", resume=True).metrics
+    whole = run_comparison(both, progress=False).metrics
+    assert sorted(gathered.seed.unique()) == [0, 1]
+    assert gathered.equals(whole), gathered.compare(whole)
+
+
 class BlowsUp(SimWorld):
     """A simulator whose training log-probs turn NaN at tick 7, or a few of whose weights turn inf at tick 4."""
 
