@@ -113,8 +113,8 @@ def _resumable(cfg: ExperimentConfig, path: Path) -> dict | None:
     if state.get("format", 1) != STATE_FORMAT:
         raise ConfigError(f"--resume is not allowed with {path}: it was written by another copd_lab version (state "
                           f"format {state.get('format', 1)}, this one reads {STATE_FORMAT}); use a new --out")
-    if state["config"] != resume_key(cfg):
-        ours, theirs = resume_key(cfg), state["config"]
+    ours, theirs = resume_key(cfg), resume_key(state["config"])
+    if theirs != ours:
         diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         raise ConfigError(f"--resume is not allowed with {path}: it was written under another config "
                           f"(differs in {', '.join(diff)}); use the same config or a new --out")

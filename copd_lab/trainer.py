@@ -35,12 +35,13 @@ class NonFiniteError(RuntimeError):
     """A training loss or the weights became NaN or inf; the run stopped, its last checkpoint kept."""
 
 
-def resume_key(cfg: ExperimentConfig) -> dict:
+def resume_key(cfg: ExperimentConfig | dict) -> dict:
     """The config fields a checkpoint must agree on to be resumed: all but which seeds and the cadence (the
-    file names its seed, so seeds run apart, e.g. one per machine, gather into one table with --resume)."""
-    data = to_dict(cfg)
+    file names its seed, so seeds run apart, e.g. one per machine, gather into one table with --resume).
+    A dict is a stored key, from a copd_lab that kept more fields."""
+    data = dict(cfg) if isinstance(cfg, dict) else to_dict(cfg)
     for name in ("seed", "seeds", "checkpoint_every"):
-        data.pop(name)
+        data.pop(name, None)
     return data
 
 
