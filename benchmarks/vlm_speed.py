@@ -9,7 +9,8 @@ the work a group's rollouts share (vision features, the prompt's prefill) done o
 once per prompt, and scoring OPD batches under several teachers one adapter at a time or in one
 mixed-adapter forward. Target (DESIGN.md section 6): a 3-branch CoPD run with 100 steps per branch
 on the default tiny VLM in <= 180 s on 2 CPU cores (its defaults: 8 prompts x 8 rollouts per batch,
-16 new tokens, gap metrics every 20 ticks, a final evaluation of the base and the merged model).
+16 new tokens, gap metrics every 20 ticks, evaluations every 100 ticks and of the base and the merged
+model at the end, 32 samples per eval prompt: `copd-lab run`'s defaults).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 
 import torch
 
-from copd_lab.config import load_config
+from copd_lab.config import RUN_DEFAULTS, load_config
 from copd_lab.experiment import make_world, run_comparison
 from copd_lab.policy import Request
 from copd_lab.vlm.engine import CachedEngine, HFGenerateEngine
@@ -93,6 +94,13 @@ def tick_rows(overrides: list[str], repeats: int, device: str) -> list[tuple[str
     rows.append(("teacher-score 4 OPD batches (3 teachers)", "one adapter at a time | one mixed forward",
                  timed(one_at_a_time, repeats, device),
                  timed(lambda: world.token_logprobs(opd_batch, teachers, grad=False), repeats, device)))
+    # The gap metrics' case: one student's rollouts graded by every neighbour (same prompts, no padding)
+    student = world.sample([Request(1, (1,))], g.prompts_per_step, g.group_size, g.temperature)
+    neighbours = [0, 2, 3]  # the base and the other two branches
+    graded = student.take([0] * len(neighbours))
+    rows.append((f"teacher-score 1 batch under {len(neighbours)} teachers", "one adapter at a time | one mixed forward",
+                 timed(lambda: [world.token_logprobs(student, [t], grad=False) for t in neighbours], repeats, device),
+                 timed(lambda: world.token_logprobs(graded, neighbours, grad=False), repeats, device)))
     for domain in (1, 2):
         kind = world.domains[domain]
         rows_p = list(range(g.prompts_per_step))
@@ -107,7 +115,7 @@ def copd_run(overrides: list[str], steps: int) -> float:
     """Seconds of `copd-lab run` for CoPD alone, 3 branches, `steps` steps per branch (S_RL:S_OPD 12:8)."""
     cycles = max(1, steps // 20)
     cfg = load_config(None, overrides + ["methods=['copd']", f"copd.cycles={cycles}", "copd.rl_steps=12",
-                                         "copd.opd_steps=8"], defaults={"world": "vlm"})
+                                         "copd.opd_steps=8"], defaults=RUN_DEFAULTS)
     start = time.perf_counter()
     run_comparison(cfg, progress=False)
     return time.perf_counter() - start
@@ -148,7 +156,7 @@ def main() -> None:
                   f"({seconds / big_steps:.2f} s per tick)")
     seconds = copd_run(overrides, args.steps)
     print(f"\nCoPD 3 branches x {args.steps} steps per branch on the default tiny VLM "
-          f"(gap every 20 ticks, final eval of base and merged): {seconds:.1f} s")
+          f"(copd-lab run's defaults): {seconds:.1f} s")
     print(f"copd_3x{args.steps}_s={seconds:.1f}")
 
 
