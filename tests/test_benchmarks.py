@@ -27,3 +27,20 @@ def test_vs_trl_runs_one_step_per_side_and_prints_the_ratio_last(tmp_path):
     assert any(line.startswith("copd_lab ") for line in lines) and any(line.startswith("TRL ") for line in lines)
     name, _, value = lines[-1].partition("=")
     assert name == "trl_over_copd_step_ratio" and float(value) > 0
+
+
+def test_vlm_speed_prints_every_shared_work_row_and_the_run_seconds_last(tmp_path):
+    """The CPU path of benchmarks/vlm_speed.py (the one `--device cuda` takes with another device), tiny sizes."""
+    model = build_tiny_qwen2vl(tmp_path / "qwen2vl", seed=0, **SIZES)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    small = ["grpo.prompts_per_step=2", "grpo.group_size=2", "vlm.max_new_tokens=4", "vlm.n_train=8",
+             "vlm.n_eval=2", "metrics.eval_samples=2", "metrics.gap_prompts=2"]
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vlm_speed.py"), "--model", str(model),
+                           "--steps", "20", "--repeats", "1", *[a for s in small for a in ("--set", s)]],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in ("sample 3 GRPO batches", "score 3 batches with grad", "teacher-score 4 OPD batches",
+                "teacher-score 1 batch under 3 teachers", "encode image prompts", "encode video prompts"):
+        assert row in done.stdout, done.stdout
+    name, _, value = done.stdout.strip().splitlines()[-1].partition("=")
+    assert name == "copd_3x20_s" and float(value) > 0
