@@ -3,9 +3,10 @@
 The world hands an engine a batch's distinct prompts (ids and precomputed vision features), one adapter
 name per prompt and the group size G; the engine returns G completions per prompt and the log-prob of
 each sampled token under the distribution it was drawn from (temperature applied, vision placeholders
-suppressed), so the world needs no extra forward for GRPO's π_old. Both engines sample with torch's
-global RNG (the world seeds it per call) and run the rows of all adapters in one batch (peft's
-mixed-adapter batches).
+suppressed), so the world needs no extra forward for GRPO's π_old. Both run the rows of all adapters in
+one batch (peft's mixed-adapter batches). The cached engine draws each row's noise from the generator the
+world gives its rows (one per random stream: a method's rollouts do not depend on the other methods'
+rows in the batch, up to float rounding); transformers' generate draws every row from torch's global RNG.
 
 * `CachedEngine` (default): each prompt is run once and its KV cache copied to its G rollouts
   (decoding.py), then a plain sampling loop over all rows.
@@ -23,12 +24,26 @@ import torch
 from copd_lab.vlm.decoding import extend, prefill, sampling_logprobs
 from copd_lab.vlm.prompts import PromptSet
 
+# (rows, generator) in row order: the next `rows` rollout rows draw their sampling noise from `generator`
+RowNoise = list[tuple[int, torch.Generator]]
+
 
 class RolloutEngine(Protocol):
     def generate(self, model, prompts: PromptSet, adapters: list[str], group: int, *,
-                 temperature: float, greedy: bool, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 temperature: float, greedy: bool, max_new_tokens: int,
+                 noise: RowNoise | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """([P*G, T] completion ids, padded after EOS; [P*G, T] their sampling log-probs), rollout n of
-        prompt n // G, under adapters[n // G] of the peft model `model` (mixed-adapter batches)."""
+        prompt n // G, under adapters[n // G] of the peft model `model` (mixed-adapter batches).
+        noise: where each row's randomness comes from (None: torch's global RNG)."""
+
+
+def gumbel_sample(logp: torch.Tensor, noise: RowNoise | None) -> torch.Tensor:
+    """One token per row from softmax(logp): the Gumbel-max trick with each row's uniforms drawn from its
+    own generator (exactly a categorical draw), or torch.multinomial on the global RNG when noise is None."""
+    if noise is None:
+        return torch.multinomial(logp.exp(), 1).squeeze(-1)
+    uniform = torch.cat([torch.rand((rows, logp.shape[-1]), generator=g) for rows, g in noise]).to(logp.device)
+    return (logp - (-uniform.log()).log()).argmax(-1)
 
 
 class _Sampling:
@@ -45,7 +60,8 @@ class CachedEngine(_Sampling):
     """Prefill each distinct prompt once, expand its KV cache to the group, sample token by token."""
 
     def generate(self, model, prompts: PromptSet, adapters: list[str], group: int, *,
-                 temperature: float, greedy: bool, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 temperature: float, greedy: bool, max_new_tokens: int,
+                 noise: RowNoise | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         prefix = prefill(model, prompts, adapters, group)
         row_adapters = [name for name in adapters for _ in range(group)]
         eos = torch.tensor(self.eos, device=prefix.logits.device)
@@ -53,7 +69,7 @@ class CachedEngine(_Sampling):
         tokens, logprobs = [], []
         for step in range(max_new_tokens):
             logp = self.log_distribution(prefix.logits, temperature)
-            token = logp.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1).squeeze(-1)
+            token = logp.argmax(-1) if greedy else gumbel_sample(logp, noise)
             token = token.masked_fill(done, self.pad)
             tokens.append(token)
             logprobs.append(logp.gather(-1, token[:, None]).squeeze(-1))
@@ -68,7 +84,9 @@ class HFGenerateEngine(_Sampling):
     """transformers `generate` with pure sampling (no top-k/top-p) on one row per rollout."""
 
     def generate(self, model, prompts: PromptSet, adapters: list[str], group: int, *,
-                 temperature: float, greedy: bool, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 temperature: float, greedy: bool, max_new_tokens: int,
+                 noise: RowNoise | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`noise` is ignored: generate samples every row from torch's global RNG."""
         rows = prompts.select([i for i in range(prompts.input_ids.shape[0]) for _ in range(group)])
         inputs = rows.inputs(positions=False)
         sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0,

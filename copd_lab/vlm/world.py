@@ -179,15 +179,18 @@ class VLMWorld:
         payload = VLMPayload(encoded, group, temperature)
         adapters = [adapter_name(r.slot) for r, p in zip(requests, encoded) for _ in range(p.input_ids.shape[0])]
         rng_devices = [self.device] if self.device.type == "cuda" else []
-        # one batched generate draws every row from torch's global RNG: it is seeded from a draw of each stream in
-        # the call, so streams advance independently, but a row's tokens still depend on the call's other rows
-        draws = [int(torch.randint(2**62, (1,), generator=self.streams(name)))
-                 for name in dict.fromkeys(r.stream for r in requests)]
+        # each stream advances by one draw per call, which seeds the generator of its rows' sampling noise, so a
+        # method's tokens do not depend on the other rows of the call; an engine that samples from torch's global
+        # RNG (transformers' generate) gets it seeded from all the draws
+        draws = {name: int(torch.randint(2**62, (1,), generator=self.streams(name)))
+                 for name in dict.fromkeys(r.stream for r in requests)}
+        generators = {name: torch.Generator().manual_seed(draw) for name, draw in draws.items()}
+        noise = [(p.input_ids.shape[0] * group, generators[r.stream]) for r, p in zip(requests, encoded)]
         with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
-            torch.manual_seed(sum(draws) % 2**62)
+            torch.manual_seed(sum(draws.values()) % 2**62)
             ids, logprobs = self.engine.generate(self.slots.model, PromptSet.cat(encoded, self.pad_id),
                                                  adapters, group, temperature=temperature, greedy=greedy,
-                                                 max_new_tokens=self.max_new_tokens)
+                                                 max_new_tokens=self.max_new_tokens, noise=noise)
         shape = (len(requests), domains[0].numel(), ids.shape[1])
         tokens = ids.cpu().view(shape)
         mask = completion_mask(tokens, self.eos).float()

@@ -12,7 +12,7 @@ import torch
 
 from copd_lab.policy import Request
 from copd_lab.streams import Streams
-from copd_lab.vlm.engine import CachedEngine, HFGenerateEngine
+from copd_lab.vlm.engine import CachedEngine, HFGenerateEngine, gumbel_sample
 from tests.vlm.test_world import make_world, perturb
 
 # every modality, the base and two different adapters in one call
@@ -88,3 +88,29 @@ def _shared_prompts_score_like_separate_calls(world):
 
 def test_shared_prompts_score_like_separate_calls(world):
     _shared_prompts_score_like_separate_calls(world)
+
+
+def test_gumbel_sample_draws_from_the_distribution():
+    """Frequencies of 40000 draws against the probabilities, written out; each row's draws follow its generator."""
+    logp = torch.tensor([[0.5, 0.2, 0.2, 0.1, 0.0], [0.0, 0.0, 0.7, 0.3, 0.0]]).log()
+    rows = 20000
+    draws = gumbel_sample(logp.repeat_interleave(rows, 0), [(rows, torch.Generator().manual_seed(1)),
+                                                            (rows, torch.Generator().manual_seed(2))])
+    for i, expected in enumerate(logp.exp()):
+        counts = torch.bincount(draws[i * rows:(i + 1) * rows], minlength=5).float() / rows
+        torch.testing.assert_close(counts, expected, rtol=0, atol=0.015)
+    assert draws[rows:].min() >= 2 and draws[rows:].max() <= 3  # zero-probability tokens never drawn
+    again = gumbel_sample(logp[:1].expand(5, -1), [(5, torch.Generator().manual_seed(1))])
+    assert torch.equal(again, draws[:5])
+
+
+def test_a_streams_rollouts_do_not_depend_on_the_other_rows_of_the_call(world):
+    """Method "a" samples the same tokens alone or beside method "b" (whose rows come first)."""
+    mine = [Request(1, (1,), stream="a"), Request(2, (0,), stream="a")]
+    other = [Request(2, (2,), stream="b")]
+    world.streams = Streams(0)
+    alone = world.sample(mine, prompts=2, group=3, temperature=1.0)
+    world.streams = Streams(0)
+    beside = world.sample(other + mine, prompts=2, group=3, temperature=1.0)
+    assert torch.equal(alone.tokens * alone.mask.long(), beside.tokens[1:] * beside.mask[1:].long())
+    assert alone.mask.sum() > 0
