@@ -42,7 +42,8 @@ def gumbel_sample(logp: torch.Tensor, noise: RowNoise | None) -> torch.Tensor:
     own generator (exactly a categorical draw), or torch.multinomial on the global RNG when noise is None."""
     if noise is None:
         return torch.multinomial(logp.exp(), 1).squeeze(-1)
-    uniform = torch.cat([torch.rand((rows, logp.shape[-1]), generator=g) for rows, g in noise]).to(logp.device)
+    # generators live on logp's device (the world makes them there): no host-to-device copy per token
+    uniform = torch.cat([torch.rand((rows, logp.shape[-1]), generator=g, device=g.device) for rows, g in noise])
     return (logp - (-uniform.log()).log()).argmax(-1)
 
 

@@ -184,7 +184,7 @@ class VLMWorld:
         # RNG (transformers' generate) gets it seeded from all the draws
         draws = {name: int(torch.randint(2**62, (1,), generator=self.streams(name)))
                  for name in dict.fromkeys(r.stream for r in requests)}
-        generators = {name: torch.Generator().manual_seed(draw) for name, draw in draws.items()}
+        generators = {name: torch.Generator(self.device).manual_seed(draw) for name, draw in draws.items()}
         noise = [(p.input_ids.shape[0] * group, generators[r.stream]) for r, p in zip(requests, encoded)]
         with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
             torch.manual_seed(sum(draws.values()) % 2**62)
