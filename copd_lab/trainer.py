@@ -28,7 +28,7 @@ from copd_lab.policy import Request, World
 from copd_lab.recipes import BASE, OPDEdge, Recipe, Stage, is_active
 from copd_lab.rows import pack_rows, unpack_rows
 
-STATE_FORMAT = 2  # 2: one random stream per method (copd_lab.streams); 1 (no field): one per seed
+STATE_FORMAT = 3  # 3: VLM rows draw from their stream's generator; 2: a stream per method; 1: one per seed
 
 
 class NonFiniteError(RuntimeError):
