@@ -6,7 +6,7 @@
 Target (DESIGN.md section 6): an RLVR step at least 2x faster than TRL's, i.e. a ratio >= 2.
 
 copd_lab's step is the real one: a Trainer over the one-expert "experts" recipe on `--domain`, calling the
-loop's one GRPO update (`Trainer._train_step`: sample G rollouts per prompt with their log-probs, group advantages,
+loop's one GRPO update (`Trainer.train_step`: sample G rollouts per prompt with their log-probs, group advantages,
 clipped loss, AdamW step). TRL's is `GRPOTrainer.train()` with LoRA from a peft config. Both load the same
 checkpoint and train a fresh LoRA on it, and the train split holds exactly `--prompts` rows, so every step of
 both sides samples the same prompts (each side in its own order). The settings, printed in the table header,
@@ -158,7 +158,7 @@ def copd_lab_step(args: argparse.Namespace) -> tuple[Callable[[int], None], Phas
         return batch
 
     world.sample = sample_and_record
-    return lambda tick: trainer._train_step(tick, [request], [owner]), phases, world.suites[0], stats
+    return lambda tick: trainer.train_step(tick, [request], [owner]), phases, world.suites[0], stats
 
 
 # ------------------------------------------------------------------------------------------ TRL

@@ -139,7 +139,7 @@ class Trainer:
                 if self._advance(recipe, tick):
                     self._collect(recipe, tick, requests, owners)
             if requests:
-                self._train_step(tick, requests, owners)
+                self.train_step(tick, requests, owners)
             self._measure(tick)
             if tick < total:
                 bar.update(1)
@@ -266,7 +266,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ one update
 
-    def _train_step(self, tick: int, requests: list[Request], owners: list) -> None:
+    def train_step(self, tick: int, requests: list[Request], owners: list) -> None:
+        """One training step of `requests` (each a slot's GRPO or OPD batch): sample, score the teachers without
+        grad, then `grpo.epochs` updates of the GRPO / OPD loss. owners: (method, branch, edge) per request,
+        for its logged rows and error messages. Public so benchmarks can time exactly the loop's step."""
         g, c = self.cfg.grpo, self.cfg.opd
         world = self.world
         batch = world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
