@@ -44,3 +44,19 @@ def test_vlm_speed_prints_every_shared_work_row_and_the_run_seconds_last(tmp_pat
         assert row in done.stdout, done.stdout
     name, _, value = done.stdout.strip().splitlines()[-1].partition("=")
     assert name == "copd_3x20_s" and float(value) > 0
+
+
+def test_the_gpu_benchmarks_second_model_is_a_half_billion_parameter_qwen2vl():
+    """`vlm_speed.py --device cuda` builds HALF_B from a config; on the meta device here (no weights, no GPU)."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from tiny_models.build import TinySizes, build_config, build_tokenizer
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from vlm_speed import HALF_B
+
+    sizes = TinySizes(**HALF_B)
+    with torch.device("meta"):
+        model = Qwen2VLForConditionalGeneration(build_config(build_tokenizer(sizes.vocab_size), sizes))
+    assert 0.4e9 < sum(p.numel() for p in model.parameters()) < 0.6e9
