@@ -31,17 +31,15 @@ RowNoise = list[tuple[int, torch.Generator]]
 class RolloutEngine(Protocol):
     def generate(self, model, prompts: PromptSet, adapters: list[str], group: int, *,
                  temperature: float, greedy: bool, max_new_tokens: int,
-                 noise: RowNoise | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 noise: RowNoise) -> tuple[torch.Tensor, torch.Tensor]:
         """([P*G, T] completion ids, padded after EOS; [P*G, T] their sampling log-probs), rollout n of
         prompt n // G, under adapters[n // G] of the peft model `model` (mixed-adapter batches).
-        noise: where each row's randomness comes from (None: torch's global RNG)."""
+        noise: where each row's sampling randomness comes from."""
 
 
-def gumbel_sample(logp: torch.Tensor, noise: RowNoise | None) -> torch.Tensor:
+def gumbel_sample(logp: torch.Tensor, noise: RowNoise) -> torch.Tensor:
     """One token per row from softmax(logp): the Gumbel-max trick with each row's uniforms drawn from its
-    own generator (exactly a categorical draw), or torch.multinomial on the global RNG when noise is None."""
-    if noise is None:
-        return torch.multinomial(logp.exp(), 1).squeeze(-1)
+    own generator (exactly a categorical draw)."""
     # generators live on logp's device (the world makes them there): no host-to-device copy per token
     uniform = torch.cat([torch.rand((rows, logp.shape[-1]), generator=g, device=g.device) for rows, g in noise])
     return (logp - (-uniform.log()).log()).argmax(-1)
@@ -62,7 +60,7 @@ class CachedEngine(_Sampling):
 
     def generate(self, model, prompts: PromptSet, adapters: list[str], group: int, *,
                  temperature: float, greedy: bool, max_new_tokens: int,
-                 noise: RowNoise | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 noise: RowNoise) -> tuple[torch.Tensor, torch.Tensor]:
         prefix = prefill(model, prompts, adapters, group)
         row_adapters = [name for name in adapters for _ in range(group)]
         eos = torch.tensor(self.eos, device=prefix.logits.device)
@@ -86,7 +84,7 @@ class HFGenerateEngine(_Sampling):
 
     def generate(self, model, prompts: PromptSet, adapters: list[str], group: int, *,
                  temperature: float, greedy: bool, max_new_tokens: int,
-                 noise: RowNoise | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 noise: RowNoise) -> tuple[torch.Tensor, torch.Tensor]:
         """`noise` is ignored: generate samples every row from torch's global RNG."""
         rows = prompts.select([i for i in range(prompts.input_ids.shape[0]) for _ in range(group)])
         inputs = rows.inputs(positions=False)
