@@ -16,7 +16,7 @@ import argparse
 import statistics
 import time
 
-from copd_lab.config import load_config
+from copd_lab.config_io import load_config
 from copd_lab.experiment import run_comparison
 from copd_lab.measure import Meter
 from copd_lab.recipes import build_recipe

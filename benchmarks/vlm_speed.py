@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from copd_lab.config import RUN_DEFAULTS, load_config
+from copd_lab.config_io import RUN_DEFAULTS, load_config
 from copd_lab.experiment import make_world, run_comparison
 from copd_lab.policy import Request
 from copd_lab.vlm.engine import CachedEngine, HFGenerateEngine

@@ -8,7 +8,8 @@ import sys
 import time
 from dataclasses import replace
 
-from copd_lab.config import RUN_DEFAULTS, ConfigError, load_config
+from copd_lab.config import ConfigError
+from copd_lab.config_io import RUN_DEFAULTS, load_config
 from copd_lab.recipes import METHODS
 
 

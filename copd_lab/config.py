@@ -1,32 +1,24 @@
 """Experiment configuration: frozen dataclasses with one documented default per field.
 
-Configs are validated once, at the edge (TOML file, ``--set`` overrides, notebook knobs), so a bad
-value fails before any work starts, with a message naming the field, the value and what is allowed.
+Configs are validated once, at the edge (TOML file, ``--set`` overrides, notebook knobs: config_io.py),
+so a bad value fails before any work starts, with a message naming the field, the value and what is
+allowed.
 Defaults follow the paper (COPD_NOTES.md section 1) where it gives a value; where it is silent the
 field's comment says so.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import sys
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 class ConfigError(ValueError):
     """A config value is not allowed; the message names field, value and what is allowed."""
 
 
-def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+def require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    """Raise ConfigError naming the field, its value and what is allowed, unless `ok`."""
     if not ok:
         raise ConfigError(f"{name} = {value!r} is not allowed: {allowed}")
 
@@ -54,15 +46,15 @@ class GRPOConfig:
     lr: float = 0.02  # simulator world's Adam lr (paper: 1e-6 for a 4B model); the VLM world uses vlm.lr
 
     def __post_init__(self) -> None:
-        _require(self.group_size >= 2, "group_size", self.group_size, "an integer >= 2 (GRPO needs a group)")
-        _require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, "an integer >= 1")
-        _require(self.temperature > 0, "temperature", self.temperature, "a number > 0")
-        _require(0 <= self.clip_low < 1, "clip_low", self.clip_low, "a number in [0, 1)")
-        _require(self.clip_high >= 0, "clip_high", self.clip_high, "a number >= 0")
-        _require(self.kl_coef >= 0, "kl_coef", self.kl_coef, "a number >= 0")
-        _require(self.aggregation in AGGREGATIONS, "aggregation", self.aggregation, f"one of {AGGREGATIONS}")
-        _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        _require(self.lr > 0, "lr", self.lr, "a number > 0")
+        require(self.group_size >= 2, "group_size", self.group_size, "an integer >= 2 (GRPO needs a group)")
+        require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, "an integer >= 1")
+        require(self.temperature > 0, "temperature", self.temperature, "a number > 0")
+        require(0 <= self.clip_low < 1, "clip_low", self.clip_low, "a number in [0, 1)")
+        require(self.clip_high >= 0, "clip_high", self.clip_high, "a number >= 0")
+        require(self.kl_coef >= 0, "kl_coef", self.kl_coef, "a number >= 0")
+        require(self.aggregation in AGGREGATIONS, "aggregation", self.aggregation, f"one of {AGGREGATIONS}")
+        require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        require(self.lr > 0, "lr", self.lr, "a number > 0")
 
 
 @dataclass(frozen=True)
@@ -75,10 +67,10 @@ class OPDConfig:
     teacher: str = "live"  # live: neighbours' current weights; frozen: snapshot at phase start (open)
 
     def __post_init__(self) -> None:
-        _require(self.beta >= 0, "beta", self.beta, "a number >= 0")
-        _require(self.estimator in OPD_ESTIMATORS, "estimator", self.estimator, f"one of {OPD_ESTIMATORS}")
-        _require(self.topk >= 1, "topk", self.topk, "an integer >= 1")
-        _require(self.teacher in TEACHER_MODES, "teacher", self.teacher, f"one of {TEACHER_MODES}")
+        require(self.beta >= 0, "beta", self.beta, "a number >= 0")
+        require(self.estimator in OPD_ESTIMATORS, "estimator", self.estimator, f"one of {OPD_ESTIMATORS}")
+        require(self.topk >= 1, "topk", self.topk, "an integer >= 1")
+        require(self.teacher in TEACHER_MODES, "teacher", self.teacher, f"one of {TEACHER_MODES}")
 
 
 @dataclass(frozen=True)
@@ -91,10 +83,10 @@ class MergeConfig:
     scale: float = 1.0  # task arithmetic/TIES/DARE: λ on the merged task vector
 
     def __post_init__(self) -> None:
-        _require(self.method in MERGE_METHODS, "method", self.method, f"one of {MERGE_METHODS}")
-        _require(all(w >= 0 for w in self.weights), "weights", self.weights, "non-negative numbers")
-        _require(0 < self.density <= 1, "density", self.density, "a number in (0, 1]")
-        _require(self.scale > 0, "scale", self.scale, "a number > 0")
+        require(self.method in MERGE_METHODS, "method", self.method, f"one of {MERGE_METHODS}")
+        require(all(w >= 0 for w in self.weights), "weights", self.weights, "non-negative numbers")
+        require(0 < self.density <= 1, "density", self.density, "a number in (0, 1]")
+        require(self.scale > 0, "scale", self.scale, "a number > 0")
 
 
 @dataclass(frozen=True)
@@ -115,21 +107,21 @@ class CoPDConfig:
 
     def __post_init__(self) -> None:
         for name in ("rl_steps", "opd_steps"):
-            _require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")
-        _require(self.rl_steps + self.opd_steps >= 1, "rl_steps", self.rl_steps, "rl_steps + opd_steps >= 1")
-        _require(self.cycles >= 1, "cycles", self.cycles, "an integer >= 1")
-        _require(self.topology in TOPOLOGIES, "topology", self.topology, f"one of {TOPOLOGIES}")
+            require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")
+        require(self.rl_steps + self.opd_steps >= 1, "rl_steps", self.rl_steps, "rl_steps + opd_steps >= 1")
+        require(self.cycles >= 1, "cycles", self.cycles, "an integer >= 1")
+        require(self.topology in TOPOLOGIES, "topology", self.topology, f"one of {TOPOLOGIES}")
         for name in ("edges", "drop_edges"):
             for edge in getattr(self, name):
-                _require("<-" in edge, name, edge, 'edges written "student<-teacher", e.g. "text<-image"')
+                require("<-" in edge, name, edge, 'edges written "student<-teacher", e.g. "text<-image"')
         for edge, beta in self.beta_per_edge.items():
-            _require("<-" in edge, "beta_per_edge", edge, 'keys written "student<-teacher"')
-            _require(beta >= 0, f"beta_per_edge.{edge}", beta, "a number >= 0")
+            require("<-" in edge, "beta_per_edge", edge, 'keys written "student<-teacher"')
+            require(beta >= 0, f"beta_per_edge.{edge}", beta, "a number >= 0")
         for branch, rate in self.step_rates.items():
-            _require(0 < rate <= 1, f"step_rates.{branch}", rate, "a number in (0, 1]")
-        _require(0 <= self.adaptive_threshold < 1, "adaptive_threshold", self.adaptive_threshold,
+            require(0 < rate <= 1, f"step_rates.{branch}", rate, "a number in (0, 1]")
+        require(0 <= self.adaptive_threshold < 1, "adaptive_threshold", self.adaptive_threshold,
                  "a number in [0, 1) (0 disables the adaptive schedule)")
-        _require(self.adaptive_check_every >= 1, "adaptive_check_every", self.adaptive_check_every,
+        require(self.adaptive_check_every >= 1, "adaptive_check_every", self.adaptive_check_every,
                  "an integer >= 1")
 
 
@@ -148,9 +140,9 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         for name in ("answer_len", "digits", "patterns", "prompts_per_domain", "hidden"):
-            _require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        _require(0 <= self.shared_skill <= 1, "shared_skill", self.shared_skill, "a number in [0, 1]")
-        _require(self.init_scale > 0, "init_scale", self.init_scale, "a number > 0")
+            require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        require(0 <= self.shared_skill <= 1, "shared_skill", self.shared_skill, "a number in [0, 1]")
+        require(self.init_scale > 0, "init_scale", self.init_scale, "a number > 0")
 
 
 VLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -181,18 +173,18 @@ class VLMConfig:
     trust_remote_code: bool = False  # let transformers run a checkpoint's own Python code (off: safe)
 
     def __post_init__(self) -> None:
-        _require(bool(self.model), "model", self.model, "a checkpoint folder or hub name")
-        _require(self.device == "cpu" or self.device.split(":")[0] == "cuda", "device", self.device,
+        require(bool(self.model), "model", self.model, "a checkpoint folder or hub name")
+        require(self.device == "cpu" or self.device.split(":")[0] == "cuda", "device", self.device,
                  "cpu, cuda or cuda:N")
-        _require(self.dtype in VLM_DTYPES, "dtype", self.dtype, f"one of {VLM_DTYPES}")
-        _require(self.experts in VLM_EXPERTS, "experts", self.experts, f"one of {VLM_EXPERTS}")
-        _require(self.engine in VLM_ENGINES, "engine", self.engine, f"one of {VLM_ENGINES}")
-        _require(not (self.engine == "hf_generate" and self.experts == "full"), "engine", self.engine,
+        require(self.dtype in VLM_DTYPES, "dtype", self.dtype, f"one of {VLM_DTYPES}")
+        require(self.experts in VLM_EXPERTS, "experts", self.experts, f"one of {VLM_EXPERTS}")
+        require(self.engine in VLM_ENGINES, "engine", self.engine, f"one of {VLM_ENGINES}")
+        require(not (self.engine == "hf_generate" and self.experts == "full"), "engine", self.engine,
                  "'cached' with experts = 'full' (transformers' generate runs one set of weights per call)")
         for name in ("lora_r", "max_new_tokens", "n_train", "n_eval", "difficulty"):
-            _require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        _require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "a number > 0")
-        _require(self.lr > 0, "lr", self.lr, "a number > 0")
+            require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "a number > 0")
+        require(self.lr > 0, "lr", self.lr, "a number > 0")
 
 
 @dataclass(frozen=True)
@@ -209,24 +201,18 @@ class MetricsConfig:
     score: str = "acc_sampled"  # metric in the results table: acc_sampled | acc_greedy | reward
 
     def __post_init__(self) -> None:
-        _require(self.topk >= 1, "topk", self.topk, "an integer >= 1")
-        _require(self.gap_every >= 1, "gap_every", self.gap_every, "an integer >= 1")
-        _require(self.gap_prompts >= 0, "gap_prompts", self.gap_prompts, "an integer >= 0 (0: all eval prompts)")
-        _require(self.eval_every >= 1, "eval_every", self.eval_every, "an integer >= 1")
-        _require(self.eval_samples >= 1, "eval_samples", self.eval_samples, "an integer >= 1")
+        require(self.topk >= 1, "topk", self.topk, "an integer >= 1")
+        require(self.gap_every >= 1, "gap_every", self.gap_every, "an integer >= 1")
+        require(self.gap_prompts >= 0, "gap_prompts", self.gap_prompts, "an integer >= 0 (0: all eval prompts)")
+        require(self.eval_every >= 1, "eval_every", self.eval_every, "an integer >= 1")
+        require(self.eval_samples >= 1, "eval_samples", self.eval_samples, "an integer >= 1")
         allowed = ("acc_sampled", "acc_greedy", "reward")
-        _require(self.score in allowed, "score", self.score, f"one of {allowed}")
+        require(self.score in allowed, "score", self.score, f"one of {allowed}")
 
 
 DEFAULT_METHODS = (
     "base", "experts", "mixed", "static_opd:image->text", "static_opd:text->image", "mopd", "copd",
 )
-
-# What `copd-lab run` assumes unless told: the real world, and 32 samples per eval prompt. With the
-# VLM's 64 eval prompts, 8 samples leave about 2 points of sampling noise on a domain's score (as large as
-# what RLVR gains there); 32 halve it (docs/results_vlm.md).
-RUN_DEFAULTS: dict[str, Any] = {"world": "vlm", "metrics": {"eval_samples": 32}}
-
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -250,164 +236,18 @@ class ExperimentConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
-        _require(self.world in ("sim", "vlm"), "world", self.world, "one of ('sim', 'vlm')")
-        _require(len(self.domains) >= 1 and len(set(self.domains)) == len(self.domains), "domains",
+        require(self.world in ("sim", "vlm"), "world", self.world, "one of ('sim', 'vlm')")
+        require(len(self.domains) >= 1 and len(set(self.domains)) == len(self.domains), "domains",
                  self.domains, "one or more distinct domain names")
-        _require(len(self.methods) >= 1, "methods", self.methods, "at least one method (see `copd-lab methods`)")
-        _require(self.seeds >= 1, "seeds", self.seeds, "an integer >= 1")
-        _require(self.expert_steps >= 1, "expert_steps", self.expert_steps, "an integer >= 1")
-        _require(self.distill_steps >= 1, "distill_steps", self.distill_steps, "an integer >= 1")
-        _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every,
+        require(len(self.methods) >= 1, "methods", self.methods, "at least one method (see `copd-lab methods`)")
+        require(self.seeds >= 1, "seeds", self.seeds, "an integer >= 1")
+        require(self.expert_steps >= 1, "expert_steps", self.expert_steps, "an integer >= 1")
+        require(self.distill_steps >= 1, "distill_steps", self.distill_steps, "an integer >= 1")
+        require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every,
                  "an integer >= 0 (0: checkpoint only at the end of each seed)")
         if self.copd.topology == "hub" and any(m.startswith("copd") for m in self.methods):
-            _require(self.copd.hub in self.domains, "copd.hub", self.copd.hub, f"one of the domains {self.domains}")
+            require(self.copd.hub in self.domains, "copd.hub", self.copd.hub, f"one of the domains {self.domains}")
         for branch in self.copd.step_rates:
-            _require(branch in self.domains, "copd.step_rates", branch, f"keys among the domains {self.domains}")
-        _require(not self.merge.weights or len(self.merge.weights) == len(self.domains), "merge.weights",
+            require(branch in self.domains, "copd.step_rates", branch, f"keys among the domains {self.domains}")
+        require(not self.merge.weights or len(self.merge.weights) == len(self.domains), "merge.weights",
                  self.merge.weights, f"empty (uniform) or one weight per domain ({len(self.domains)})")
-
-
-# ---------------------------------------------------------------- building from dicts, TOML, --set
-
-
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _coerce(name: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the annotation `tp`, converting TOML lists to tuples and ints to floats."""
-    origin = typing.get_origin(tp)
-    if _is_dataclass_type(tp):
-        _require(isinstance(value, dict), name, value, f"a table of {tp.__name__} fields")
-        return build(tp, value, prefix=name + ".")
-    if origin in (tuple,):
-        _require(isinstance(value, (list, tuple)), name, value, "a list")
-        item_tp = typing.get_args(tp)[0]
-        return tuple(_coerce(f"{name}[{i}]", v, item_tp) for i, v in enumerate(value))
-    if origin in (dict,):
-        _require(isinstance(value, dict), name, value, "a table")
-        _, val_tp = typing.get_args(tp)
-        return {str(k): _coerce(f"{name}.{k}", v, val_tp) for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if tp is bool:
-        _require(isinstance(value, bool), name, value, "true or false")
-    elif tp is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), name, value, "an integer")
-    elif tp is float:
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool), name, value, "a number")
-        return float(value)
-    elif tp is str:
-        _require(isinstance(value, str), name, value, "a string")
-    return value
-
-
-def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass `cls` from a (nested) dict, naming the dotted field on any error."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]} is not a field of {prefix.rstrip('.') or cls.__name__}: "
-                          f"allowed fields are {', '.join(names)}")
-    kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{prefix}{err}") from None
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """A plain nested dict (tuples as lists) that `build` accepts back and TOML can hold."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            value = to_dict(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
-    return out
-
-
-def _parse_value(text: str) -> Any:
-    """Parse a --set value as a TOML value; a bare word that is not TOML is taken as a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (``--set copd.rl_steps=3``) to a nested dict."""
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r} is not allowed: write key=value, e.g. copd.rl_steps=3")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key} is not allowed: {part} is not a table")
-        node[parts[-1]] = _parse_value(text.strip())
-    return data
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                defaults: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Load an ExperimentConfig from an optional TOML file plus ``--set`` overrides, validated.
-
-    defaults: values used where neither the file nor the overrides set them, nested like the file
-    (`copd-lab run`: RUN_DEFAULTS).
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"--config {str(path)!r} is not allowed: no such file") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"--config {str(path)!r} is not valid TOML: {err}") from None
-    data = apply_overrides(_merged(defaults or {}, data), list(overrides))
-    return build(ExperimentConfig, data)
-
-
-def _merged(defaults: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """`data` over `defaults`, table by table (a file's [metrics] keeps the defaults it does not set)."""
-    out = dict(defaults)
-    for key, value in data.items():
-        both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merged(out[key], value) if both else value
-    return out
-
-
-def dump_toml(config: Any) -> str:
-    """Write a config as TOML (scalars first, then one table per nested config)."""
-
-    def scalar(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, str):
-            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(value, list):
-            return "[" + ", ".join(scalar(v) for v in value) + "]"
-        if isinstance(value, dict):
-            return "{" + ", ".join(f"{scalar(k)} = {scalar(v)}" for k, v in value.items()) + "}"
-        return repr(value)
-
-    def emit(table: dict[str, Any], name: str, lines: list[str]) -> None:
-        nested = {k: v for k, v in table.items() if isinstance(v, dict) and k not in _INLINE_DICTS}
-        if name:
-            lines.append(f"\n[{name}]")
-        lines += [f"{k} = {scalar(v)}" for k, v in table.items() if k not in nested]
-        for k, v in nested.items():
-            emit(v, f"{name}.{k}" if name else k, lines)
-
-    lines: list[str] = []
-    emit(to_dict(config), "", lines)
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-_INLINE_DICTS = {"beta_per_edge", "step_rates"}

@@ -9,7 +9,8 @@ import pandas as pd
 import torch
 
 from copd_lab.checkpoint import checkpoint_path, load_checkpoint
-from copd_lab.config import ConfigError, ExperimentConfig, dump_toml
+from copd_lab.config import ConfigError, ExperimentConfig
+from copd_lab.config_io import dump_toml
 from copd_lab.policy import World
 from copd_lab.recipes import Recipe, build_recipes
 from copd_lab.results import format_table, results_table

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from copd_lab import losses, metrics
 from copd_lab.checkpoint import first_non_finite, save_checkpoint
-from copd_lab.config import ExperimentConfig, to_dict
+from copd_lab.config import ExperimentConfig
+from copd_lab.config_io import to_dict
 from copd_lab.measure import Meter
 from copd_lab.policy import Request, World
 from copd_lab.recipes import BASE, OPDEdge, Recipe, Stage, is_active

@@ -5,7 +5,8 @@ import torch
 
 from copd_lab import checkpoint as ckpt
 from copd_lab.cli import main
-from copd_lab.config import ConfigError, load_config
+from copd_lab.config import ConfigError
+from copd_lab.config_io import load_config
 from copd_lab.experiment import run_comparison
 from copd_lab.sim.world import SimWorld
 from copd_lab.trainer import NonFiniteError, Trainer

@@ -1,6 +1,7 @@
 import pytest
 
-from copd_lab.config import RUN_DEFAULTS, ConfigError, ExperimentConfig, build, dump_toml, load_config, to_dict
+from copd_lab.config import ConfigError, ExperimentConfig
+from copd_lab.config_io import RUN_DEFAULTS, build, dump_toml, load_config, to_dict
 
 
 def test_defaults_follow_the_paper():

@@ -1,6 +1,7 @@
 import pytest
 
-from copd_lab.config import ConfigError, load_config
+from copd_lab.config import ConfigError
+from copd_lab.config_io import load_config
 from copd_lab.recipes import METHODS, active_count, build_recipe, build_recipes, is_active
 
 

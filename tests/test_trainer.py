@@ -1,6 +1,6 @@
 import pytest
 
-from copd_lab.config import load_config
+from copd_lab.config_io import load_config
 from copd_lab.experiment import run_comparison
 
 SMALL = ["expert_steps=40", "distill_steps=20", "copd.rl_steps=3", "copd.opd_steps=2", "copd.cycles=8",
