@@ -13,14 +13,12 @@ and can continue from it with the same rows; a NaN or inf loss stops it before t
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections import Counter
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from copd_lab import losses, metrics
+from copd_lab import update
 from copd_lab.checkpoint import first_non_finite, save_checkpoint
 from copd_lab.config import ExperimentConfig
 from copd_lab.config_io import to_dict
@@ -268,55 +266,11 @@ class Trainer:
     # ------------------------------------------------------------------ one update
 
     def train_step(self, tick: int, requests: list[Request], owners: list) -> None:
-        """One training step of `requests` (each a slot's GRPO or OPD batch): sample, score the teachers without
-        grad, then `grpo.epochs` updates of the GRPO / OPD loss. owners: (method, branch, edge) per request,
-        for its logged rows and error messages. Public so benchmarks can time exactly the loop's step."""
-        g, c = self.cfg.grpo, self.cfg.opd
-        world = self.world
-        batch = world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
-        students = [r.slot for r in requests]
-        teachers = [r.teacher for r in requests]
-        # most ticks have no OPD request: their OPD terms are skipped (a tick costs mostly per-op overhead)
-        any_opd = any(t >= 0 for t in teachers)
-        is_opd = torch.tensor([t >= 0 for t in teachers]) if any_opd else None
-        beta = torch.tensor([r.beta for r in requests]) if any_opd else None
-        # each branch's loss is the mean of its requests' losses: one update on B_nat ∪ (∪_j B_j)
-        requests_of = Counter(students)
-        share = torch.tensor([1.0 / requests_of[s] for s in students]) if len(requests_of) < len(students) else None
-        full = c.estimator != "sampled" and any_opd
-        with torch.no_grad():
-            teacher_lp = world.token_logprobs(batch, teachers, grad=False) if any_opd else None
-            teacher_full = world.full_logprobs(batch, [max(t, 0) for t in teachers], grad=False) if full else None
-            ref_lp = world.token_logprobs(batch, [0] * len(requests), grad=False) if g.kl_coef > 0 else None
-        grpo_adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
-        for _ in range(g.epochs):
-            if full:
-                student_full = world.full_logprobs(batch, students, grad=True)
-                lp = student_full.gather(-1, batch.tokens[..., None]).squeeze(-1)
-            else:
-                lp = world.token_logprobs(batch, students, grad=True)
-            adv = grpo_adv
-            if any_opd:
-                adv = torch.where(is_opd[:, None, None], losses.opd_sampled_advantage(teacher_lp, lp, beta), adv)
-            row_loss = losses.clipped_pg_loss(lp, batch.sample_logprobs, adv, batch.mask, g.clip_low,
-                                              g.clip_high, g.aggregation)
-            if full:  # top-k / full-vocabulary reverse KL replaces the sampled-token PG on OPD rows
-                kl = (losses.topk_reverse_kl(student_full, teacher_full, batch.mask, c.topk)
-                      if c.estimator == "topk" else losses.full_reverse_kl(student_full, teacher_full, batch.mask))
-                row_loss = torch.where(is_opd, beta * losses.aggregate(kl, batch.mask, g.aggregation), row_loss)
-            if ref_lp is not None:
-                row_loss = row_loss + g.kl_coef * losses.kl_penalty(lp, ref_lp, batch.mask, g.aggregation)
-            loss = (row_loss if share is None else row_loss * share).sum()  # x * 1.0 is x
-            if not math.isfinite(loss.item()):  # stop before the update: the weights stay the last good ones
-                finite = torch.isfinite(row_loss)  # (one sync on the sum, not isfinite's four ops every tick)
-                if not bool(finite.all()):  # finite rows whose sum overflowed are not an error
-                    self._non_finite(tick, owners, row_loss, finite)
-            world.step(loss, students)
-        with torch.no_grad():  # per-row training signals, synced to Python only when flushed
-            signal = batch.rewards.mean(1)
-            if any_opd:
-                reverse_kl = metrics.sampled_reverse_kl(lp.detach(), teacher_lp, batch.mask)
-                signal = torch.where(is_opd, reverse_kl, signal)
+        """One training step of `requests` (copd_lab.update), its training signals kept for the next flush.
+        owners: (method, branch, edge) per request, for its logged rows and error messages. Public so
+        benchmarks can time exactly the loop's step."""
+        signal = update.train_step(self.world, self.cfg, requests,
+                                   lambda row_loss, finite: self._non_finite(tick, owners, row_loss, finite))
         self._pending.append((tick, owners, signal))
 
     def _non_finite(self, tick: int, owners: list, row_loss: torch.Tensor, finite: torch.Tensor) -> None:
