@@ -3,7 +3,8 @@
 A checkpoint is a plain nested structure (dicts, lists, str, int, float, bool, None and tensors), so it
 loads with ``torch.load(weights_only=True)``: a file cannot run code when it is read. It is written to a
 temporary file in the same folder, flushed to disk, then renamed over the old one (``os.replace`` is
-atomic), so an interruption at any moment leaves either the previous checkpoint or the new one, whole.
+atomic), so an interruption at any moment leaves either the previous checkpoint or the new one, whole; the
+temporary file of a killed write is removed by the next write of the same checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     """torch.save `state` to a temp file beside `path`, fsync it, and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a write that was killed (kill -9, power cut)
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

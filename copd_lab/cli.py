@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="output folder for metrics.parquet, results.md/csv, config and checkpoints/")
         cmd.add_argument("--resume", action="store_true",
                          help="continue from <out>/checkpoints: skip finished seeds, resume interrupted ones")
+        cmd.add_argument("--overwrite", action="store_true",
+                         help="replace the run in --out (its results, config and checkpoints; nothing else)")
         cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -40,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<{width}}  {text}")
         return 0
     from copd_lab.experiment import run_comparison
+    from copd_lab.policy import NonFiniteError
     from copd_lab.recipes import build_recipes
-    from copd_lab.trainer import NonFiniteError
 
     try:
         overrides = list(args.set) + ([f"seeds={args.seeds}"] if args.seeds is not None else [])
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, world="sim") if args.command == "sim" and cfg.world != "sim" else cfg
         build_recipes(cfg)  # every method is checked before any work
         start = time.perf_counter()
-        comparison = run_comparison(cfg, run=args.out, progress=not args.quiet, out=args.out, resume=args.resume)
+        comparison = run_comparison(cfg, run=args.out, progress=not args.quiet, out=args.out, resume=args.resume,
+                                    overwrite=args.overwrite)
     except ConfigError as err:
         print(f"copd-lab: error: {err}", file=sys.stderr)
         return 2

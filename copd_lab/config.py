@@ -9,7 +9,9 @@ field's comment says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import re
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -22,6 +24,25 @@ def require(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{name} = {value!r} is not allowed: {allowed}")
 
+
+def require_finite(config: Any) -> None:
+    """Every float of a config (also inside tuples and tables) is finite: TOML reads `inf` and `nan` as numbers,
+    and an infinite learning rate or weight would pass a `> 0` check and crash deep inside a run."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, tuple) else ()
+        for key, item in [(None, value), *items]:
+            if isinstance(item, float) and not math.isfinite(item):
+                name = f.name if key is None else f"{f.name}.{key}" if isinstance(value, dict) else f"{f.name}[{key}]"
+                raise ConfigError(f"{name} = {item!r} is not allowed: a finite number")
+
+
+# Sizes a run can reach in reasonable time and memory on one machine; larger values are refused before any work
+# (a typo such as expert_steps=99999999999999 would otherwise start a run of 3e14 ticks).
+MAX_TICKS = 1_000_000  # ticks of one seed's comparison (every method side by side)
+MAX_SEEDS = 1_000
+MAX_ROLLOUTS = 16_384  # rollouts of one request: grpo.prompts_per_step * grpo.group_size
+DOMAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")  # "/" names a recipe's branch, "<-" an edge, "." a config table
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
 OPD_ESTIMATORS = ("sampled", "topk", "full")
@@ -46,6 +67,7 @@ class GRPOConfig:
     lr: float = 0.02  # simulator world's Adam lr (paper: 1e-6 for a 4B model); the VLM world uses vlm.lr
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(self.group_size >= 2, "group_size", self.group_size, "an integer >= 2 (GRPO needs a group)")
         require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, "an integer >= 1")
         require(self.temperature > 0, "temperature", self.temperature, "a number > 0")
@@ -55,6 +77,11 @@ class GRPOConfig:
         require(self.aggregation in AGGREGATIONS, "aggregation", self.aggregation, f"one of {AGGREGATIONS}")
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         require(self.lr > 0, "lr", self.lr, "a number > 0")
+        require(self.group_size <= 1024, "group_size", self.group_size, "an integer in [2, 1024]")
+        require(self.group_size * self.prompts_per_step <= MAX_ROLLOUTS, "prompts_per_step", self.prompts_per_step,
+                f"at most {MAX_ROLLOUTS} rollouts per step (prompts_per_step * group_size = "
+                f"{self.prompts_per_step * self.group_size})")
+        require(self.epochs <= 100, "epochs", self.epochs, "an integer in [1, 100]")
 
 
 @dataclass(frozen=True)
@@ -67,6 +94,7 @@ class OPDConfig:
     teacher: str = "live"  # live: neighbours' current weights; frozen: snapshot at phase start (open)
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(self.beta >= 0, "beta", self.beta, "a number >= 0")
         require(self.estimator in OPD_ESTIMATORS, "estimator", self.estimator, f"one of {OPD_ESTIMATORS}")
         require(self.topk >= 1, "topk", self.topk, "an integer >= 1")
@@ -83,8 +111,11 @@ class MergeConfig:
     scale: float = 1.0  # task arithmetic/TIES/DARE: λ on the merged task vector
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(self.method in MERGE_METHODS, "method", self.method, f"one of {MERGE_METHODS}")
         require(all(w >= 0 for w in self.weights), "weights", self.weights, "non-negative numbers")
+        require(not self.weights or sum(self.weights) > 0, "weights", self.weights,
+                "non-negative numbers, at least one > 0 (or empty: uniform)")
         require(0 < self.density <= 1, "density", self.density, "a number in (0, 1]")
         require(self.scale > 0, "scale", self.scale, "a number > 0")
 
@@ -106,6 +137,7 @@ class CoPDConfig:
     adaptive_check_every: int = 4  # adaptive schedule: ticks between overlap checks
 
     def __post_init__(self) -> None:
+        require_finite(self)
         for name in ("rl_steps", "opd_steps"):
             require(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")
         require(self.rl_steps + self.opd_steps >= 1, "rl_steps", self.rl_steps, "rl_steps + opd_steps >= 1")
@@ -123,6 +155,9 @@ class CoPDConfig:
                  "a number in [0, 1) (0 disables the adaptive schedule)")
         require(self.adaptive_check_every >= 1, "adaptive_check_every", self.adaptive_check_every,
                  "an integer >= 1")
+        require(self.cycles * (self.rl_steps + self.opd_steps) <= MAX_TICKS, "cycles", self.cycles,
+                f"cycles * (rl_steps + opd_steps) <= {MAX_TICKS:,} ticks (here "
+                f"{self.cycles * (self.rl_steps + self.opd_steps):,})")
 
 
 @dataclass(frozen=True)
@@ -139,10 +174,14 @@ class SimConfig:
     task_seed: int = 0  # seed of the task draw (answers, shared contents); fixed across run seeds
 
     def __post_init__(self) -> None:
+        require_finite(self)
         for name in ("answer_len", "digits", "patterns", "prompts_per_domain", "hidden"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         require(0 <= self.shared_skill <= 1, "shared_skill", self.shared_skill, "a number in [0, 1]")
         require(self.init_scale > 0, "init_scale", self.init_scale, "a number > 0")
+        for name, most in (("answer_len", 16), ("digits", 64), ("patterns", 16), ("prompts_per_domain", 1024),
+                           ("hidden", 1024)):  # the toy policy's tensors stay small enough to run in a second
+            require(getattr(self, name) <= most, name, getattr(self, name), f"an integer in [1, {most}]")
 
 
 VLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -173,9 +212,9 @@ class VLMConfig:
     trust_remote_code: bool = False  # let transformers run a checkpoint's own Python code (off: safe)
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(bool(self.model), "model", self.model, "a checkpoint folder or hub name")
-        require(self.device == "cpu" or self.device.split(":")[0] == "cuda", "device", self.device,
-                 "cpu, cuda or cuda:N")
+        require(bool(re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.device)), "device", self.device, "cpu, cuda or cuda:N")
         require(self.dtype in VLM_DTYPES, "dtype", self.dtype, f"one of {VLM_DTYPES}")
         require(self.experts in VLM_EXPERTS, "experts", self.experts, f"one of {VLM_EXPERTS}")
         require(self.engine in VLM_ENGINES, "engine", self.engine, f"one of {VLM_ENGINES}")
@@ -185,6 +224,9 @@ class VLMConfig:
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "a number > 0")
         require(self.lr > 0, "lr", self.lr, "a number > 0")
+        for name, most in (("max_new_tokens", 32_768), ("n_train", 1_000_000), ("n_eval", 100_000),
+                           ("lora_r", 1024)):
+            require(getattr(self, name) <= most, name, getattr(self, name), f"an integer in [1, {most:,}]")
 
 
 @dataclass(frozen=True)
@@ -201,6 +243,7 @@ class MetricsConfig:
     score: str = "acc_sampled"  # metric in the results table: acc_sampled | acc_greedy | reward
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(self.topk >= 1, "topk", self.topk, "an integer >= 1")
         require(self.gap_every >= 1, "gap_every", self.gap_every, "an integer >= 1")
         require(self.gap_prompts >= 0, "gap_prompts", self.gap_prompts, "an integer >= 0 (0: all eval prompts)")
@@ -208,6 +251,7 @@ class MetricsConfig:
         require(self.eval_samples >= 1, "eval_samples", self.eval_samples, "an integer >= 1")
         allowed = ("acc_sampled", "acc_greedy", "reward")
         require(self.score in allowed, "score", self.score, f"one of {allowed}")
+        require(self.eval_samples <= 1024, "eval_samples", self.eval_samples, "an integer in [1, 1024]")
 
 
 DEFAULT_METHODS = (
@@ -236,13 +280,26 @@ class ExperimentConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
+        require_finite(self)
         require(self.world in ("sim", "vlm"), "world", self.world, "one of ('sim', 'vlm')")
         require(len(self.domains) >= 1 and len(set(self.domains)) == len(self.domains), "domains",
                  self.domains, "one or more distinct domain names")
+        for name in self.domains:
+            require(bool(DOMAIN_NAME.fullmatch(name)), "domains", name,
+                    "names of letters, digits, '_' and '-' (e.g. 'text')")
         require(len(self.methods) >= 1, "methods", self.methods, "at least one method (see `copd-lab methods`)")
-        require(self.seeds >= 1, "seeds", self.seeds, "an integer >= 1")
+        require(1 <= self.seeds <= MAX_SEEDS, "seeds", self.seeds, f"an integer in [1, {MAX_SEEDS}]")
         require(self.expert_steps >= 1, "expert_steps", self.expert_steps, "an integer >= 1")
         require(self.distill_steps >= 1, "distill_steps", self.distill_steps, "an integer >= 1")
+        # a seed runs every method side by side: mixed RLVR takes K x expert_steps ticks, static OPD and MOPD
+        # expert_steps + distill_steps
+        cap = MAX_TICKS // len(self.domains) if any(m == "mixed" for m in self.methods) else MAX_TICKS
+        require(self.expert_steps <= cap, "expert_steps", self.expert_steps,
+                f"an integer in [1, {cap:,}] (a seed's comparison takes at most {MAX_TICKS:,} ticks; mixed RLVR "
+                f"runs expert_steps x {len(self.domains)} domains)")
+        require(self.expert_steps + self.distill_steps <= MAX_TICKS, "distill_steps", self.distill_steps,
+                f"an integer in [1, {MAX_TICKS - self.expert_steps:,}] (expert_steps + distill_steps <= "
+                f"{MAX_TICKS:,} ticks)")
         require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every,
                  "an integer >= 0 (0: checkpoint only at the end of each seed)")
         if self.copd.topology == "hub" and any(m.startswith("copd") for m in self.methods):

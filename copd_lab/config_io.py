@@ -121,6 +121,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             data = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"--config {str(path)!r} is not allowed: no such file") from None
+        except IsADirectoryError:
+            raise ConfigError(f"--config {str(path)!r} is not allowed: it is a folder; name a TOML file, e.g. "
+                              f"configs/sim_default.toml") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config {str(path)!r} is not allowed: not a UTF-8 text file (TOML)") from None
+        except OSError as err:
+            raise ConfigError(f"--config {str(path)!r} is not allowed: it cannot be read ({err.strerror})") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"--config {str(path)!r} is not valid TOML: {err}") from None
     data = apply_overrides(_merged(defaults or {}, data), list(overrides))

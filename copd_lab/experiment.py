@@ -12,6 +12,7 @@ from copd_lab.checkpoint import checkpoint_path, load_checkpoint
 from copd_lab.config import ConfigError, ExperimentConfig
 from copd_lab.config_io import dump_toml
 from copd_lab.policy import World
+from copd_lab.preflight import check_run, clear_run
 from copd_lab.recipes import Recipe, build_recipes
 from copd_lab.results import format_table, results_table
 from copd_lab.rows import ROW_COLUMNS, unpack_rows
@@ -64,15 +65,16 @@ def _make_vlm_world(cfg: ExperimentConfig) -> World:
     if dtype is None and v.device != "cpu":
         dtype = torch.bfloat16  # load straight into the dtype the world runs the base in
     try:
+        suites = build_suites(cfg.domains, v.n_train, v.n_eval, v.task_seed, v.difficulty)
+    except (ValueError, TypeError) as err:  # a user's suite builder refused these settings
+        raise ConfigError(f"domains = {list(cfg.domains)} with vlm.difficulty = {v.difficulty} is not allowed: "
+                          f"{err}") from None
+    try:
         model, processor = load_vlm(v.model, v.device, dtype, trust_remote_code=v.trust_remote_code)
-    except (OSError, ValueError) as err:  # transformers' errors for a missing folder or unknown hub name
-        if Path(v.model).exists():
-            raise
-        raise ConfigError(
-            f"vlm.model = {v.model!r} is not allowed: no such checkpoint folder (and not a cached hub model: "
-            f"{type(err).__name__}). Build the tiny one with `python -m tiny_models.build --out "
-            f"tiny_models/qwen2vl-tiny`, or set vlm.model to a VLM folder or hub name") from None
-    suites = build_suites(cfg.domains, v.n_train, v.n_eval, v.task_seed, v.difficulty)
+    except Exception as err:  # preflight checked the folder; whatever transformers still refuses is named here
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"vlm.model = {v.model!r} is not allowed: transformers could not load it "
+                          f"({type(err).__name__}: {first[:300]})") from None
     try:
         return VLMWorld(model, processor, suites, LoraSettings(v.lora_r, v.lora_alpha),
                         max_new_tokens=v.max_new_tokens, device=v.device, lr=v.lr, eval_prompts=v.n_eval,
@@ -82,15 +84,23 @@ def _make_vlm_world(cfg: ExperimentConfig) -> World:
 
 
 def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool = True, world: World | None = None,
-                   out: str | Path | None = None, resume: bool = False) -> Comparison:
+                   out: str | Path | None = None, resume: bool = False, overwrite: bool = False) -> Comparison:
     """Train and evaluate every method for `cfg.seeds` seeds (seed, seed+1, ...).
 
-    out: run folder; each seed's state is checkpointed to out/checkpoints/seed<k>.pt (checkpoint.py).
+    out: run folder; each seed's state is checkpointed to out/checkpoints/seed<k>.pt (checkpoint.py). A
+    folder that holds a run is refused unless `resume` or `overwrite` says what to do with it.
     resume: reuse those checkpoints: a finished seed is not run again, an interrupted one continues
     from its last checkpoint (same config required), with the same rows as an uninterrupted run on CPU.
+    overwrite: remove the run files of `out` (preflight.RUN_FILES, nothing else) and start afresh.
     """
     recipes = build_recipes(cfg)  # validates the methods before any work
+    check_run(cfg, out, resume, overwrite, world=world is None)
+    if resume and out is not None:  # every seed's checkpoint is checked before any work
+        for i in range(cfg.seeds):
+            _resumable(cfg, checkpoint_path(out, cfg.seed + i))
     world = world or make_world(cfg)
+    if overwrite and out is not None:
+        clear_run(out)
     rows = []
     for i in range(cfg.seeds):
         seed = cfg.seed + i
@@ -116,7 +126,18 @@ def _resumable(cfg: ExperimentConfig, path: Path) -> dict | None:
                           f"format {state.get('format', 1)}, this one reads {STATE_FORMAT}); use a new --out")
     ours, theirs = resume_key(cfg), resume_key(state["config"])
     if theirs != ours:
-        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
         raise ConfigError(f"--resume is not allowed with {path}: it was written under another config "
-                          f"(differs in {', '.join(diff)}); use the same config or a new --out")
+                          f"({'; '.join(config_differences(theirs, ours))}); use the same config or a new --out")
     return state
+
+
+def config_differences(stored: dict, ours: dict, prefix: str = "") -> list[str]:
+    """The dotted fields where two config dicts differ, with both values: "grpo.lr is 0.02 there, 0.05 here"."""
+    out = []
+    for key in sorted(set(stored) | set(ours)):
+        a, b = stored.get(key, "<unset>"), ours.get(key, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} is {a!r} there, {b!r} here")
+    return out

@@ -14,7 +14,7 @@ import torch
 from copd_lab import losses, metrics
 from copd_lab.config import ExperimentConfig
 from copd_lab.losses import TopK
-from copd_lab.policy import Request, World
+from copd_lab.policy import NonFiniteError, Request, World
 
 Log = Callable[[str, int, str, str, str, float], None]  # method, step, branch, pair, metric, value
 QUICK_METRICS = ("overlap", "symmetric_kl", "sampled_reverse_kl")  # every gap_every ticks
@@ -55,6 +55,9 @@ class Meter:
             n = len(students)
             scored = self.world.full_logprobs(batch.take(list(range(n)) + rows.tolist()),
                                               students + [t for _, t in pairs], grad=False)
+            if bool(scored.isnan().any()):  # -inf is a suppressed token; NaN is logits that overflowed
+                raise NonFiniteError(f"the log-probs of slot(s) {sorted(set(students) | {t for _, t in pairs})} are "
+                                     f"NaN in a gap measurement (finite weights so large that their logits overflow)")
             # a student's top-k sets serve all its pairs: one torch.topk per student, not per pair
             p_top = TopK(scored[:n], k).take(rows)
             pair_batch = batch.take(rows.tolist())
@@ -134,7 +137,7 @@ class Meter:
         lp = world.token_logprobs(batch, [r.slot for r in requests], grad=True)
         adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
         row_loss = losses.clipped_pg_loss(lp, batch.sample_logprobs, adv, batch.mask, g.clip_low, g.clip_high,
-                                          g.aggregation).view(n_dom, len(slots))
+                                          g.aggregation, world.max_new_tokens).view(n_dom, len(slots))
         grads = torch.stack([world.flat_grads(row_loss[d].sum(), slots) for d in range(n_dom)], dim=1)
         cosine = metrics.gradient_conflict(grads).tolist()  # [slots, D, D]
         names = world.domains

@@ -16,6 +16,11 @@ import torch
 from copd_lab.config import MergeConfig
 
 
+class NonFiniteError(RuntimeError):
+    """A loss, the weights or a policy's probabilities became NaN or inf; the run stops, its last checkpoint
+    kept. Worlds raise it with what went wrong; the trainer adds where (method, branch, tick, seed)."""
+
+
 @dataclass(frozen=True)
 class Request:
     """One batch to sample this tick: rollouts of `slot` on prompts from `domains`."""
@@ -52,6 +57,7 @@ class World(Protocol):
     """What a world must do for the trainer, the evaluator and the metrics."""
 
     domains: tuple[str, ...]
+    max_new_tokens: int  # the longest completion a rollout can have (Dr.GRPO's constant normaliser)
 
     def reset(self, n_slots: int, seed: int) -> None:
         """Fresh run: `n_slots` slots, all holding the base weights; slot 0 is the base itself. Sampling
@@ -82,6 +88,9 @@ class World(Protocol):
 
     def step(self, loss: torch.Tensor, slots: list[int]) -> None:
         """Backward `loss` and update only `slots` (each slot has its own optimizer state)."""
+
+    def non_finite(self, slots: list[int]) -> list[int]:
+        """The slots among `slots` whose trainable weights hold a NaN or inf (checked after every update)."""
 
     def flat_weights(self, slots: list[int]) -> torch.Tensor:
         """[len(slots), P] trainable weights of each slot, flat (task vectors)."""

@@ -124,6 +124,12 @@ def _copd(cfg: ExperimentConfig, name: str = "copd", drop: tuple[str, ...] = (),
     c = cfg.copd
     names = tuple(cfg.domains)
     edge_pairs = build_edges(names, c.topology, c.hub, c.edges, tuple(c.drop_edges) + drop)
+    if not edge_pairs:  # CoPD without distillation would be the experts, merged, under CoPD's name
+        why = ("it needs two or more domains" if len(names) < 2 else "copd.edges is empty" if c.topology == "edges"
+               else "every edge is dropped")
+        raise ConfigError(f"methods = {name!r} with copd.topology = {c.topology!r} is not allowed: its branches have "
+                          f"no OPD edge ({why}); give edges as \"student<-teacher\", or run 'experts' for no "
+                          f"distillation")
     live = cfg.opd.teacher == "live"
     edges = tuple(
         OPDEdge(s, t, t, beta=c.beta_per_edge.get(format_edge((s, t)), cfg.opd.beta), live=live)

@@ -7,7 +7,9 @@ branch k one GRPO batch on D_k; a tick in Phase II gives it the same GRPO batch 
 neighbour j on D_j prompts, graded by j, all joined in one update of θ_k (COPD_NOTES.md 1.3).
 
 With a checkpoint file the loop saves its whole state every `checkpoint_every` ticks (checkpoint.py)
-and can continue from it with the same rows; a NaN or inf loss stops it before the bad update.
+and can continue from it with the same rows (the first checkpoint is written before the first step, so there
+is always one); a NaN or inf loss stops it before the bad update, NaN or inf weights right after the update
+that made them, before any forward uses them.
 """
 
 from __future__ import annotations
@@ -23,15 +25,11 @@ from copd_lab.checkpoint import first_non_finite, save_checkpoint
 from copd_lab.config import ExperimentConfig
 from copd_lab.config_io import to_dict
 from copd_lab.measure import Meter
-from copd_lab.policy import Request, World
+from copd_lab.policy import NonFiniteError, Request, World
 from copd_lab.recipes import BASE, OPDEdge, Recipe, Stage, is_active
 from copd_lab.rows import pack_rows, unpack_rows
 
 STATE_FORMAT = 3  # 3: VLM rows draw from their stream's generator; 2: a stream per method; 1: one per seed
-
-
-class NonFiniteError(RuntimeError):
-    """A training loss or the weights became NaN or inf; the run stopped, its last checkpoint kept."""
 
 
 def resume_key(cfg: ExperimentConfig | dict) -> dict:
@@ -126,6 +124,8 @@ class Trainer:
             torch.manual_seed(self.seed)
             start = 0
             self._evaluate_outputs("base", [("base", 0)], step=0)
+            if self.checkpoint is not None:  # a last good checkpoint exists whatever happens next
+                self._save(0)
         else:
             start = self.load_state_dict(resume)
         total = max((end for _, end in self.spans.values()), default=0)
@@ -133,32 +133,38 @@ class Trainer:
         bar = tqdm(total=total, initial=min(start, total), desc=f"{self.run} seed {self.seed}",
                    disable=not self.progress, leave=False)
         for tick in range(start, total + 1):
-            requests, owners = [], []
-            for recipe in self.recipes:
-                if self._advance(recipe, tick):
-                    self._collect(recipe, tick, requests, owners)
-            if requests:
-                self.train_step(tick, requests, owners)
-            self._measure(tick)
+            try:
+                requests, owners = [], []
+                for recipe in self.recipes:
+                    if self._advance(recipe, tick):
+                        self._collect(recipe, tick, requests, owners)
+                if requests:
+                    self.train_step(tick, requests, owners)
+                self._measure(tick)
+            except NonFiniteError as err:  # the world says what; the run says where, and what was kept
+                bar.close()
+                raise NonFiniteError(f"{err}, at tick {tick} (seed {self.seed}): training stopped and {self._kept()}. "
+                                     f"{self._advice()}") from None
             if tick < total:
                 bar.update(1)
                 if self.checkpoint is not None and every and (tick + 1) % every == 0:
-                    self._save(tick)
+                    self._save(tick + 1)
         bar.close()
         self._flush()
         if self.checkpoint is not None:
-            self._save(total, done=True)
+            self._save(total + 1, done=True)
         return self.rows
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _save(self, tick: int, done: bool = False) -> None:
-        """Checkpoint after `tick`, unless the weights went non-finite (a finite loss can still overflow)."""
-        state = self.state_dict(tick + 1, done)
+    def _save(self, next_tick: int, done: bool = False) -> None:
+        """Checkpoint before `next_tick`, unless the state went non-finite (an optimizer moment can overflow
+        while the weights stay finite)."""
+        state = self.state_dict(next_tick, done)
         bad = first_non_finite(state["world"])
         if bad is not None:
-            raise NonFiniteError(f"the world state {bad} holds NaN or inf after tick {tick} (seed {self.seed}): "
-                                 f"training stopped and {self._kept()}. {self._advice()}")
+            raise NonFiniteError(f"the world state {bad} holds NaN or inf after tick {next_tick - 1} (seed "
+                                 f"{self.seed}): training stopped and {self._kept()}. {self._advice()}")
         save_checkpoint(self.checkpoint, state)
 
     def state_dict(self, next_tick: int, done: bool = False) -> dict:
@@ -270,16 +276,18 @@ class Trainer:
         owners: (method, branch, edge) per request, for its logged rows and error messages. Public so
         benchmarks can time exactly the loop's step."""
         signal = update.train_step(self.world, self.cfg, requests,
-                                   lambda row_loss, finite: self._non_finite(tick, owners, row_loss, finite))
+                                   lambda row, what: self._non_finite(owners, row, what))
         self._pending.append((tick, owners, signal))
 
-    def _non_finite(self, tick: int, owners: list, row_loss: torch.Tensor, finite: torch.Tensor) -> None:
-        row = int((~finite).nonzero()[0])
+    @staticmethod
+    def _non_finite(owners: list, row: int, what: str) -> None:
         method, branch, edge = owners[row]
-        what = f"the OPD loss on edge {edge}" if edge else "the GRPO loss"
-        raise NonFiniteError(f"{what} is {row_loss[row].item()} in method {method!r}, branch {branch!r}, at tick "
-                             f"{tick} (seed {self.seed}): training stopped before this update and {self._kept()}. "
-                             f"{self._advice()}")
+        if what.startswith("loss"):
+            where = f"the OPD loss on edge {edge}" if edge else "the GRPO loss"
+            raise NonFiniteError(f"{where} {what.removeprefix('loss ')} in method {method!r}, branch {branch!r} "
+                                 f"(stopped before this update)")
+        raise NonFiniteError(f"the update made the weights of branch {branch!r} in method {method!r} NaN or inf "
+                             f"(stopped before any forward used them)")
 
     def _kept(self) -> str:
         if self.checkpoint is not None and self.checkpoint.exists():

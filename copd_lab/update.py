@@ -16,59 +16,80 @@ import torch
 
 from copd_lab import losses, metrics
 from copd_lab.config import ExperimentConfig
-from copd_lab.policy import Request, World
+from copd_lab.policy import Batch, Request, World
 
 
 def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
-               on_non_finite: Callable[[torch.Tensor, torch.Tensor], None]) -> torch.Tensor:
+               on_non_finite: Callable[[int, str], None]) -> torch.Tensor:
     """Update the requests' slots; return each request's training signal (mean reward of a GRPO batch,
     sampled reverse KL to the teacher of an OPD batch), not yet synced to Python.
 
-    on_non_finite(row_loss, finite): called before the update when a row's loss is NaN or inf; it raises.
+    on_non_finite(request index, what): called when a request's loss is NaN or inf ("loss is nan", before the
+    update), or when the update made its slot's weights NaN or inf ("weights", before they are used); it raises.
     """
     g, c = cfg.grpo, cfg.opd
     batch = world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
     students = [r.slot for r in requests]
     teachers = [r.teacher for r in requests]
     # most ticks have no OPD request: their OPD terms are skipped (a tick costs mostly per-op overhead)
-    any_opd = any(t >= 0 for t in teachers)
-    is_opd = torch.tensor([t >= 0 for t in teachers]) if any_opd else None
-    beta = torch.tensor([r.beta for r in requests]) if any_opd else None
+    opd_rows = [i for i, t in enumerate(teachers) if t >= 0]
+    is_opd = torch.tensor([t >= 0 for t in teachers]) if opd_rows else None
+    beta = torch.tensor([r.beta for r in requests]) if opd_rows else None
     # each branch's loss is the mean of its requests' losses: one update on B_nat ∪ (∪_j B_j)
     requests_of = Counter(students)
     share = torch.tensor([1.0 / requests_of[s] for s in students]) if len(requests_of) < len(students) else None
-    full = c.estimator != "sampled" and any_opd
+    full = c.estimator != "sampled" and bool(opd_rows)
+    constant = world.max_new_tokens  # Dr.GRPO divides by N x the longest completion, whatever this batch's padding
     with torch.no_grad():
-        teacher_lp = world.token_logprobs(batch, teachers, grad=False) if any_opd else None
+        # the student's and the teacher's log-probs of the sampled tokens, for Eq. 8's advantage
+        pair = _scored_together(world, batch, opd_rows) if opd_rows and not full else None
         teacher_full = world.full_logprobs(batch, [max(t, 0) for t in teachers], grad=False) if full else None
         ref_lp = world.token_logprobs(batch, [0] * len(requests), grad=False) if g.kl_coef > 0 else None
     grpo_adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
+    if pair is not None:  # fixed for the batch, as GRPO's advantage is (also with epochs > 1)
+        grpo_adv = torch.where(is_opd[:, None, None], losses.opd_sampled_advantage(pair[1], pair[0], beta), grpo_adv)
+    adv = grpo_adv
     for _ in range(g.epochs):
         if full:
             student_full = world.full_logprobs(batch, students, grad=True)
             lp = student_full.gather(-1, batch.tokens[..., None]).squeeze(-1)
         else:
             lp = world.token_logprobs(batch, students, grad=True)
-        adv = grpo_adv
-        if any_opd:
-            adv = torch.where(is_opd[:, None, None], losses.opd_sampled_advantage(teacher_lp, lp, beta), adv)
         row_loss = losses.clipped_pg_loss(lp, batch.sample_logprobs, adv, batch.mask, g.clip_low,
-                                          g.clip_high, g.aggregation)
+                                          g.clip_high, g.aggregation, constant)
         if full:  # top-k / full-vocabulary reverse KL replaces the sampled-token PG on OPD rows
             kl = (losses.topk_reverse_kl(student_full, teacher_full, batch.mask, c.topk)
                   if c.estimator == "topk" else losses.full_reverse_kl(student_full, teacher_full, batch.mask))
-            row_loss = torch.where(is_opd, beta * losses.aggregate(kl, batch.mask, g.aggregation), row_loss)
+            row_loss = torch.where(is_opd, beta * losses.aggregate(kl, batch.mask, g.aggregation, constant), row_loss)
         if ref_lp is not None:
-            row_loss = row_loss + g.kl_coef * losses.kl_penalty(lp, ref_lp, batch.mask, g.aggregation)
+            row_loss = row_loss + g.kl_coef * losses.kl_penalty(lp, ref_lp, batch.mask, g.aggregation, constant)
         loss = (row_loss if share is None else row_loss * share).sum()  # x * 1.0 is x
         if not math.isfinite(loss.item()):  # stop before the update: the weights stay the last good ones
             finite = torch.isfinite(row_loss)  # (one sync on the sum, not isfinite's four ops every tick)
             if not bool(finite.all()):  # finite rows whose sum overflowed are not an error
-                on_non_finite(row_loss, finite)
+                row = int((~finite).nonzero()[0])
+                on_non_finite(row, f"loss is {row_loss[row].item()}")
         world.step(loss, students)
+        bad = world.non_finite(students)  # caught before the next forward uses them
+        if bad:
+            on_non_finite(students.index(bad[0]), "weights")
     with torch.no_grad():  # per-row training signals, synced to Python only when flushed
         signal = batch.rewards.mean(1)
-        if any_opd:
-            reverse_kl = metrics.sampled_reverse_kl(lp.detach(), teacher_lp, batch.mask)
-            signal = torch.where(is_opd, reverse_kl, signal)
+        if opd_rows:
+            student_lp, teacher_lp = pair if pair is not None else (
+                lp.detach(), teacher_full.gather(-1, batch.tokens[..., None]).squeeze(-1))
+            signal = torch.where(is_opd, metrics.sampled_reverse_kl(student_lp, teacher_lp, batch.mask), signal)
     return signal
+
+
+def _scored_together(world: World, batch: Batch, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """([R, N, T] student, [R, N, T] teacher) log-probs of the sampled tokens on the OPD rows (zeros elsewhere),
+    from one scoring call: the same computation on the same inputs for both, so that a teacher whose weights
+    equal the student's gives exactly zero advantage, not float noise that Adam would scale up to full-size
+    steps (the training forward's own log-probs may round differently: other rows, another code path)."""
+    requests, n = batch.requests, len(rows)
+    scores = world.token_logprobs(batch.take(rows + rows), [requests[i].slot for i in rows] +
+                                  [requests[i].teacher for i in rows], grad=False)
+    index = torch.tensor(rows)
+    student, teacher = (torch.zeros(batch.tokens.shape).index_copy(0, index, part) for part in scores.split(n))
+    return student, teacher

@@ -106,9 +106,9 @@ class BlowsUp(SimWorld):
 
     def token_logprobs(self, batch, slots, grad):
         out = super().token_logprobs(batch, slots, grad)
-        if grad and self.where == "loss":
+        if grad and self.where in ("loss", "first_loss"):
             self.forwards += 1  # one training forward per tick
-            return out + float("nan") if self.forwards == 8 else out
+            return out + float("nan") if self.forwards == (8 if self.where == "loss" else 1) else out
         return out
 
     def step(self, loss, slots):
@@ -121,8 +121,10 @@ class BlowsUp(SimWorld):
 
 @pytest.mark.parametrize("where, words, saved", [
     ("loss", ["GRPO loss is nan", "'experts'", "branch 'text'", "tick 7"], 6),
-    # a few inf weights the next loss does not show: caught by the check before the checkpoint after tick 5
-    ("weights", ["world state", "['flat']", "after tick 5"], 3),
+    # a few inf weights the next loss would not show: caught right after the update that made them
+    ("weights", ["update made the weights of branch 'text'", "'experts'", "NaN or inf", "tick 4"], 3),
+    # before the first cadence checkpoint: the one written before the first step is kept
+    ("first_loss", ["GRPO loss is nan", "tick 0"], 0),
 ])
 def test_non_finite_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, where, words, saved):
     cfg = load_config(None, ["methods=['experts']", "expert_steps=20", "checkpoint_every=3", "seeds=1",

@@ -41,10 +41,23 @@ def test_dump_round_trips(tmp_path):
     ("copd.step_rates={image = 2.0}", ["step_rates.image", "2.0", "(0, 1]"]),
     ("copd.edges=['text->image']", ["edges", "text->image", "student<-teacher"]),
     ("grpo.lr='fast'", ["grpo.lr", "'fast'", "a number"]),
-    ("seeds=0", ["seeds", "0", ">= 1"]),
+    ("seeds=0", ["seeds", "0", "[1, 1000]"]),
     ("grpo.bogus=1", ["grpo.bogus", "allowed fields", "group_size"]),
     ("merge.weights=[1.0]", ["merge.weights", "one weight per domain"]),
     ("sim.shared_skill=1.5", ["sim.shared_skill", "1.5", "[0, 1]"]),
+    # values that used to pass and then crash, or start a run that could not finish
+    ("grpo.lr=inf", ["grpo.lr", "inf", "a finite number"]),
+    ("vlm.lr=nan", ["vlm.lr", "nan", "a finite number"]),
+    ("copd.beta_per_edge={'text<-image' = inf}", ["copd.beta_per_edge.text<-image", "inf", "finite"]),
+    ("merge.weights=[0, 0, 0]", ["merge.weights", "(0.0, 0.0, 0.0)", "at least one > 0"]),
+    ("expert_steps=99999999999999", ["expert_steps", "99999999999999", "[1, 333,333]", "mixed RLVR"]),
+    ("copd.cycles=99999999", ["copd.cycles", "99999999", "1,000,000 ticks"]),
+    ("grpo.group_size=4096", ["grpo.group_size", "4096", "[2, 1024]"]),
+    ("grpo.prompts_per_step=100000", ["grpo.prompts_per_step", "100000", "16384 rollouts"]),
+    ("vlm.device='cuda:x'", ["vlm.device", "'cuda:x'", "cuda:N"]),
+    ("vlm.max_new_tokens=10000000", ["vlm.max_new_tokens", "[1, 32,768]"]),
+    ("domains=['text','a/b']", ["domains", "'a/b'", "letters, digits"]),
+    ("seeds=5000", ["seeds", "5000", "[1, 1000]"]),
 ])
 def test_bad_values_name_field_value_and_allowed(override, words):
     with pytest.raises(ConfigError) as err:

@@ -25,7 +25,7 @@ import torch
 
 from copd_lab.config import MergeConfig, SimConfig
 from copd_lab.merge import merge_state_dicts
-from copd_lab.policy import Batch, Request
+from copd_lab.policy import Batch, NonFiniteError, Request
 from copd_lab.sim.tasks import SimTasks
 from copd_lab.streams import Streams
 
@@ -89,6 +89,7 @@ class SimWorld:
         self.tasks = SimTasks.build(cfg, len(domains), cfg.task_seed)
         s, d, t, v, h = cfg.prompts_per_domain, len(domains), cfg.answer_len, self.tasks.vocab_size, cfg.hidden
         self.vocab_size, self.n_prompts = v, d * s
+        self.max_new_tokens = t  # every answer has T tokens
         self.shapes = {"content": (s, t, h), "domain": (d, h), "out_weight": (h, v), "out_bias": (v,),
                        "bigram": (v + 1, v)}
         self.offsets, total = {}, 0
@@ -157,6 +158,13 @@ class SimWorld:
         index = _rows([graded.slots[s] for s in unique])
         grad = graded.weights.grad
         return grad[index] if isinstance(index, slice) else grad.index_select(0, index)
+
+    def non_finite(self, slots: list[int]) -> list[int]:
+        rows = self.flat[_rows(slots)]
+        if bool(torch.isfinite(rows).all()):  # one op and one sync on the usual path
+            return []
+        unique = sorted(set(slots))
+        return [s for s, ok in zip(unique, torch.isfinite(rows).all(1).tolist()) if not ok]
 
     def flat_weights(self, slots: list[int]) -> torch.Tensor:
         return self.flat[slots]
@@ -271,6 +279,9 @@ class SimWorld:
                     steps.append(torch.searchsorted(cdf, uniform[t] * cdf[:, -1:], right=True).view(-1))
             sequence = torch.stack(steps, -1).view(n_rows, n, length + 1)  # the start token, then the answer
             tokens, prev = sequence[..., 1:], sequence[..., :-1]
+            if not greedy and int(tokens.max()) >= v:  # a NaN cdf sends u past the last id
+                raise NonFiniteError(f"the sampling probabilities of slot(s) {sorted({r.slot for r in requests})} "
+                                     f"are NaN (finite weights so large that their logits overflow)")
         logp = self._logprobs(hidden.view(*tokens.shape, v), tables.bigram, bigram_first, prev, temperature)
         # π_old: at τ = 1 the loop's logits are the scored ones (and the training forward's token log-probs are
         # these very numbers); else h/τ + U/τ rounds unlike (h + U)/τ

@@ -65,6 +65,14 @@ class Slots:
             for p in self.params(slot):
                 p.grad = None
 
+    def non_finite(self, slots: list[int]) -> list[int]:
+        """The slots among these whose trainable tensors hold a NaN or inf (one sync for all of them)."""
+        trained = sorted({s for s in slots if s > 0})
+        if not trained:
+            return []
+        finite = torch.stack([torch.stack([torch.isfinite(p).all() for p in self.params(s)]).all() for s in trained])
+        return [] if bool(finite.all()) else [s for s, ok in zip(trained, finite.tolist()) if not ok]
+
     def flat_grads(self, loss: torch.Tensor, slots: list[int]) -> torch.Tensor:
         """[len(slots), P] gradient w.r.t. each slot's trainable tensors, flat; slot 0: zeros."""
         trained = sorted({s for s in slots if s > 0})

@@ -100,6 +100,9 @@ class VLMWorld:
     def step(self, loss: torch.Tensor, slots: list[int]) -> None:
         self.slots.step(loss, slots)
 
+    def non_finite(self, slots: list[int]) -> list[int]:
+        return self.slots.non_finite(slots)
+
     def flat_weights(self, slots: list[int]) -> torch.Tensor:
         return self.slots.flat_weights(slots)
 
