@@ -83,13 +83,16 @@ def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
 
 
 def _scored_together(world: World, batch: Batch, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """([R, N, T] student, [R, N, T] teacher) log-probs of the sampled tokens on the OPD rows (zeros elsewhere),
-    from one scoring call: the same computation on the same inputs for both, so that a teacher whose weights
-    equal the student's gives exactly zero advantage, not float noise that Adam would scale up to full-size
-    steps (the training forward's own log-probs may round differently: other rows, another code path)."""
-    requests, n = batch.requests, len(rows)
-    scores = world.token_logprobs(batch.take(rows + rows), [requests[i].slot for i in rows] +
-                                  [requests[i].teacher for i in rows], grad=False)
-    index = torch.tensor(rows)
-    student, teacher = (torch.zeros(batch.tokens.shape).index_copy(0, index, part) for part in scores.split(n))
+    """([R, N, T] student, [R, N, T] teacher) log-probs of the sampled tokens on the OPD rows (zeros elsewhere).
+
+    Each row is scored in a call of its own, once under its student and once under its teacher: the same
+    inputs in the same batch layout, so that a teacher whose weights equal the student's gives exactly zero
+    advantage, not float noise that Adam would scale up to full-size steps. (The training forward's log-probs
+    round differently: other rows beside them, another padding. Measured on the tiny VLM, a call per row is
+    also faster than one call for all: prompts of one domain pad to their own length, not to the video's.)"""
+    student, teacher = torch.zeros(batch.tokens.shape), torch.zeros(batch.tokens.shape)
+    for i in rows:
+        request = batch.requests[i]
+        pair = world.token_logprobs(batch.take([i, i]), [request.slot, request.teacher], grad=False)
+        student[i], teacher[i] = pair[0], pair[1]
     return student, teacher

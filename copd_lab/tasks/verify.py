@@ -6,15 +6,20 @@ A completion is free reasoning text followed by exactly one ``<answer>N</answer>
 
 Rules, chosen so that the reward is unambiguous and cheap to compute on any string:
 
-- the reasoning before the tag is at most ``MAX_REASONING_CHARS`` characters and holds no answer tag;
+- the reasoning before the tag may be of any length and holds no answer tag (neither ``<answer>`` nor
+  ``</answer>``); there is deliberately no length limit: the rollout engine's ``max_new_tokens``
+  already bounds a completion, a real VLM's chain of thought runs to thousands of tokens and must be
+  judged on its answer, and the judgement below is linear in the string's length (``str.find`` over
+  the reasoning, a regex only on the short tail), so no string is expensive to judge;
 - ``N`` is an integer of ASCII digits, at most ``MAX_ANSWER_DIGITS`` of them, with an optional ``-``;
-- ASCII spaces, tabs and newlines are allowed around ``N`` inside the tag (``<answer> 3 </answer>``
-  reads as 3), because subword tokenizers of real VLMs often emit them and the value stays
-  unambiguous; no other character is (no ``+``, ``3.0``, unicode digits or unicode spaces);
+- ASCII whitespace (space, tab, ``\r``, ``\n``) is allowed around ``N`` inside the tag
+  (``<answer> 3 </answer>`` and ``<answer>3\r\n</answer>`` read as 3), because subword tokenizers of
+  real VLMs often emit it and the value stays unambiguous; no other character is (no ``+``, ``3.0``,
+  unicode digits or unicode spaces);
 - only ASCII whitespace may follow ``</answer>`` (generation often ends with a newline); any other
   trailing text, a second tag or a missing tag makes the completion malformed;
-- the tag and what follows it fit in ``MAX_TAIL_CHARS`` characters, so any string is judged after
-  looking at no more than ``MAX_REASONING_CHARS + MAX_TAIL_CHARS`` of its characters.
+- the tag and what follows it fit in ``MAX_TAIL_CHARS`` characters (a bound on the tag's padding, not
+  on the reasoning).
 
 Reward: 1.0 well-formed and correct, ``FORMAT_REWARD`` well-formed but wrong, 0.0 malformed.
 """
@@ -26,27 +31,28 @@ from collections.abc import Mapping
 from typing import Any
 
 FORMAT_REWARD = 0.1
-MAX_REASONING_CHARS = 400
 MAX_ANSWER_DIGITS = 6
 # Room for the tags, a sign, the digits and a little whitespace; longer tails are malformed.
 MAX_TAIL_CHARS = 64
 
 OPEN_TAG, CLOSE_TAG = "<answer>", "</answer>"
 # [0-9], not \d: \d matches unicode digits such as '٣', which int() would happily accept.
-_TAIL = re.compile(rf"<answer>[ \t\n]*(-?[0-9]{{1,{MAX_ANSWER_DIGITS}}})[ \t\n]*</answer>[ \t\r\n]*")
+# Only ever matched against the tail (at most MAX_TAIL_CHARS characters), never the reasoning.
+_TAIL = re.compile(rf"<answer>[ \t\r\n]*(-?[0-9]{{1,{MAX_ANSWER_DIGITS}}})[ \t\r\n]*</answer>[ \t\r\n]*")
 
 
 def parse_answer(completion: str) -> int | None:
     """The integer in the completion's final answer tag, or None when the completion is malformed."""
-    if not isinstance(completion, str) or len(completion) > MAX_REASONING_CHARS + MAX_TAIL_CHARS:
-        return None  # checked first, so a huge string costs nothing
+    if not isinstance(completion, str):
+        return None
+    # Linear in len(completion): one find for the first opening tag, one bounded find for a closing tag
+    # before it; the regex only sees the tail, whose length is checked first.
     start = completion.find(OPEN_TAG)
-    if start < 0 or start > MAX_REASONING_CHARS or len(completion) - start > MAX_TAIL_CHARS:
-        return None
-    if completion.count(OPEN_TAG) != 1:
-        return None
-    if CLOSE_TAG in completion[:start]:
+    if start < 0 or len(completion) - start > MAX_TAIL_CHARS:
+        return None  # no tag, or a tail too long (which includes a second tag far after the first)
+    if completion.find(CLOSE_TAG, 0, start) >= 0:
         return None  # a stray closing tag in the reasoning counts as a second tag
+    # A second opening tag can only be in the tail; the tail regex refuses it.
     match = _TAIL.fullmatch(completion, start)
     return int(match.group(1)) if match else None
 

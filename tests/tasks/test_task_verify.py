@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from copd_lab.tasks import FORMAT_REWARD, answer_reward, is_correct, parse_answer
-from copd_lab.tasks.verify import MAX_ANSWER_DIGITS, MAX_REASONING_CHARS, MAX_TAIL_CHARS
+from copd_lab.tasks.verify import MAX_ANSWER_DIGITS, MAX_TAIL_CHARS
 
 ROW = {"answer": "3"}
 REWARDS = {0.0, FORMAT_REWARD, 1.0}
@@ -14,19 +14,17 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 def reference_parse(completion: str) -> int | None:
     """The format rules of verify.py written out with string splitting instead of a regex."""
-    if len(completion) > MAX_REASONING_CHARS + MAX_TAIL_CHARS:
-        return None
     if completion.count("<answer>") != 1 or completion.count("</answer>") != 1:
         return None
-    reasoning, rest = completion.split("<answer>")
-    if len(reasoning) > MAX_REASONING_CHARS or len(rest) + len("<answer>") > MAX_TAIL_CHARS:
+    _reasoning, rest = completion.split("<answer>")  # the reasoning may be of any length
+    if len(rest) + len("<answer>") > MAX_TAIL_CHARS:
         return None
     if "</answer>" not in rest:
         return None
     inner, tail = rest.split("</answer>")
     if tail.strip(" \t\r\n"):
         return None
-    inner = inner.strip(" \t\n")
+    inner = inner.strip(" \t\r\n")
     digits = inner[1:] if inner.startswith("-") else inner
     if not 1 <= len(digits) <= MAX_ANSWER_DIGITS or any(c not in "0123456789" for c in digits):
         return None
@@ -44,7 +42,12 @@ def reference_parse(completion: str) -> int | None:
         ("<answer>-4</answer>", -4),
         ("<answer>007</answer>", 7),
         ("<answer>123456</answer>", 123456),
-        ("x" * MAX_REASONING_CHARS + "<answer>3</answer>", 3),
+        ("<answer>3\r\n</answer>", 3),  # \r is whitespace too (CRLF line ends)
+        ("<answer>\r\n3\r\n</answer>\r\n", 3),
+        ("<answer>\r3\r</answer>", 3),
+        ("x" * 400 + "<answer>3</answer>", 3),  # reasoning of any length is allowed
+        ("x" * 401 + "<answer>3</answer>", 3),
+        ("step\r\n" * 10_000 + "<answer>3</answer>", 3),
         ("", None),
         ("3", None),
         ("the answer is 3", None),
@@ -61,10 +64,16 @@ def reference_parse(completion: str) -> int | None:
         ("<answer>1234567</answer>", None),  # more than six digits
         ("<answer>\u0663</answer>", None),  # ARABIC-INDIC DIGIT THREE: int() would accept it
         ("<answer>\u00a03</answer>", None),  # unicode no-break space
+        ("<answer>3\u2028</answer>", None),  # unicode line separator
+        ("<answer>3\x0b</answer>", None),  # vertical tab: not one of the four allowed
+        ("<answer>3\x0c</answer>", None),  # form feed
+        ("<answer>+3\r\n</answer>", None),
+        ("<answer>3.0\r\n</answer>", None),
         ("<Answer>3</Answer>", None),
         ("<answer>3", None),
         ("3</answer>", None),
-        ("x" * (MAX_REASONING_CHARS + 1) + "<answer>3</answer>", None),  # reasoning too long
+        ("x" * 10_000 + "</answer><answer>3</answer>", None),  # a stray closing tag deep in the reasoning
+        ("x" * 10_000 + "<answer>3</answer>" + "x" * 10_000 + "<answer>3</answer>", None),
         ("<answer>" + " " * 100 + "3</answer>", None),  # tail too long
         ("<answer>3</answer>" + "\n" * 100, None),
     ],
@@ -88,9 +97,26 @@ def test_non_strings_are_malformed(junk):
     assert answer_reward(junk, ROW) == 0.0
 
 
-def test_huge_strings_are_cheap_and_malformed():
-    assert answer_reward("a" * 10_000_000 + "<answer>3</answer>", ROW) == 0.0
+@pytest.mark.parametrize("length", [400, 5_000, 200_000])
+def test_long_well_formed_reasoning_is_judged_on_its_answer(length):
+    """A real VLM's chain of thought runs to thousands of tokens; its length alone never zeroes it."""
+    line = "Count the red blocks: one, two, three.\n"
+    reasoning = (line * (length // len(line) + 1))[:length]
+    assert len(reasoning) == length
+    assert answer_reward(reasoning + "<answer>3</answer>", ROW) == 1.0
+    assert answer_reward(reasoning + "<answer>4</answer>", ROW) == FORMAT_REWARD
+    assert answer_reward(reasoning + "<answer>\r\n3\r\n</answer>\r\n", ROW) == 1.0
+    assert answer_reward(reasoning, ROW) == 0.0
+
+
+def test_huge_strings_are_judged_in_linear_time():
+    assert answer_reward("a" * 10_000_000 + "<answer>3</answer>", ROW) == 1.0
+    assert answer_reward("a" * 10_000_000, ROW) == 0.0
     assert answer_reward("<answer>3</answer>" * 1_000_000, ROW) == 0.0
+    assert answer_reward("</answer>" + "a" * 10_000_000 + "<answer>3</answer>", ROW) == 0.0
+    # Whitespace and digits are what a backtracking regex over the reasoning would choke on.
+    assert answer_reward(" 3\n" * 3_000_000 + "<answer>3</answer>", ROW) == 1.0
+    assert answer_reward("<" * 3_000_000 + "<answer>3</answer>", ROW) == 1.0
 
 
 def _check(completion: str) -> float:
@@ -131,10 +157,17 @@ def test_fuzz_long_strings(chunk, repeats, suffix):
     _check(chunk * repeats + suffix)
 
 
-REASONING = st.text(max_size=MAX_REASONING_CHARS).filter(
-    lambda s: "<answer>" not in s and "</answer>" not in s
-)
-SPACE = st.text(alphabet=" \t\n", max_size=3)
+def _no_tag(text: str) -> bool:
+    return "<answer>" not in text and "</answer>" not in text
+
+
+# Reasoning as drawn text, and as a drawn chunk repeated many times (long strings, cheaply).
+REASONING = st.text(max_size=400).filter(_no_tag)
+LONG_REASONING = st.one_of(
+    st.text(max_size=20_000),
+    st.builds(lambda chunk, repeats: chunk * repeats, st.text(min_size=1, max_size=40), st.integers(1, 5_000)),
+).filter(_no_tag)
+SPACE = st.text(alphabet=" \t\r\n", max_size=3)
 
 
 @FUZZ
@@ -144,6 +177,12 @@ def test_fuzz_well_formed(reasoning, before, after, trailing, value):
     row = {"answer": str(value)}
     assert answer_reward(completion, row) == 1.0
     assert answer_reward(completion, {"answer": str(value + 1)}) == FORMAT_REWARD
+
+
+@FUZZ
+@given(LONG_REASONING, st.integers(-999_999, 999_999))
+def test_fuzz_any_reasoning_without_a_tag_is_allowed(reasoning, value):
+    assert parse_answer(reasoning + "<answer>" + str(value) + "</answer>") == value
 
 
 @FUZZ
