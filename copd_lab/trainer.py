@@ -219,6 +219,9 @@ class Trainer:
         if recipe.merge is not None:
             sources = [self.slot(recipe, b.name) for b in recipe.branches]
             self.world.merge(sources, self.slot(recipe, "merged"), recipe.merge)
+            if self.world.non_finite([self.slot(recipe, "merged")]):
+                raise NonFiniteError(f"the merge ({recipe.merge.method}, scale {recipe.merge.scale}) made the weights "
+                                     f"of method {recipe.name!r} NaN or inf")
         outputs = [(label, self.slot(recipe, name)) for label, name in recipe.outputs]
         self._evaluate_outputs(recipe.name, outputs, step=tick)
 
@@ -296,7 +299,7 @@ class Trainer:
 
     def _advice(self) -> str:
         lr = f"vlm.lr = {self.cfg.vlm.lr}" if self.cfg.world == "vlm" else f"grpo.lr = {self.cfg.grpo.lr}"
-        return f"Try a lower learning rate than {lr} (or a smaller opd.beta), in a new output folder."
+        return f"Try a lower learning rate than {lr} (or a smaller opd.beta), in a new --out or with --overwrite."
 
     # ------------------------------------------------------------------ measurement
 
