@@ -41,6 +41,7 @@ def require_finite(config: Any) -> None:
 # (a typo such as expert_steps=99999999999999 would otherwise start a run of 3e14 ticks).
 MAX_TICKS = 1_000_000  # ticks of one seed's comparison (every method side by side)
 MAX_SEEDS = 1_000
+MAX_SEED = 2**32 - 1  # seeds are unsigned 32-bit, as numpy's and most frameworks' are
 MAX_ROLLOUTS = 16_384  # rollouts of one request: grpo.prompts_per_step * grpo.group_size
 DOMAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")  # "/" names a recipe's branch, "<-" an edge, "." a config table
 
@@ -70,7 +71,8 @@ class GRPOConfig:
         require_finite(self)
         require(self.group_size >= 2, "group_size", self.group_size, "an integer >= 2 (GRPO needs a group)")
         require(self.prompts_per_step >= 1, "prompts_per_step", self.prompts_per_step, "an integer >= 1")
-        require(self.temperature > 0, "temperature", self.temperature, "a number > 0")
+        require(1e-3 <= self.temperature <= 1e3, "temperature", self.temperature,
+                "a number in [0.001, 1000] (below, logits / temperature overflow; greedy accuracy is measured apart)")
         require(0 <= self.clip_low < 1, "clip_low", self.clip_low, "a number in [0, 1)")
         require(self.clip_high >= 0, "clip_high", self.clip_high, "a number >= 0")
         require(self.kl_coef >= 0, "kl_coef", self.kl_coef, "a number >= 0")
@@ -178,7 +180,8 @@ class SimConfig:
         for name in ("answer_len", "digits", "patterns", "prompts_per_domain", "hidden"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         require(0 <= self.shared_skill <= 1, "shared_skill", self.shared_skill, "a number in [0, 1]")
-        require(self.init_scale > 0, "init_scale", self.init_scale, "a number > 0")
+        require(0 <= self.task_seed <= MAX_SEED, "task_seed", self.task_seed, f"an integer in [0, {MAX_SEED}]")
+        require(0 < self.init_scale <= 10, "init_scale", self.init_scale, "a number in (0, 10]")
         for name, most in (("answer_len", 16), ("digits", 64), ("patterns", 16), ("prompts_per_domain", 1024),
                            ("hidden", 1024)):  # the toy policy's tensors stay small enough to run in a second
             require(getattr(self, name) <= most, name, getattr(self, name), f"an integer in [1, {most}]")
@@ -223,6 +226,7 @@ class VLMConfig:
         for name in ("lora_r", "max_new_tokens", "n_train", "n_eval", "difficulty"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "a number > 0")
+        require(0 <= self.task_seed <= MAX_SEED, "task_seed", self.task_seed, f"an integer in [0, {MAX_SEED}]")
         require(self.lr > 0, "lr", self.lr, "a number > 0")
         for name, most in (("max_new_tokens", 32_768), ("n_train", 1_000_000), ("n_eval", 100_000),
                            ("lora_r", 1024)):
@@ -289,6 +293,8 @@ class ExperimentConfig:
                     "names of letters, digits, '_' and '-' (e.g. 'text')")
         require(len(self.methods) >= 1, "methods", self.methods, "at least one method (see `copd-lab methods`)")
         require(1 <= self.seeds <= MAX_SEEDS, "seeds", self.seeds, f"an integer in [1, {MAX_SEEDS}]")
+        require(0 <= self.seed <= MAX_SEED - self.seeds + 1, "seed", self.seed,
+                f"an integer in [0, {MAX_SEED - self.seeds + 1}] (seeds seed .. seed + seeds - 1 are unsigned 32-bit)")
         require(self.expert_steps >= 1, "expert_steps", self.expert_steps, "an integer >= 1")
         require(self.distill_steps >= 1, "distill_steps", self.distill_steps, "an integer >= 1")
         # a seed runs every method side by side: mixed RLVR takes K x expert_steps ticks, static OPD and MOPD

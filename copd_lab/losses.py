@@ -230,6 +230,28 @@ def full_reverse_kl(student_logp: Tensor, teacher_logp: Tensor, mask: Tensor) ->
     return torch.where(mask.bool(), kl, 0.0)
 
 
+def reverse_kl_surrogate(
+    student_logp: Tensor, student_ref_logp: Tensor, teacher_logp: Tensor, mask: Tensor, k: int | None = None
+) -> Tensor:
+    """Per-token Σ_v p_θ(v) · sg(log p_ref(v) − log q(v)) [..., N, T]: the gradient in ``student_logp`` of
+    KL(p‖q) (full vocabulary, or with ``k`` the top-k support of ``topk_reverse_kl``, both renormalised on it),
+    with the log-ratio read from ``student_ref_logp``, the student's no-grad log-probs scored beside the
+    teacher's.
+
+    Where p_ref = p_θ, value and gradient equal the KL's (Σ_v ∇p(v) · (log p − log q), since Σ_v p ∇log p = 0);
+    a teacher equal to the student gives exactly 0 and no gradient, where the KL of two separately rounded
+    forwards would give float noise that Adam scales up to full-size steps. 0 on masked positions.
+    """
+    if k is not None:
+        ids = topk_ids(student_ref_logp, k)
+        student_logp = torch.log_softmax(student_logp.gather(-1, ids), dim=-1)
+        student_ref_logp = torch.log_softmax(student_ref_logp.gather(-1, ids), dim=-1)
+        teacher_logp = torch.log_softmax(teacher_logp.gather(-1, ids), dim=-1)
+    p = student_logp.exp()
+    ratio = torch.where(p.detach() > 0, student_ref_logp - teacher_logp, 0.0).detach()
+    return torch.where(mask.bool(), (p * ratio).sum(dim=-1), 0.0)
+
+
 def kl_per_position(p_logp: Tensor, q_logp: Tensor) -> Tensor:
     """KL(p‖q) along the last dim of full log-probs, with 0·log 0 = 0 and no nan in the gradient."""
     p = p_logp.exp()

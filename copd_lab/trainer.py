@@ -123,7 +123,7 @@ class Trainer:
         if resume is None:
             torch.manual_seed(self.seed)
             start = 0
-            self._evaluate_outputs("base", [("base", 0)], step=0)
+            self._guarded(0, self._evaluate_outputs, "base", [("base", 0)], 0)
             if self.checkpoint is not None:  # a last good checkpoint exists whatever happens next
                 self._save(0)
         else:
@@ -134,17 +134,10 @@ class Trainer:
                    disable=not self.progress, leave=False)
         for tick in range(start, total + 1):
             try:
-                requests, owners = [], []
-                for recipe in self.recipes:
-                    if self._advance(recipe, tick):
-                        self._collect(recipe, tick, requests, owners)
-                if requests:
-                    self.train_step(tick, requests, owners)
-                self._measure(tick)
-            except NonFiniteError as err:  # the world says what; the run says where, and what was kept
+                self._guarded(tick, self._tick, tick)
+            except NonFiniteError:
                 bar.close()
-                raise NonFiniteError(f"{err}, at tick {tick} (seed {self.seed}): training stopped and {self._kept()}. "
-                                     f"{self._advice()}") from None
+                raise
             if tick < total:
                 bar.update(1)
                 if self.checkpoint is not None and every and (tick + 1) % every == 0:
@@ -154,6 +147,23 @@ class Trainer:
         if self.checkpoint is not None:
             self._save(total + 1, done=True)
         return self.rows
+
+    def _tick(self, tick: int) -> None:
+        requests, owners = [], []
+        for recipe in self.recipes:
+            if self._advance(recipe, tick):
+                self._collect(recipe, tick, requests, owners)
+        if requests:
+            self.train_step(tick, requests, owners)
+        self._measure(tick)
+
+    def _guarded(self, tick: int, work, *args) -> None:
+        """work(*args); a NonFiniteError from the world says what went wrong, this adds where and what was kept."""
+        try:
+            work(*args)
+        except NonFiniteError as err:
+            raise NonFiniteError(f"{err}, at tick {tick} (seed {self.seed}): training stopped and {self._kept()}. "
+                                 f"{self._advice()}") from None
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -293,9 +303,11 @@ class Trainer:
                              f"(stopped before any forward used them)")
 
     def _kept(self) -> str:
-        if self.checkpoint is not None and self.checkpoint.exists():
+        if self.checkpoint is None:
+            return "nothing was saved (no output folder)"
+        if self.checkpoint.exists():
             return f"the last good checkpoint stays at {self.checkpoint}"
-        return "no checkpoint had been written yet"
+        return "no checkpoint had been written yet (the base model's evaluation comes first: no step was taken)"
 
     def _advice(self) -> str:
         lr = f"vlm.lr = {self.cfg.vlm.lr}" if self.cfg.world == "vlm" else f"grpo.lr = {self.cfg.grpo.lr}"

@@ -41,12 +41,12 @@ def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
     full = c.estimator != "sampled" and bool(opd_rows)
     constant = world.max_new_tokens  # Dr.GRPO divides by N x the longest completion, whatever this batch's padding
     with torch.no_grad():
-        # the student's and the teacher's log-probs of the sampled tokens, for Eq. 8's advantage
-        pair = _scored_together(world, batch, opd_rows) if opd_rows and not full else None
-        teacher_full = world.full_logprobs(batch, [max(t, 0) for t in teachers], grad=False) if full else None
+        # the student's and the teacher's log-probs, scored side by side: of the sampled tokens for Eq. 8's
+        # advantage, or whole distributions for the top-k / full reverse KL
+        pair = _scored_together(world, batch, opd_rows, full) if opd_rows else None
         ref_lp = world.token_logprobs(batch, [0] * len(requests), grad=False) if g.kl_coef > 0 else None
     grpo_adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
-    if pair is not None:  # fixed for the batch, as GRPO's advantage is (also with epochs > 1)
+    if pair is not None and not full:  # fixed for the batch, as GRPO's advantage is (also with epochs > 1)
         grpo_adv = torch.where(is_opd[:, None, None], losses.opd_sampled_advantage(pair[1], pair[0], beta), grpo_adv)
     adv = grpo_adv
     for _ in range(g.epochs):
@@ -58,8 +58,8 @@ def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
         row_loss = losses.clipped_pg_loss(lp, batch.sample_logprobs, adv, batch.mask, g.clip_low,
                                           g.clip_high, g.aggregation, constant)
         if full:  # top-k / full-vocabulary reverse KL replaces the sampled-token PG on OPD rows
-            kl = (losses.topk_reverse_kl(student_full, teacher_full, batch.mask, c.topk)
-                  if c.estimator == "topk" else losses.full_reverse_kl(student_full, teacher_full, batch.mask))
+            kl = losses.reverse_kl_surrogate(student_full, pair[0], pair[1], batch.mask,
+                                             c.topk if c.estimator == "topk" else None)
             row_loss = torch.where(is_opd, beta * losses.aggregate(kl, batch.mask, g.aggregation, constant), row_loss)
         if ref_lp is not None:
             row_loss = row_loss + g.kl_coef * losses.kl_penalty(lp, ref_lp, batch.mask, g.aggregation, constant)
@@ -76,23 +76,28 @@ def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
     with torch.no_grad():  # per-row training signals, synced to Python only when flushed
         signal = batch.rewards.mean(1)
         if opd_rows:
-            student_lp, teacher_lp = pair if pair is not None else (
-                lp.detach(), teacher_full.gather(-1, batch.tokens[..., None]).squeeze(-1))
+            student_lp, teacher_lp = pair if not full else (
+                x.gather(-1, batch.tokens[..., None]).squeeze(-1) for x in pair)
             signal = torch.where(is_opd, metrics.sampled_reverse_kl(student_lp, teacher_lp, batch.mask), signal)
     return signal
 
 
-def _scored_together(world: World, batch: Batch, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """([R, N, T] student, [R, N, T] teacher) log-probs of the sampled tokens on the OPD rows (zeros elsewhere).
+def _scored_together(world: World, batch: Batch, rows: list[int], full: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """([R, N, T] student, [R, N, T] teacher) log-probs of the sampled tokens on the OPD rows (zeros elsewhere);
+    with `full`, whole next-token distributions [R, N, T, V].
 
     Each row is scored in a call of its own, once under its student and once under its teacher: the same
     inputs in the same batch layout, so that a teacher whose weights equal the student's gives exactly zero
     advantage, not float noise that Adam would scale up to full-size steps. (The training forward's log-probs
     round differently: other rows beside them, another padding. Measured on the tiny VLM, a call per row is
     also faster than one call for all: prompts of one domain pad to their own length, not to the video's.)"""
-    student, teacher = torch.zeros(batch.tokens.shape), torch.zeros(batch.tokens.shape)
+    score = world.full_logprobs if full else world.token_logprobs
+    student = teacher = None
     for i in rows:
         request = batch.requests[i]
-        pair = world.token_logprobs(batch.take([i, i]), [request.slot, request.teacher], grad=False)
+        pair = score(batch.take([i, i]), [request.slot, request.teacher], grad=False)
+        if student is None:
+            student, teacher = (torch.zeros(batch.tokens.shape + pair.shape[3:]) for _ in range(2))
         student[i], teacher[i] = pair[0], pair[1]
     return student, teacher

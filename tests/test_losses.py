@@ -16,6 +16,7 @@ from copd_lab.losses import (
     group_advantages,
     kl_penalty,
     opd_sampled_advantage,
+    reverse_kl_surrogate,
     topk_ids,
     topk_mask,
     topk_reverse_kl,
@@ -327,6 +328,34 @@ def test_full_reverse_kl_matches_loop_and_grad():
     (g_want,) = torch.autograd.grad(want.sum(), student)
     torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(full_reverse_kl(teacher, teacher, mask), torch.zeros_like(got))
+
+
+@pytest.mark.parametrize("k", [None, 3, 6])
+def test_reverse_kl_surrogate_has_the_kl_gradient_and_is_exactly_zero_for_an_equal_teacher(k):
+    """Σ_v p_θ · sg(log p_ref − log q): at p_ref = p_θ its value and its gradient in the logits are the (top-k)
+    reverse KL's (checked against the loop references above); a teacher equal to p_ref gives exactly zero."""
+    torch.manual_seed(9)
+    logits = (torch.randn(*LEAD, N, T, V, dtype=F64) * 2).requires_grad_()
+    student = logits.log_softmax(-1)  # a policy's log-probs: Σ_v p = 1 whatever the logits
+    teacher = _logp(*LEAD, N, T, V)
+    mask = _mask(*LEAD, N, T)
+
+    def kl(p, q):
+        return full_reverse_kl(p, q, mask) if k is None else topk_reverse_kl(p, q, mask, k)
+
+    got = reverse_kl_surrogate(student, student.detach(), teacher, mask, k)
+    want = kl(student, teacher)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    (g_got,) = torch.autograd.grad(got.sum(), logits, retain_graph=True)
+    (g_want,) = torch.autograd.grad(want.sum(), logits, retain_graph=True)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
+    # the teacher equals the reference exactly, while the grad forward rounds a little differently
+    rounded = (logits * (1 + 1e-7)).log_softmax(-1)
+    zero = reverse_kl_surrogate(rounded, student.detach(), student.detach(), mask, k)
+    (g_zero,) = torch.autograd.grad(zero.sum(), logits, retain_graph=True)
+    assert bool((zero == 0).all()) and bool((g_zero == 0).all())
+    (g_noisy,) = torch.autograd.grad(kl(rounded, student.detach()).sum(), logits)
+    assert g_noisy.abs().max() > 0  # what the plain KL of two roundings would push
 
 
 def test_full_reverse_kl_zero_probabilities_give_no_nan():

@@ -8,11 +8,13 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import dataclasses
+
 import pytest
 import torch
 
 from copd_lab import update
-from copd_lab.config import ExperimentConfig, GRPOConfig
+from copd_lab.config import ExperimentConfig, GRPOConfig, OPDConfig
 from copd_lab.policy import Request
 from copd_lab.sim.world import SimWorld
 from copd_lab.tasks import build_suites
@@ -69,11 +71,16 @@ def test_a_teacher_equal_to_its_student_gives_exactly_zero_advantage(kind):
     assert not torch.equal(student[2], teacher[2])  # a teacher that differs does grade
     assert bool((student[0] == 0).all() and (teacher[0] == 0).all())  # GRPO rows are not scored
 
-    # an OPD-only step graded by the copy moves nothing: zero advantage, zero gradient, zero Adam step
-    before = world.flat_weights([1]).clone()
-    signal = update.train_step(world, CFG, [Request(1, (1,), teacher=2, beta=1.0, stream="a")], refuse)
-    assert signal.tolist() == [0.0]
-    assert torch.equal(world.flat_weights([1]), before)
+    # an OPD-only step graded by the copy moves nothing: zero advantage, zero gradient, zero Adam step; the same
+    # with the top-k and full-vocabulary reverse-KL estimators
+    for estimator in ("sampled", "topk", "full"):
+        cfg = dataclasses.replace(CFG, opd=OPDConfig(estimator=estimator))
+        before = world.flat_weights([1]).clone()
+        signal = update.train_step(world, cfg, [Request(1, (1,), teacher=2, beta=1.0, stream="a")], refuse)
+        assert signal.tolist() == [0.0], estimator
+        assert torch.equal(world.flat_weights([1]), before), estimator
+    moved = update.train_step(world, cfg, [Request(1, (1,), teacher=3, beta=1.0, stream="a")], refuse)
+    assert moved.item() != 0 and not torch.equal(world.flat_weights([1]), before)
 
 
 def test_dr_grpo_divides_by_the_longest_completion_whatever_the_batch_padding(monkeypatch):

@@ -239,7 +239,8 @@ class SimWorld:
             if every:
                 content = torch.arange(visited).repeat_interleave(group).repeat(n // (visited * group))
                 content = content.expand(n_rows, n)
-            prompt_of = torch.arange(max(prompts, 1)).repeat_interleave(group)
+            # which drawn prompt each rollout answers (every_prompt visits prompts in order: no draw)
+            prompt_of = torch.arange(1 if every else max(prompts, 1)).repeat_interleave(group)
             mask = torch.ones(n_rows, n, self.cfg.answer_len)
             self._layouts[key] = Layout(domain, domain * s, content, prompt_of, mask)
         return self._layouts[key]
