@@ -86,6 +86,14 @@ class World(Protocol):
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         """[R, N, T, V] next-token log-distributions along the batch's rollouts under slots[r]."""
 
+    def pair_logprobs(self, batch: Batch, rows: list[int], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student, teacher) no-grad log-probs of the OPD rows `rows` under their request's slot and under its
+        teacher: [R, N, T] of the sampled tokens, or [R, N, T, V] with `full`; zeros on the other rows.
+
+        A row's two scores are computed alike (the same inputs, the same batch layout), so a teacher whose
+        weights equal the student's gives exactly equal values: Eq. 8's advantage is exactly 0, not float
+        noise that Adam would scale up to full-size steps."""
+
     def step(self, loss: torch.Tensor, slots: list[int]) -> None:
         """Backward `loss` and update only `slots` (each slot has its own optimizer state)."""
 

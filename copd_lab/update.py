@@ -16,7 +16,7 @@ import torch
 
 from copd_lab import losses, metrics
 from copd_lab.config import ExperimentConfig
-from copd_lab.policy import Batch, Request, World
+from copd_lab.policy import Request, World
 
 
 def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
@@ -43,7 +43,7 @@ def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
     with torch.no_grad():
         # the student's and the teacher's log-probs, scored side by side: of the sampled tokens for Eq. 8's
         # advantage, or whole distributions for the top-k / full reverse KL
-        pair = _scored_together(world, batch, opd_rows, full) if opd_rows else None
+        pair = world.pair_logprobs(batch, opd_rows, full) if opd_rows else None
         ref_lp = world.token_logprobs(batch, [0] * len(requests), grad=False) if g.kl_coef > 0 else None
     grpo_adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
     if pair is not None and not full:  # fixed for the batch, as GRPO's advantage is (also with epochs > 1)
@@ -80,24 +80,3 @@ def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
                 x.gather(-1, batch.tokens[..., None]).squeeze(-1) for x in pair)
             signal = torch.where(is_opd, metrics.sampled_reverse_kl(student_lp, teacher_lp, batch.mask), signal)
     return signal
-
-
-def _scored_together(world: World, batch: Batch, rows: list[int], full: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """([R, N, T] student, [R, N, T] teacher) log-probs of the sampled tokens on the OPD rows (zeros elsewhere);
-    with `full`, whole next-token distributions [R, N, T, V].
-
-    Each row is scored in a call of its own, once under its student and once under its teacher: the same
-    inputs in the same batch layout, so that a teacher whose weights equal the student's gives exactly zero
-    advantage, not float noise that Adam would scale up to full-size steps. (The training forward's log-probs
-    round differently: other rows beside them, another padding. Measured on the tiny VLM, a call per row is
-    also faster than one call for all: prompts of one domain pad to their own length, not to the video's.)"""
-    score = world.full_logprobs if full else world.token_logprobs
-    student = teacher = None
-    for i in rows:
-        request = batch.requests[i]
-        pair = score(batch.take([i, i]), [request.slot, request.teacher], grad=False)
-        if student is None:
-            student, teacher = (torch.zeros(batch.tokens.shape + pair.shape[3:]) for _ in range(2))
-        student[i], teacher[i] = pair[0], pair[1]
-    return student, teacher

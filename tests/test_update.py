@@ -66,7 +66,7 @@ def test_a_teacher_equal_to_its_student_gives_exactly_zero_advantage(kind):
     tick = [Request(1, (0,), stream="a"), Request(1, (1,), teacher=2, beta=1.0, stream="a"),
             Request(1, (0,), teacher=3, beta=1.0, stream="a")]
     batch = world.sample(tick, CFG.grpo.prompts_per_step, CFG.grpo.group_size, CFG.grpo.temperature)
-    student, teacher = update._scored_together(world, batch, [1, 2])
+    student, teacher = world.pair_logprobs(batch, [1, 2], full=False)
     assert torch.equal(student[1], teacher[1])  # the copy: exactly zero, on every token
     assert not torch.equal(student[2], teacher[2])  # a teacher that differs does grade
     assert bool((student[0] == 0).all() and (teacher[0] == 0).all())  # GRPO rows are not scored

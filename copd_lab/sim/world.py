@@ -349,6 +349,16 @@ class SimWorld:
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         return self._logprobs_of(batch, slots, grad, tokens=False)
 
+    def pair_logprobs(self, batch: Batch, rows: list[int], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        # every row reads its slot's tables with the same ops whatever the other rows of a call, so the students'
+        # scores are the sampler's own (no second forward) and the teachers' come from one call
+        score = self.full_logprobs if full else self.token_logprobs
+        opd = set(rows)
+        student = score(batch, [r.slot for r in batch.requests], grad=False)
+        teacher = score(batch, [r.teacher if i in opd else -1 for i, r in enumerate(batch.requests)], grad=False)
+        keep = torch.tensor([i in opd for i in range(len(batch.requests))]).view(-1, *[1] * (student.dim() - 1))
+        return torch.where(keep, student, 0.0), torch.where(keep, teacher, 0.0)
+
     def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         scored = batch.payload.scored
         if self._current(scored, batch, slots, grad) and scored.token is not None:

@@ -248,5 +248,18 @@ class VLMWorld:
     def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         return self._score(batch, slots, grad, full=False)
 
+    def pair_logprobs(self, batch: Batch, rows: list[int], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        # a call per row: full copies run a forward per slot, whose rounding depends on the rows beside it (their
+        # padding), so a student's sub-batch must hold exactly its teacher's rows; one domain's prompts also pad
+        # to their own length then, not to the video's (measured: as fast as one call for all pairs, or faster)
+        student = teacher = None
+        for i in rows:
+            request = batch.requests[i]
+            pair = self._score(batch.take([i, i]), [request.slot, request.teacher], grad=False, full=full)
+            if student is None:
+                student, teacher = (torch.zeros(batch.tokens.shape + pair.shape[3:]) for _ in range(2))
+            student[i], teacher[i] = pair[0], pair[1]
+        return student, teacher
+
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         return self._score(batch, slots, grad, full=True)
