@@ -12,7 +12,7 @@ from copd_lab.checkpoint import checkpoint_path, load_checkpoint
 from copd_lab.config import ConfigError, ExperimentConfig
 from copd_lab.config_io import dump_toml
 from copd_lab.policy import World
-from copd_lab.preflight import check_run, clear_run
+from copd_lab.preflight import check_run, clear_run, model_folder
 from copd_lab.recipes import Recipe, build_recipes
 from copd_lab.results import format_table, results_table
 from copd_lab.rows import ROW_COLUMNS, unpack_rows
@@ -70,7 +70,8 @@ def _make_vlm_world(cfg: ExperimentConfig) -> World:
         raise ConfigError(f"domains = {list(cfg.domains)} with vlm.difficulty = {v.difficulty} is not allowed: "
                           f"{err}") from None
     try:
-        model, processor = load_vlm(v.model, v.device, dtype, trust_remote_code=v.trust_remote_code)
+        model, processor = load_vlm(model_folder(v.model) or v.model, v.device, dtype,
+                                    trust_remote_code=v.trust_remote_code)
     except Exception as err:  # preflight checked the folder; whatever transformers still refuses is named here
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConfigError(f"vlm.model = {v.model!r} is not allowed: transformers could not load it "
@@ -123,11 +124,13 @@ def _resumable(cfg: ExperimentConfig, path: Path) -> dict | None:
     state = load_checkpoint(path)
     if state.get("format", 1) != STATE_FORMAT:
         raise ConfigError(f"--resume is not allowed with {path}: it was written by another copd_lab version (state "
-                          f"format {state.get('format', 1)}, this one reads {STATE_FORMAT}); use a new --out")
+                          f"format {state.get('format', 1)}, this one reads {STATE_FORMAT}); use a new --out or "
+                          f"--overwrite")
     ours, theirs = resume_key(cfg), resume_key(state["config"])
     if theirs != ours:
         raise ConfigError(f"--resume is not allowed with {path}: it was written under another config "
-                          f"({'; '.join(config_differences(theirs, ours))}); use the same config or a new --out")
+                          f"({'; '.join(config_differences(theirs, ours))}); use the same config, a new --out or "
+                          f"--overwrite")
     return state
 
 

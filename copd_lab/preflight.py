@@ -110,11 +110,18 @@ def check_device(device: str) -> None:
                           f"{torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]  # the copd_lab checkout, where the shipped tiny model lives
+
+
 def model_folder(name: str) -> Path | None:
-    """The local folder of `name`: the folder itself, or a hub model's snapshot in the local cache (None: neither)."""
+    """The local folder of `name`: the folder itself (a relative one looked up in the current folder, then in the
+    copd_lab checkout, so the default tiny model is found from anywhere), or a hub model's snapshot in the local
+    cache (None: none of these)."""
     path = Path(name)
     if path.exists():
         return path
+    if not path.is_absolute() and (CHECKOUT / path / "config.json").exists():
+        return CHECKOUT / path
     try:
         from huggingface_hub import snapshot_download
 

@@ -29,7 +29,8 @@ from copd_lab.policy import NonFiniteError, Request, World
 from copd_lab.recipes import BASE, OPDEdge, Recipe, Stage, is_active
 from copd_lab.rows import pack_rows, unpack_rows
 
-STATE_FORMAT = 3  # 3: VLM rows draw from their stream's generator; 2: a stream per method; 1: one per seed
+STATE_FORMAT = 4  # 4: OPD signals from World.pair_logprobs, Dr.GRPO over the longest completion; 3: VLM rows draw
+# from their stream's generator; 2: a stream per method; 1: one per seed
 
 
 def resume_key(cfg: ExperimentConfig | dict) -> dict:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from copd_lab.checkpoint import checkpoint_path, load_checkpoint
+from copd_lab.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from copd_lab.cli import main
 from copd_lab.trainer import Trainer
 
@@ -135,3 +135,11 @@ def test_run_without_the_vlm_extra_says_which_pip_install(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "pip install -e '.[vlm]'" in done.stderr and "peft, datasets" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_checkpoint_of_another_state_format_is_refused_on_resume(tmp_path, capsys):
+    assert main(sim(tmp_path)) == 0
+    path = checkpoint_path(tmp_path, 0)
+    state = load_checkpoint(path)
+    save_checkpoint(path, {**state, "format": state["format"] - 1})
+    refused(capsys, sim(tmp_path, "--resume"), "written by another copd_lab version", "--overwrite")

@@ -102,3 +102,9 @@ def test_checks_run_before_any_model_is_loaded(monkeypatch):
         check_vlm(cfg)
     with pytest.raises(experiment.ConfigError, match="vlm.difficulty"):
         experiment.run_comparison(cfg, progress=False)
+
+
+def test_the_default_tiny_model_is_found_from_any_folder(tmp_path, capsys, monkeypatch):
+    """vlm.model's default is relative to the checkout: a user in another folder gets the shipped model."""
+    monkeypatch.chdir(tmp_path)
+    refused(capsys, tmp_path, ["vlm.difficulty=4"], "vlm.difficulty = 4")  # past the model check
