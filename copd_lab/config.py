@@ -175,6 +175,11 @@ class SimConfig:
     init_scale: float = 0.3  # std of the base policy's random weights
     task_seed: int = 0  # seed of the task draw (answers, shared contents); fixed across run seeds
 
+    @property
+    def vocab_size(self) -> int:
+        """Tokens of the simulator's vocabulary: each pattern writes the digits with tokens of its own."""
+        return self.digits * self.patterns
+
     def __post_init__(self) -> None:
         require_finite(self)
         for name in ("answer_len", "digits", "patterns", "prompts_per_domain", "hidden"):
@@ -312,5 +317,9 @@ class ExperimentConfig:
             require(self.copd.hub in self.domains, "copd.hub", self.copd.hub, f"one of the domains {self.domains}")
         for branch in self.copd.step_rates:
             require(branch in self.domains, "copd.step_rates", branch, f"keys among the domains {self.domains}")
+        if self.world == "sim":  # the VLM world's vocabulary is checked against the model (preflight.py)
+            require(self.metrics.topk < self.sim.vocab_size, "metrics.topk", self.metrics.topk,
+                    f"an integer below the simulator's vocabulary of {self.sim.vocab_size} tokens (sim.digits x "
+                    f"sim.patterns): at k >= the vocabulary every pair's top-k overlap is 1")
         require(not self.merge.weights or len(self.merge.weights) == len(self.domains), "merge.weights",
                  self.merge.weights, f"empty (uniform) or one weight per domain ({len(self.domains)})")

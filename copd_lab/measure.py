@@ -17,9 +17,9 @@ from copd_lab.losses import TopK
 from copd_lab.policy import NonFiniteError, Request, World
 
 Log = Callable[[str, int, str, str, str, float], None]  # method, step, branch, pair, metric, value
-QUICK_METRICS = ("overlap", "symmetric_kl", "sampled_reverse_kl")  # every gap_every ticks
-GAP_METRICS = QUICK_METRICS + ("student_overlap_mass", "teacher_overlap_mass", "entropy_gap",
-                               "overlap_token_advantage")  # also at every eval
+QUICK_METRICS = ("overlap", "symmetric_kl", "sampled_reverse_kl", "top1_overlap", "student_overlap_mass",
+                 "teacher_overlap_mass")  # every gap_every ticks (overlap is top-k, k = metrics.topk)
+GAP_METRICS = QUICK_METRICS + ("entropy_gap", "overlap_token_advantage")  # also at every eval
 
 
 def measure_stream(method: str) -> str:
@@ -43,7 +43,7 @@ class Meter:
 
     def gap(self, pairs: list[tuple[int, int]], methods: dict[int, str], full: bool = True) -> torch.Tensor:
         """[len(pairs), M] gap metrics of (student, teacher) slot pairs on the student's visited prefixes
-        (the paper's μ_θ): all GAP_METRICS if `full`, else the first three of QUICK_METRICS' order.
+        (the paper's μ_θ): all GAP_METRICS if `full`, else QUICK_METRICS, in their order.
         methods: student slot -> the method it belongs to (whose stream its rollouts draw from)."""
         students = sorted({s for s, _ in pairs})
         rows = torch.tensor([students.index(s) for s, _ in pairs])
@@ -66,10 +66,10 @@ class Meter:
             mask, tokens = pair_batch.mask, pair_batch.tokens[..., None]
             p_tok, q_tok = p_full.gather(-1, tokens).squeeze(-1), q_full.gather(-1, tokens).squeeze(-1)
             values = [metrics.topk_overlap(p_full, q_full, mask, k, tops), metrics.symmetric_kl(p_full, q_full, mask),
-                      metrics.sampled_reverse_kl(p_tok, q_tok, mask)]
+                      metrics.sampled_reverse_kl(p_tok, q_tok, mask), metrics.topk_overlap(p_full, q_full, mask, 1),
+                      *metrics.overlap_mass(p_full, q_full, mask, k, tops)]
             if full:
-                values += [*metrics.overlap_mass(p_full, q_full, mask, k, tops),
-                           metrics.entropy_gap(p_full, q_full, mask),
+                values += [metrics.entropy_gap(p_full, q_full, mask),
                            metrics.overlap_token_advantage(p_full, q_full, mask, k, tops)]
         return torch.stack(values, dim=1)
 

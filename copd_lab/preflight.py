@@ -91,6 +91,10 @@ def check_vlm(cfg: ExperimentConfig) -> None:
     v = cfg.vlm
     check_device(v.device)
     config = check_model_folder(v)
+    vocab = (config.get("text_config") or {}).get("vocab_size", config.get("vocab_size"))
+    if isinstance(vocab, int) and cfg.metrics.topk >= vocab:
+        raise ConfigError(f"metrics.topk = {cfg.metrics.topk} is not allowed with this model: an integer below its "
+                          f"vocabulary of {vocab} tokens (at k >= the vocabulary every pair's top-k overlap is 1)")
     check_suites(cfg, config)
 
 

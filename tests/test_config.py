@@ -94,3 +94,12 @@ def test_bad_files_and_syntax(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["copd.rl_steps"])
+
+
+def test_topk_must_be_below_the_simulators_vocabulary():
+    """With one pattern the simulator has 8 tokens: a top-10 overlap would be 1 for every pair at every step."""
+    with pytest.raises(ConfigError, match=r"metrics.topk = 10 is not allowed: an integer below the simulator's "
+                                          r"vocabulary of 8 tokens"):
+        load_config(None, ["sim.patterns=1"])
+    assert load_config(None, ["sim.patterns=1", "metrics.topk=4"]).metrics.topk == 4
+    assert load_config(None, ["sim.patterns=1", "world='vlm'"]).world == "vlm"  # checked against the model there

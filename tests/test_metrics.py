@@ -75,6 +75,15 @@ def test_topk_overlap_matches_loop(k):
         assert torch.all(got[0] == 1)
 
 
+def test_top1_overlap_is_the_share_of_positions_whose_argmax_agree():
+    """The top-1 overlap the gap logs beside top-k: a loop over positions comparing argmaxes."""
+    torch.manual_seed(11)
+    p, q = _pair()
+    mask = _mask()
+    values = {pos: float(int(p[pos].argmax()) == int(q[pos].argmax())) for pos in _positions(*LEAD, N, T)}
+    torch.testing.assert_close(topk_overlap(p, q, mask, 1), ref_mean(values, lambda *pos: mask[pos] > 0))
+
+
 def test_topk_overlap_edges_identical_and_ties():
     p = _logp()
     mask = torch.ones(*LEAD, N, T)

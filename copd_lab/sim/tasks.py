@@ -33,7 +33,7 @@ class SimTasks:
 
     @property
     def vocab_size(self) -> int:
-        return self.digits * self.patterns
+        return self.digits * self.patterns  # as SimConfig.vocab_size
 
     @classmethod
     def build(cls, cfg: SimConfig, n_domains: int, seed: int) -> SimTasks:

@@ -108,3 +108,8 @@ def test_the_default_tiny_model_is_found_from_any_folder(tmp_path, capsys, monke
     """vlm.model's default is relative to the checkout: a user in another folder gets the shipped model."""
     monkeypatch.chdir(tmp_path)
     refused(capsys, tmp_path, ["vlm.difficulty=4"], "vlm.difficulty = 4")  # past the model check
+
+
+def test_topk_must_be_below_the_models_vocabulary(tmp_path, capsys):
+    vocab = json.loads((SHIPPED / "config.json").read_text())["text_config"]["vocab_size"]
+    refused(capsys, tmp_path, [f"metrics.topk={vocab}"], f"metrics.topk = {vocab}", f"vocabulary of {vocab} tokens")
