@@ -50,6 +50,7 @@ OPD_ESTIMATORS = ("sampled", "topk", "full")
 TOPOLOGIES = ("hub", "all_pairs", "ring", "one_way", "edges")
 MERGE_METHODS = ("average", "task_arithmetic", "ties", "dare")
 TEACHER_MODES = ("live", "frozen")
+COMBINE_MODES = ("mean", "split")
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,24 @@ class OPDConfig:
     estimator: str = "sampled"  # sampled (paper: log-ratio of the sampled token) | topk | full reverse KL
     topk: int = 16  # support size of the top-k estimator (thunlp/OPD default 16)
     teacher: str = "live"  # live: neighbours' current weights; frozen: snapshot at phase start (open)
+    # How a branch's batches of one Phase II update weigh against each other (the paper: "combine and update",
+    # no weights given). mean: each batch alike, so the hub of K=3 keeps 1/3 on its own GRPO loss and each spoke
+    # 1/2 | split: the own GRPO batch weighs rlvr_weight and the OPD batches share the rest, whatever the number
+    # of neighbours. Default mean: the plain reading of one update on B_nat ∪ (∪_j B_j).
+    combine: str = "mean"
+    rlvr_weight: float = 0.5  # the own GRPO batch's weight with combine = "split"
+    # Divide each OPD batch's advantages β·(log π_teacher − log π_student) by their std over its tokens, to GRPO's
+    # unit scale (raw ones are 1-5 nats in the simulator). Default off: the paper's advantage is the raw log-ratio,
+    # and β sets its scale. Sampled estimator only.
+    normalize: bool = False
 
     def __post_init__(self) -> None:
         require_finite(self)
         require(self.beta >= 0, "beta", self.beta, "a number >= 0")
+        require(self.combine in COMBINE_MODES, "combine", self.combine, f"one of {COMBINE_MODES}")
+        require(0 <= self.rlvr_weight <= 1, "rlvr_weight", self.rlvr_weight, "a number in [0, 1]")
+        require(not self.normalize or self.estimator == "sampled", "normalize", self.normalize,
+                "false with estimator = 'topk' or 'full' (it scales the sampled estimator's advantages)")
         require(self.estimator in OPD_ESTIMATORS, "estimator", self.estimator, f"one of {OPD_ESTIMATORS}")
         require(self.topk >= 1, "topk", self.topk, "an integer >= 1")
         require(self.teacher in TEACHER_MODES, "teacher", self.teacher, f"one of {TEACHER_MODES}")

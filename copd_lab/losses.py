@@ -148,6 +148,17 @@ def opd_sampled_advantage(teacher_logprobs: Tensor, student_logprobs: Tensor, be
     return (beta * (teacher_logprobs - student_logprobs)).detach()
 
 
+def normalize_per_batch(advantages: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
+    """Per-token advantages [..., N, T] divided by their std over each batch's real tokens (population std of
+    N and T, per leading index), so an OPD batch's advantages have GRPO's unit scale; not centred (the sign of
+    log π_teacher − log π_student is the signal). Padding stays 0."""
+    keep = mask.bool()
+    count = keep.sum(dim=(-2, -1), keepdim=True).clamp(min=1)
+    mean = torch.where(keep, advantages, 0.0).sum(dim=(-2, -1), keepdim=True) / count
+    var = torch.where(keep, (advantages - mean) ** 2, 0.0).sum(dim=(-2, -1), keepdim=True) / count
+    return torch.where(keep, advantages / (var.sqrt() + eps), 0.0)
+
+
 class TopK:
     """TopK(logp) along V, exactly min(k, V) ids per position, from one torch.topk call; the membership mask
     and the ids are derived on first use, so metrics that need the same sets can share one TopK.

@@ -147,11 +147,14 @@ def _copd(cfg: ExperimentConfig, name: str = "copd", drop: tuple[str, ...] = (),
     else:
         cycle = (Stage("phase1", c.rl_steps, names), Stage("phase2", c.opd_steps, names, edges=edges))
         stages = tuple(s for _ in range(c.cycles) for s in cycle if s.steps > 0)
+    # each branch just before the merge is reported beside the merged model: the same run, so "merged against
+    # unmerged" compares one training (copd_no_merge is a run of its own, with its own random stream)
+    branch_outputs = tuple((f"{name}[{d}]", d) for d in names)
     if merge:
-        outputs: tuple[tuple[str, str], ...] = ((name, "merged"),)
+        outputs: tuple[tuple[str, str], ...] = ((name, "merged"), *branch_outputs)
         weights = cfg.merge
     else:
-        outputs, weights = tuple((f"{name}[{d}]", d) for d in names), None
+        outputs, weights = branch_outputs, None
     return Recipe(name, branches, stages, outputs=outputs, merge=weights)
 
 

@@ -35,9 +35,9 @@ def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
     opd_rows = [i for i, t in enumerate(teachers) if t >= 0]
     is_opd = torch.tensor([t >= 0 for t in teachers]) if opd_rows else None
     beta = torch.tensor([r.beta for r in requests]) if opd_rows else None
-    # each branch's loss is the mean of its requests' losses: one update on B_nat ∪ (∪_j B_j)
-    requests_of = Counter(students)
-    share = torch.tensor([1.0 / requests_of[s] for s in students]) if len(requests_of) < len(students) else None
+    # each branch's loss weighs its requests' losses (opd.combine): one update on B_nat ∪ (∪_j B_j)
+    weights = batch_weights(requests, c.combine, c.rlvr_weight)
+    share = torch.tensor(weights) if any(w != 1.0 for w in weights) else None
     full = c.estimator != "sampled" and bool(opd_rows)
     constant = world.max_new_tokens  # Dr.GRPO divides by N x the longest completion, whatever this batch's padding
     with torch.no_grad():
@@ -47,7 +47,10 @@ def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
         ref_lp = world.token_logprobs(batch, [0] * len(requests), grad=False) if g.kl_coef > 0 else None
     grpo_adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
     if pair is not None and not full:  # fixed for the batch, as GRPO's advantage is (also with epochs > 1)
-        grpo_adv = torch.where(is_opd[:, None, None], losses.opd_sampled_advantage(pair[1], pair[0], beta), grpo_adv)
+        opd_adv = losses.opd_sampled_advantage(pair[1], pair[0], beta)
+        if c.normalize:
+            opd_adv = losses.normalize_per_batch(opd_adv, batch.mask)
+        grpo_adv = torch.where(is_opd[:, None, None], opd_adv, grpo_adv)
     adv = grpo_adv
     for _ in range(g.epochs):
         if full:
@@ -80,3 +83,23 @@ def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
                 x.gather(-1, batch.tokens[..., None]).squeeze(-1) for x in pair)
             signal = torch.where(is_opd, metrics.sampled_reverse_kl(student_lp, teacher_lp, batch.mask), signal)
     return signal
+
+
+def batch_weights(requests: list[Request], combine: str = "mean", rlvr_weight: float = 0.5) -> list[float]:
+    """The weight of each request's loss in its slot's update (opd.combine).
+
+    mean: a slot's batches weigh alike (1 / its number of batches). split: a slot's own GRPO batch weighs
+    rlvr_weight and its OPD batches share 1 − rlvr_weight equally; a slot with only one kind gives it all.
+    """
+    native = Counter(r.slot for r in requests if r.teacher < 0)
+    opd = Counter(r.slot for r in requests if r.teacher >= 0)
+    out = []
+    for r in requests:
+        n_native, n_opd = native[r.slot], opd[r.slot]
+        if combine == "mean" or not (n_native and n_opd):
+            out.append(1.0 / (n_native + n_opd))
+        elif r.teacher < 0:
+            out.append(rlvr_weight / n_native)
+        else:
+            out.append((1.0 - rlvr_weight) / n_opd)
+    return out

@@ -31,7 +31,8 @@ EDGES = ["text<-image", "image<-text", "text<-video", "video<-text", "image<-vid
 CHOICES = {  # string fields: their allowed values, and a few that are not
     "world": ("sim", "vlm"), "copd.hub": (*DOMAINS, "audio"),
     "grpo.aggregation": config.AGGREGATIONS, "opd.estimator": config.OPD_ESTIMATORS,
-    "opd.teacher": config.TEACHER_MODES, "copd.topology": config.TOPOLOGIES, "merge.method": config.MERGE_METHODS,
+    "opd.teacher": config.TEACHER_MODES, "opd.combine": config.COMBINE_MODES,
+    "copd.topology": config.TOPOLOGIES, "merge.method": config.MERGE_METHODS,
     "metrics.score": ("acc_sampled", "acc_greedy", "reward"), "vlm.dtype": config.VLM_DTYPES,
     "vlm.engine": config.VLM_ENGINES, "vlm.experts": config.VLM_EXPERTS, "vlm.device": ("cpu", "cuda", "cuda:1"),
 }

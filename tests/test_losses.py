@@ -15,6 +15,7 @@ from copd_lab.losses import (
     full_reverse_kl,
     group_advantages,
     kl_penalty,
+    normalize_per_batch,
     opd_sampled_advantage,
     reverse_kl_surrogate,
     topk_ids,
@@ -356,6 +357,24 @@ def test_reverse_kl_surrogate_has_the_kl_gradient_and_is_exactly_zero_for_an_equ
     assert bool((zero == 0).all()) and bool((g_zero == 0).all())
     (g_noisy,) = torch.autograd.grad(kl(rounded, student.detach()).sum(), logits)
     assert g_noisy.abs().max() > 0  # what the plain KL of two roundings would push
+
+
+def test_normalize_per_batch_divides_by_each_batchs_token_std():
+    torch.manual_seed(10)
+    adv = torch.randn(*LEAD, N, T, dtype=F64) * 3
+    mask = _mask(*LEAD, N, T)
+    got = normalize_per_batch(adv, mask)
+    for lead in range(LEAD[0]):
+        real = [float(adv[lead][n, t]) for n in range(N) for t in range(T) if mask[lead][n, t]]
+        if not real:
+            assert bool((got[lead] == 0).all())
+            continue
+        mean = sum(real) / len(real)
+        std = math.sqrt(sum((x - mean) ** 2 for x in real) / len(real))
+        for n in range(N):
+            for t in range(T):
+                want = adv[lead][n, t] / (std + 1e-6) if mask[lead][n, t] else 0.0
+                assert float(got[lead][n, t]) == pytest.approx(float(want), rel=1e-12)
 
 
 def test_full_reverse_kl_zero_probabilities_give_no_nan():

@@ -18,7 +18,8 @@ def test_budgets_match_the_paper():
     phases = [s.name for s in copd.stages]
     assert phases[:2] == ["phase1", "phase2"] and len(phases) == 2 * c.copd.cycles
     assert copd.stages[0].steps == 12 and copd.stages[1].steps == 8 and not copd.stages[0].edges
-    assert copd.merge is not None and copd.outputs == (("copd", "merged"),)
+    branches = (("copd[text]", "text"), ("copd[image]", "image"), ("copd[video]", "video"))  # just before the merge
+    assert copd.merge is not None and copd.outputs == (("copd", "merged"), *branches)
 
 
 def test_copd_phase_two_edges_hub_and_spoke():

@@ -15,8 +15,9 @@ def comparison():
 def test_every_method_reports_and_budgets_are_fair(comparison):
     table = comparison.results
     expected = ["base", "expert:text", "expert:image", "expert:video", "mixed", "static_opd:image->text",
-                "static_opd:text->image", "mopd", "copd"]
+                "static_opd:text->image", "mopd", "copd", "copd[text]", "copd[image]", "copd[video]"]
     assert list(table.index) == expected
+    assert table.loc["copd[text]", "steps_branch"] == table.loc["copd", "steps_branch"] == 40
     assert table.loc["mixed", "steps_branch"] == 3 * table.loc["expert:text", "steps_branch"] == 120
     assert table.loc["copd", "steps_method"] == table.loc["mixed", "steps_method"] == 120
     assert table.loc["static_opd:image->text", "steps_branch"] == 60

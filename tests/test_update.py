@@ -99,3 +99,12 @@ def test_dr_grpo_divides_by_the_longest_completion_whatever_the_batch_padding(mo
     monkeypatch.setattr(update.losses, "clipped_pg_loss", spy)
     update.train_step(world, cfg, [Request(1, (0,), stream="a"), Request(2, (1,), stream="a")], refuse)
     assert seen == [world.max_new_tokens] == [6]
+
+
+def test_phase_two_weights_of_a_hub_and_a_spoke():
+    """K = 3 hub-and-spoke tick: the hub (slot 1) has its GRPO batch and two OPD batches, a spoke (slot 2) one."""
+    tick = [Request(1, (0,)), Request(1, (1,), teacher=2), Request(1, (2,), teacher=3), Request(2, (1,)),
+            Request(2, (0,), teacher=1), Request(4, (0,), teacher=1), Request(4, (1,), teacher=2)]  # 4: MOPD-like
+    assert update.batch_weights(tick, "mean") == [1 / 3, 1 / 3, 1 / 3, 1 / 2, 1 / 2, 1 / 2, 1 / 2]
+    assert update.batch_weights(tick, "split", 0.6) == pytest.approx([0.6, 0.2, 0.2, 0.6, 0.4, 1 / 2, 1 / 2])
+    assert update.batch_weights([Request(1, (0,))], "split", 0.6) == [1.0]  # Phase I: all on GRPO
