@@ -152,6 +152,8 @@ class CoPDConfig:
     step_rates: dict[str, float] = field(default_factory=dict)  # branch -> steps per tick in (0, 1]
     adaptive_threshold: float = 0.0  # >0: a pair's OPD phase starts when its top-k overlap drops below
     adaptive_check_every: int = 4  # adaptive schedule: ticks between overlap checks
+    report_branches: bool = True  # also evaluate each branch just before the merge (rows copd[<domain>]); in the
+    # VLM world each is one more final evaluation (about 16 s each for the tiny model at copd-lab run's defaults)
 
     def __post_init__(self) -> None:
         require_finite(self)

@@ -151,7 +151,7 @@ def _copd(cfg: ExperimentConfig, name: str = "copd", drop: tuple[str, ...] = (),
     # unmerged" compares one training (copd_no_merge is a run of its own, with its own random stream)
     branch_outputs = tuple((f"{name}[{d}]", d) for d in names)
     if merge:
-        outputs: tuple[tuple[str, str], ...] = ((name, "merged"), *branch_outputs)
+        outputs: tuple[tuple[str, str], ...] = ((name, "merged"), *(branch_outputs if c.report_branches else ()))
         weights = cfg.merge
     else:
         outputs, weights = branch_outputs, None
