@@ -37,11 +37,16 @@ class RolloutEngine(Protocol):
         noise: where each row's sampling randomness comes from."""
 
 
-def gumbel_sample(logp: torch.Tensor, noise: RowNoise) -> torch.Tensor:
+def gumbel_sample(logp: torch.Tensor, noise: RowNoise, rows: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row from softmax(logp): the Gumbel-max trick with each row's uniforms drawn from its
-    own generator (exactly a categorical draw)."""
+    own generator (exactly a categorical draw).
+
+    rows: which rows of `noise` the rows of logp are (the rows still running); every row's uniforms are drawn
+    all the same, so a row's draws do not depend on when the rows beside it finished."""
     # generators live on logp's device (the world makes them there): no host-to-device copy per token
-    uniform = torch.cat([torch.rand((rows, logp.shape[-1]), generator=g, device=g.device) for rows, g in noise])
+    uniform = torch.cat([torch.rand((n, logp.shape[-1]), generator=g, device=g.device) for n, g in noise])
+    if rows is not None:
+        uniform = uniform.index_select(0, rows)
     return (logp - (-uniform.log()).log()).argmax(-1)
 
 
@@ -56,27 +61,42 @@ class _Sampling:
 
 
 class CachedEngine(_Sampling):
-    """Prefill each distinct prompt once, expand its KV cache to the group, sample token by token."""
+    """Prefill each distinct prompt once, expand its KV cache to the group, sample token by token; rows that
+    have finished (EOS) leave the batch once a quarter of it has (their cache rows dropped), so a step costs
+    the rows still running, not the longest completion's."""
+
+    drop_finished_at = 0.25  # share of the running rows that must have finished before they are dropped
 
     def generate(self, model, prompts: PromptSet, adapters: list[str], group: int, *,
                  temperature: float, greedy: bool, max_new_tokens: int,
                  noise: RowNoise) -> tuple[torch.Tensor, torch.Tensor]:
         prefix = prefill(model, prompts, adapters, group)
         row_adapters = [name for name in adapters for _ in range(group)]
-        eos = torch.tensor(self.eos, device=prefix.logits.device)
-        done = torch.zeros(prefix.logits.shape[0], dtype=torch.bool, device=eos.device)
-        tokens, logprobs = [], []
+        device = prefix.logits.device
+        eos = torch.tensor(self.eos, device=device)
+        n = prefix.logits.shape[0]
+        running = torch.arange(n, device=device)  # the rows of the batch still in the cache, in order
+        done = torch.zeros(n, dtype=torch.bool, device=device)  # of the running rows
+        tokens = torch.full((n, max_new_tokens), self.pad, dtype=torch.long, device=device)
+        logprobs = torch.zeros((n, max_new_tokens), device=device)
         for step in range(max_new_tokens):
             logp = self.log_distribution(prefix.logits, temperature)
-            token = logp.argmax(-1) if greedy else gumbel_sample(logp, noise)
+            token = logp.argmax(-1) if greedy else gumbel_sample(logp, noise, running if len(running) < n else None)
             token = token.masked_fill(done, self.pad)
-            tokens.append(token)
-            logprobs.append(logp.gather(-1, token[:, None]).squeeze(-1))
+            tokens[running, step] = token
+            logprobs[running, step] = logp.gather(-1, token[:, None]).squeeze(-1)
             done |= torch.isin(token, eos)
-            if bool(done.all()) or step == max_new_tokens - 1:
-                break
+            finished = int(done.sum())
+            if finished == len(running) or step == max_new_tokens - 1:
+                return tokens[:, : step + 1], logprobs[:, : step + 1]
+            if finished >= self.drop_finished_at * len(running):  # drop the finished rows from the cache and batch
+                keep = (~done).nonzero().squeeze(1)
+                prefix.cache.batch_select_indices(keep)
+                prefix.attention_mask, prefix.next_position = prefix.attention_mask[keep], prefix.next_position[keep]
+                running, token, done = running[keep], token[keep], done[keep]
+                row_adapters = [row_adapters[i] for i in keep.tolist()]
             extend(model, prefix, token[:, None], row_adapters)
-        return torch.stack(tokens, 1), torch.stack(logprobs, 1)
+        return tokens, logprobs
 
 
 class HFGenerateEngine(_Sampling):

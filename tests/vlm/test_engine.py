@@ -4,6 +4,7 @@ mixed-adapter forward scores like one forward per adapter."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -12,8 +13,14 @@ import torch
 
 from copd_lab.policy import Request
 from copd_lab.streams import Streams
+from copd_lab.tasks import build_suites
+from copd_lab.vlm.adapters import LoraSettings
 from copd_lab.vlm.engine import CachedEngine, HFGenerateEngine, gumbel_sample
+from copd_lab.vlm.model_io import load_vlm
+from copd_lab.vlm.world import VLMWorld
 from tests.vlm.test_world import make_world, perturb
+
+SHIPPED = Path(__file__).resolve().parents[2] / "tiny_models" / "qwen2vl-tiny"
 
 # every modality, the base and two different adapters in one call
 REQUESTS = [Request(0, (0,)), Request(1, (1,)), Request(2, (2,)), Request(1, (0, 1, 2))]
@@ -114,3 +121,25 @@ def test_a_streams_rollouts_do_not_depend_on_the_other_rows_of_the_call(world):
     beside = world.sample(other + mine, prompts=2, group=3, temperature=1.0)
     assert torch.equal(alone.tokens * alone.mask.long(), beside.tokens[1:] * beside.mask[1:].long())
     assert alone.mask.sum() > 0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_dropping_finished_rows_changes_no_rollout(temperature, monkeypatch):
+    """Rows that have finished leave the batch (CachedEngine.drop_finished_at): the same tokens and log-probs as
+    a loop that keeps every row to the end, with each row's noise drawn as before. On the shipped warm-started
+    model, whose completions end at different lengths."""
+    model, processor = load_vlm(SHIPPED)
+    suites = build_suites(("text", "image", "video"), n_train=8, n_eval=2, seed=0)
+    world = VLMWorld(model, processor, suites, LoraSettings(r=4, alpha=8.0), max_new_tokens=16, eval_prompts=2)
+    world.reset(3, 0)
+    requests = [Request(0, (0,)), Request(1, (1,)), Request(2, (2,)), Request(1, (0, 1, 2))]
+    batches = []
+    for share in (0.25, 2.0):  # 2.0: never drop
+        monkeypatch.setattr(CachedEngine, "drop_finished_at", share)
+        world.streams = Streams(3)
+        batches.append(world.sample(requests, prompts=3, group=4, temperature=temperature))
+    dropped, kept = batches
+    lengths = kept.mask.sum(-1)
+    assert lengths.min() < lengths.max()  # some rows finish early: the drop path runs
+    assert torch.equal(dropped.tokens, kept.tokens)
+    torch.testing.assert_close(dropped.sample_logprobs, kept.sample_logprobs, rtol=0, atol=1e-5)
