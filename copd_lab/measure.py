@@ -66,7 +66,7 @@ class Meter:
             mask, tokens = pair_batch.mask, pair_batch.tokens[..., None]
             p_tok, q_tok = p_full.gather(-1, tokens).squeeze(-1), q_full.gather(-1, tokens).squeeze(-1)
             values = [metrics.topk_overlap(p_full, q_full, mask, k, tops), metrics.symmetric_kl(p_full, q_full, mask),
-                      metrics.sampled_reverse_kl(p_tok, q_tok, mask), metrics.topk_overlap(p_full, q_full, mask, 1),
+                      metrics.sampled_reverse_kl(p_tok, q_tok, mask), metrics.top1_overlap(p_full, q_full, mask),
                       *metrics.overlap_mass(p_full, q_full, mask, k, tops)]
             if full:
                 values += [metrics.entropy_gap(p_full, q_full, mask),

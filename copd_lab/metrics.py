@@ -33,6 +33,13 @@ def topk_overlap(p_logp: Tensor, q_logp: Tensor, mask: Tensor, k: int = 10,
     return _mean(shared.to(p_logp.dtype) / min(k, p_logp.shape[-1]), mask)
 
 
+def top1_overlap(p_logp: Tensor, q_logp: Tensor, mask: Tensor) -> Tensor:
+    """E_t [argmax p_t = argmax q_t], [...]: topk_overlap at k = 1 (ties to the lowest id, as TopK's), from two
+    argmaxes instead of two top-k sets."""
+    same = (p_logp.argmax(dim=-1) == q_logp.argmax(dim=-1)).to(p_logp.dtype)
+    return _mean(same, mask)
+
+
 def overlap_mass(p_logp: Tensor, q_logp: Tensor, mask: Tensor, k: int = 10,
                  tops: tuple[TopK, TopK] | None = None) -> tuple[Tensor, Tensor]:
     """Student and teacher probability on the shared ids, Σ_{v∈I_t} p_t(v) and Σ_{v∈I_t} q_t(v), with

@@ -16,6 +16,7 @@ from copd_lab.metrics import (
     sampled_reverse_kl,
     symmetric_kl,
     task_vector_stats,
+    top1_overlap,
     topk_overlap,
 )
 
@@ -81,7 +82,9 @@ def test_top1_overlap_is_the_share_of_positions_whose_argmax_agree():
     p, q = _pair()
     mask = _mask()
     values = {pos: float(int(p[pos].argmax()) == int(q[pos].argmax())) for pos in _positions(*LEAD, N, T)}
-    torch.testing.assert_close(topk_overlap(p, q, mask, 1), ref_mean(values, lambda *pos: mask[pos] > 0))
+    want = ref_mean(values, lambda *pos: mask[pos] > 0)
+    torch.testing.assert_close(top1_overlap(p, q, mask), want)
+    torch.testing.assert_close(topk_overlap(p, q, mask, 1), want)
 
 
 def test_topk_overlap_edges_identical_and_ties():
