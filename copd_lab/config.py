@@ -266,7 +266,8 @@ class MetricsConfig:
     # the sim has 16; the VLM's 64 make every measurement 4x dearer for a smoother curve)
     eval_every: int = 100  # ticks between per-domain accuracy evaluations during training
     eval_samples: int = 8  # sampled completions per eval prompt for sampled pass@1
-    score: str = "acc_sampled"  # metric in the results table: acc_sampled | acc_greedy | reward
+    score: str = "auto"  # metric in the results table: auto (acc_exact where the world computes it, the
+    # simulator; else acc_sampled) | acc_exact | acc_sampled | acc_greedy | reward
 
     def __post_init__(self) -> None:
         require_finite(self)
@@ -275,7 +276,7 @@ class MetricsConfig:
         require(self.gap_prompts >= 0, "gap_prompts", self.gap_prompts, "an integer >= 0 (0: all eval prompts)")
         require(self.eval_every >= 1, "eval_every", self.eval_every, "an integer >= 1")
         require(self.eval_samples >= 1, "eval_samples", self.eval_samples, "an integer >= 1")
-        allowed = ("acc_sampled", "acc_greedy", "reward")
+        allowed = ("auto", "acc_exact", "acc_sampled", "acc_greedy", "reward")
         require(self.score in allowed, "score", self.score, f"one of {allowed}")
         require(self.eval_samples <= 1024, "eval_samples", self.eval_samples, "an integer in [1, 1024]")
 

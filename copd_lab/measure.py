@@ -119,6 +119,10 @@ class Meter:
             values = torch.stack([greedy.correct.mean(1), sampled.correct.mean(1), sampled.rewards.mean(1),
                                   sampled.mask.sum(2).mean(1)], dim=1).tolist()
         names = ("acc_greedy", "acc_sampled", "reward", "length")
+        if hasattr(world, "exact_accuracy"):  # a world that can enumerate its answers: no sampling noise
+            exact = world.exact_accuracy(requests).tolist()
+            values = [row + [e] for row, e in zip(values, exact)]
+            names += ("acc_exact",)
         for i, request in enumerate(requests):
             label = outputs[i // len(self.all_domains)][0]
             domain = world.domains[request.domains[0]]

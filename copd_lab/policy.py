@@ -86,6 +86,10 @@ class World(Protocol):
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         """[R, N, T, V] next-token log-distributions along the batch's rollouts under slots[r]."""
 
+    # Optional: exact_accuracy(requests) -> [R] expected accuracy of each request's slot on every eval prompt of its
+    # domain, computed from its probabilities (the simulator, whose answers can be enumerated). The evaluation
+    # logs it as acc_exact beside sampled pass@1 when a world has it.
+
     def pair_logprobs(self, batch: Batch, rows: list[int], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(student, teacher) no-grad log-probs of the OPD rows `rows` under their request's slot and under its
         teacher: [R, N, T] of the sampled tokens, or [R, N, T, V] with `full`; zeros on the other rows.

@@ -43,9 +43,12 @@ def budgets(metrics: pd.DataFrame, recipes: list[Recipe]) -> dict[str, dict[str,
 
 
 def results_table(metrics: pd.DataFrame, recipes: list[Recipe], domains: tuple[str, ...],
-                  score: str = "acc_sampled") -> pd.DataFrame:
+                  score: str = "auto") -> pd.DataFrame:
     """One row per reported model: `<domain>` and `overall` means (and `_std` over seeds), `delta`
-    (overall minus the base's), and the budgets."""
+    (overall minus the base's), and the budgets. score "auto": acc_exact where the world logged it, else
+    acc_sampled."""
+    if score == "auto":
+        score = "acc_exact" if metrics.metric.str.startswith("final_acc_exact/").any() else "acc_sampled"
     final = metrics[metrics.metric.str.startswith(f"final_{score}/")].copy()
     final["domain"] = final.metric.str.split("/").str[1]
     per_seed = final.pivot_table(index=["branch", "seed"], columns="domain", values="value")[list(domains)]

@@ -132,3 +132,37 @@ def test_rows_that_need_no_score_are_left_out():
         needed = [i for i, s in enumerate(slots) if s >= 0]
         assert torch.equal(some[needed], full[needed])
     assert (w.full_logprobs(batch, [-1, -1, 2], grad=False)[:2] == 0).all()
+
+
+def test_exact_accuracy_equals_the_sum_over_every_answer_sequence():
+    """acc_exact: P(right) summed over the M right paths, against every one of the V^T sequences scored by the
+    world's own full log-probs, each weighed by the verifier's correctness."""
+    from copd_lab.policy import Batch
+    from copd_lab.sim.world import SimPayload
+
+    cfg = SimConfig(answer_len=2, digits=3, patterns=2, prompts_per_domain=3)
+    w = SimWorld(cfg, DOMAINS, lr=0.02)
+    w.reset(3, 0)
+    with torch.no_grad():
+        w.flat[1] += torch.randn(w.n_params, generator=torch.Generator().manual_seed(1))
+    requests = [Request(1, (0,)), Request(1, (2,)), Request(0, (1,)), Request(2, (0,))]
+    got = w.exact_accuracy(requests)
+    v, s = w.vocab_size, cfg.prompts_per_domain
+    sequences = torch.tensor(list(itertools.product(range(v), repeat=cfg.answer_len)))  # [V^T, T]
+    for r, request in enumerate(requests):
+        d = request.domains[0]
+        per_prompt = []
+        for content in range(s):
+            n = len(sequences)
+            prompt = torch.full((1, n), d * s + content)
+            prev = torch.cat([torch.full((n, 1), v), sequences[:, :-1]], 1)[None]
+            batch = Batch([request], torch.full((1, n), d), sequences[None], torch.ones(1, n, cfg.answer_len),
+                          torch.zeros(1, n), torch.zeros(1, n), torch.zeros(1, n, cfg.answer_len),
+                          SimPayload(torch.full((1, n), content), prompt, prev, 1.0))
+            logp = w.full_logprobs(batch, [request.slot], grad=False)[0]
+            p = logp.gather(-1, sequences[..., None]).squeeze(-1).sum(-1).exp()  # [V^T]
+            assert abs(p.sum().item() - 1) < 1e-5
+            _, correct = w.tasks.score_prompts(prompt[0], sequences)
+            per_prompt.append((p * correct).sum())
+        assert abs(got[r].item() - torch.stack(per_prompt).mean().item()) < 1e-6, (r, got[r])
+    assert got[0] != got[2]  # a trained slot and the base differ

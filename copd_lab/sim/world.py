@@ -349,6 +349,26 @@ class SimWorld:
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         return self._logprobs_of(batch, slots, grad, tokens=False)
 
+    def exact_accuracy(self, requests: list[Request]) -> torch.Tensor:
+        """[R] expected accuracy of slot r.slot on every eval prompt of domain r.domains[0], from its probabilities:
+        an answer is right when all T tokens are right in one pattern, and a pattern's right sequence is one
+        path, so P(right) = Σ_m Π_t p(m·Q + a_t | the path's previous token): M paths per prompt, no sampling."""
+        with torch.no_grad():
+            slots = [r.slot for r in requests]
+            tables = self._tables(slots)
+            prompt_first, bigram_first = self._first_rows(tables, slots)  # [R, 1] each
+            s, v = self.cfg.prompts_per_domain, self.vocab_size
+            domain = torch.tensor([r.domains[0] for r in requests])
+            prompt = domain[:, None] * s + torch.arange(s)  # [R, S] every eval prompt of the domain
+            paths = self.tasks.answer_tokens.flatten(0, 1)[prompt]  # [R, S, M, T] the right sequence per pattern
+            hidden = tables.prompt.detach().index_select(0, (prompt_first + prompt).view(-1))
+            hidden = hidden.view(*prompt.shape, 1, self.cfg.answer_len, v)  # [R, S, 1, T, V]
+            prev = torch.cat([torch.full_like(paths[..., :1], v), paths[..., :-1]], -1)  # the start token, then
+            bigram = tables.bigram.detach().index_select(0, (bigram_first[:, :, None, None] + prev).view(-1))
+            logp = (hidden + bigram.view(*paths.shape, v)).log_softmax(-1)  # τ = 1: the policy itself
+            right = logp.gather(-1, paths[..., None]).squeeze(-1).sum(-1).exp()  # [R, S, M]
+            return right.sum(-1).mean(-1)
+
     def pair_logprobs(self, batch: Batch, rows: list[int], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
         # every row reads its slot's tables with the same ops whatever the other rows of a call, so the students'
         # scores are the sampler's own (no second forward) and the teachers' come from one call
