@@ -3,7 +3,8 @@
     python benchmarks/sim_speed.py            # prints a table, last line default_comparison_s=<s>
 
 Target (DESIGN.md section 6): the default comparison (every method, 3 branches, 200 RL steps per
-expert, 64 rollouts per step) in <= 1 s on 2 CPU cores, warm (the playground re-runs it in one process).
+expert, 64 rollouts per step) in <= 1 s on 2 CPU cores, warm (the playground re-runs it in one process), and
+with 5 seeds in <= 2 s. The last two lines: default_comparison_s=<s>, default_comparison_5seeds_s=<s>.
 
 Columns: seconds is the whole run (median of --repeats); gap s the part of it spent measuring the
 behavioural gap (Meter.measure_groups: every run measures all ordered pairs at tick 0, whose cost grows
@@ -59,6 +60,9 @@ def main() -> None:
     default_s, default_gap, result = timed([], args.repeats)
     steps = result.metrics[result.metrics.metric == "steps"].value.sum()
     rows.append(("default comparison (7 methods)", 3, "hub", 4, 600, int(steps), default_s, default_gap))
+    seeds5_s, seeds5_gap, result = timed(["seeds=5"], args.repeats)  # the seeds run one after the other
+    steps = result.metrics[result.metrics.metric == "steps"].value.sum()
+    rows.append(("  the same, 5 seeds", 3, "hub", 4, 3000, int(steps), seeds5_s, seeds5_gap))
     for k in args.branches:
         domains = [f"d{i}" for i in range(k)]
         for topology in ("hub", "all_pairs"):
@@ -82,6 +86,7 @@ def main() -> None:
         print(f"{name:<34}{k:>4}{edges:>7}{ticks:>7}{branch_steps:>14}{seconds:>9.3f}{1e3 * seconds / ticks:>9.2f}"
               f"{1e6 * seconds / branch_steps:>16.0f}{gap:>8.3f}{1e3 * (seconds - gap) / ticks:>15.2f}")
     print(f"default_comparison_s={default_s:.3f}")
+    print(f"default_comparison_5seeds_s={seeds5_s:.3f}")
 
 
 if __name__ == "__main__":
