@@ -143,3 +143,33 @@ def test_any_command_line_validates_and_runs_or_fails_before_work(overrides, see
         else:
             assert code == 1  # stopped on NaN/inf: a checkpoint kept, or none yet if no step was taken
             assert (out / "checkpoints").exists() or "no step was taken" in err.getvalue(), err.getvalue()
+
+
+MODELS = ["tiny_models/qwen2vl-tiny", "tiny_models", "configs", "", "x/y", "README.md"]
+VLM_FIELDS = [(name, tp) for name, tp in FIELDS if name.startswith("vlm.") or name in ("domains", "metrics.topk")]
+
+
+@st.composite
+def vlm_override(draw) -> str:
+    name, tp = draw(st.sampled_from(VLM_FIELDS))
+    if name == "vlm.model":  # the shipped model, folders that are not models, and names that are nothing
+        return f"vlm.model={toml(draw(st.sampled_from(MODELS)))}"
+    return f"{name}={toml(draw(values(name, tp)))}"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(overrides=st.lists(vlm_override(), min_size=1, max_size=3))
+def test_any_vlm_setting_passes_the_preflight_or_is_refused_by_name(overrides):
+    """The VLM world's checks before any model is loaded (config, device, model folder, suites, sizes): a
+    ConfigError or nothing, never another exception (a run per draw would load a model: too slow here)."""
+    from copd_lab.config import ConfigError
+    from copd_lab.config_io import RUN_DEFAULTS, load_config
+    from copd_lab.preflight import check_run
+
+    try:
+        cfg = load_config(None, overrides, defaults=RUN_DEFAULTS)
+        check_run(cfg, None)
+        event("passes")
+    except ConfigError as err:
+        assert "\n" not in str(err)
+        event("refused")
