@@ -45,13 +45,12 @@ def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
         # advantage, or whole distributions for the top-k / full reverse KL
         pair = world.pair_logprobs(batch, opd_rows, full) if opd_rows else None
         ref_lp = world.token_logprobs(batch, [0] * len(requests), grad=False) if g.kl_coef > 0 else None
-    grpo_adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
+    adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
     if pair is not None and not full:  # fixed for the batch, as GRPO's advantage is (also with epochs > 1)
         opd_adv = losses.opd_sampled_advantage(pair[1], pair[0], beta)
         if c.normalize:
             opd_adv = losses.normalize_per_batch(opd_adv, batch.mask)
-        grpo_adv = torch.where(is_opd[:, None, None], opd_adv, grpo_adv)
-    adv = grpo_adv
+        adv = torch.where(is_opd[:, None, None], opd_adv, adv)
     for _ in range(g.epochs):
         if full:
             student_full = world.full_logprobs(batch, students, grad=True)
