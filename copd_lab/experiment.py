@@ -96,17 +96,16 @@ def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool = Tru
     """
     recipes = build_recipes(cfg)  # validates the methods before any work
     check_run(cfg, out, resume, overwrite, world=world is None)
-    if resume and out is not None:  # every seed's checkpoint is checked before any work
-        for i in range(cfg.seeds):
-            _resumable(cfg, checkpoint_path(out, cfg.seed + i))
+    paths = {seed: checkpoint_path(out, seed) if out is not None else None
+             for seed in range(cfg.seed, cfg.seed + cfg.seeds)}
+    # every seed's checkpoint is read and checked before any work
+    states = {seed: _resumable(cfg, path) if resume and path is not None else None for seed, path in paths.items()}
     world = world or make_world(cfg)
     if overwrite and out is not None:
         clear_run(out)
     rows = []
-    for i in range(cfg.seeds):
-        seed = cfg.seed + i
-        path = checkpoint_path(out, seed) if out is not None else None
-        state = _resumable(cfg, path) if resume and path is not None else None
+    for seed, path in paths.items():
+        state = states.pop(seed)  # dropped once used: a finished seed's rows are not held twice
         if state is not None and state["done"]:
             rows += unpack_rows(state["rows"])
             continue

@@ -22,7 +22,7 @@ from copd_lab.config import ConfigError, ExperimentConfig, VLMConfig
 RUN_FILES = ("config.toml", "metrics.parquet", "results.md", "results.csv", "checkpoints")
 VLM_PACKAGES = {"transformers": "transformers", "peft": "peft", "datasets": "datasets", "PIL": "pillow",
                 "safetensors": "safetensors"}
-BUILTIN_SUITES = {"text": "text", "image": "image", "video": "video"}  # domain -> modality
+BUILTIN_SUITES = ("text", "image", "video")  # each built-in suite's modality is its name
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
@@ -193,7 +193,7 @@ def check_suites(cfg: ExperimentConfig, model_config: dict) -> None:
     family = FAMILIES[model_config["model_type"]]
     for domain in builtin:
         try:
-            family.check_visual(BUILTIN_SUITES[domain], domain)
+            family.check_visual(domain, domain)
         except UnsupportedFamily as err:
             raise ConfigError(f"domains = {list(cfg.domains)} is not allowed with vlm.model = {cfg.vlm.model!r}: "
                               f"{err}") from None

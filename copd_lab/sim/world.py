@@ -357,16 +357,16 @@ class SimWorld:
             slots = [r.slot for r in requests]
             tables = self._tables(slots)
             prompt_first, bigram_first = self._first_rows(tables, slots)  # [R, 1] each
-            s, v = self.cfg.prompts_per_domain, self.vocab_size
+            n, s, v, t, m = len(requests), self.cfg.prompts_per_domain, self.vocab_size, self.cfg.answer_len, \
+                self.cfg.patterns
             domain = torch.tensor([r.domains[0] for r in requests])
             prompt = domain[:, None] * s + torch.arange(s)  # [R, S] every eval prompt of the domain
-            paths = self.tasks.answer_tokens.flatten(0, 1)[prompt]  # [R, S, M, T] the right sequence per pattern
-            hidden = tables.prompt.detach().index_select(0, (prompt_first + prompt).view(-1))
-            hidden = hidden.view(*prompt.shape, 1, self.cfg.answer_len, v)  # [R, S, 1, T, V]
+            paths = self.tasks.answer_tokens.flatten(0, 1)[prompt].view(n, s * m, t)  # the right sequences
+            hidden = tables.prompt.detach().index_select(0, (prompt_first + prompt).view(-1))  # [R * S, T, V]
+            hidden = hidden.view(n, s, 1, t, v).expand(-1, -1, m, -1, -1).reshape(n, s * m, t, v)
             prev = torch.cat([torch.full_like(paths[..., :1], v), paths[..., :-1]], -1)  # the start token, then
-            bigram = tables.bigram.detach().index_select(0, (bigram_first[:, :, None, None] + prev).view(-1))
-            logp = (hidden + bigram.view(*paths.shape, v)).log_softmax(-1)  # τ = 1: the policy itself
-            right = logp.gather(-1, paths[..., None]).squeeze(-1).sum(-1).exp()  # [R, S, M]
+            logp = self._logprobs(hidden, tables.bigram.detach(), bigram_first, prev, 1.0)  # τ = 1: the policy itself
+            right = logp.gather(-1, paths[..., None]).squeeze(-1).sum(-1).exp().view(n, s, m)
             return right.sum(-1).mean(-1)
 
     def pair_logprobs(self, batch: Batch, rows: list[int], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
