@@ -68,7 +68,7 @@ def main() -> None:
         for topology in ("hub", "all_pairs"):
             # training cost: the gap is measured only at tick 0 (always); every 10 ticks is timed separately below
             overrides = [f"domains={domains}", "methods=['copd']", f"copd.topology='{topology}'",
-                         f"copd.hub='{domains[0]}'", "copd.cycles=2", "sim.prompts_per_domain=8",
+                         f"copd.hub='{domains[0]}'", "copd.cycles=2", "sim.eval_prompts=16",
                          "metrics.gap_every=100000", "metrics.gap_at_phase_end=false"]
             seconds, gap, result = timed(overrides, args.repeats)
             recipe = build_recipe("copd", load_config(None, overrides))

@@ -66,7 +66,7 @@ class GRPOConfig:
     aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean (Eq. 7) | constant (Dr.GRPO)
     scale_by_std: bool = True  # divide group-centred rewards by the group std (False: Dr.GRPO)
     epochs: int = 1  # policy updates per sampled batch; >1 makes the clip active
-    lr: float = 0.02  # simulator world's Adam lr (paper: 1e-6 for a 4B model); the VLM world uses vlm.lr
+    lr: float = 0.01  # simulator world's Adam lr (paper: 1e-6 for a 4B model); the VLM world uses vlm.lr
 
     def __post_init__(self) -> None:
         require_finite(self)
@@ -181,32 +181,44 @@ class CoPDConfig:
 
 @dataclass(frozen=True)
 class SimConfig:
-    """The simulator world: synthetic token tasks and a tiny torch policy (see copd_lab/sim)."""
+    """The simulator world (copd_lab/sim, docs/simulator.md): prompts are feature vectors, each domain's answers
+    follow its own rule over them, and a tiny policy is warm-started into a capable base that RL sharpens."""
 
-    answer_len: int = 4  # T, tokens per answer
-    digits: int = 8  # Q, symbols an answer position can take
-    patterns: int = 3  # M equally rewarded behaviour patterns (token blocks); 1 = a single right answer
-    prompts_per_domain: int = 16  # distinct prompts ("contents") per domain
-    shared_skill: float = 0.5  # fraction of contents whose answer is the same in every domain
-    hidden: int = 24  # shared capacity: hidden width of the policy (small -> mixed training conflicts)
-    init_scale: float = 0.3  # std of the base policy's random weights
-    task_seed: int = 0  # seed of the task draw (answers, shared contents); fixed across run seeds
+    features: int = 16  # F, features of a prompt (x ~ N(0, I)): what the answer rules read
+    train_prompts: int = 4096  # prompts per domain RLVR and OPD draw from (many: RL learns rules, not prompts)
+    eval_prompts: int = 128  # held-out prompts per domain (disjoint from train): accuracy and gap measurements
+    answer_len: int = 2  # T, digits per answer
+    digits: int = 6  # Q, values a digit takes
+    styles: int = 4  # M, equally rewarded ways to write an answer: lets experts drift apart while accurate
+    # (the drift knob; 1 = off)
+    filler: int = 40  # tokens that are never right, so the vocabulary (digits * styles + filler) is well above k
+    shared_skill: float = 0.5  # s, share of every domain's rule that all domains have in common (transfer knob)
+    conflict: float = 0.5  # c, share of a domain's own rule that reads the common rule's features but writes other
+    # digits (the interference knob: 0 = own rules independent of the common one)
+    hidden: int = 32  # H, width of the hidden layer every domain shares
+    base_steps: int = 150  # supervised warm-start steps that make the base π_0 (its skill; 0: a random network)
+    base_lr: float = 0.05  # Adam lr of the warm start
+    init_scale: float = 1.0  # scale of the network's random initialisation, before the warm start
+    task_seed: int = 0  # seed of the task (rules, prompts) and of the base: fixed across run seeds
 
     @property
     def vocab_size(self) -> int:
-        """Tokens of the simulator's vocabulary: each pattern writes the digits with tokens of its own."""
-        return self.digits * self.patterns
+        """Tokens of the simulator's vocabulary: each style writes the digits with tokens of its own, plus filler."""
+        return self.digits * self.styles + self.filler
 
     def __post_init__(self) -> None:
         require_finite(self)
-        for name in ("answer_len", "digits", "patterns", "prompts_per_domain", "hidden"):
-            require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        require(0 <= self.shared_skill <= 1, "shared_skill", self.shared_skill, "a number in [0, 1]")
+        for name, least, most in (("features", 1, 256), ("train_prompts", 1, 8192), ("eval_prompts", 1, 4096),
+                                  ("answer_len", 1, 16), ("digits", 2, 64), ("styles", 1, 16), ("filler", 0, 1024),
+                                  ("hidden", 1, 1024), ("base_steps", 0, 10_000)):
+            # the toy policy's tensors stay small enough to run in a second
+            require(least <= getattr(self, name) <= most, name, getattr(self, name),
+                    f"an integer in [{least}, {most:,}]")
+        for name in ("shared_skill", "conflict"):
+            require(0 <= getattr(self, name) <= 1, name, getattr(self, name), "a number in [0, 1]")
+        require(0 < self.base_lr <= 1, "base_lr", self.base_lr, "a number in (0, 1]")
         require(0 <= self.task_seed <= MAX_SEED, "task_seed", self.task_seed, f"an integer in [0, {MAX_SEED}]")
         require(0 < self.init_scale <= 10, "init_scale", self.init_scale, "a number in (0, 10]")
-        for name, most in (("answer_len", 16), ("digits", 64), ("patterns", 16), ("prompts_per_domain", 1024),
-                           ("hidden", 1024)):  # the toy policy's tensors stay small enough to run in a second
-            require(getattr(self, name) <= most, name, getattr(self, name), f"an integer in [1, {most}]")
 
 
 VLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -338,6 +350,6 @@ class ExperimentConfig:
         if self.world == "sim":  # the VLM world's vocabulary is checked against the model (preflight.py)
             require(self.metrics.topk < self.sim.vocab_size, "metrics.topk", self.metrics.topk,
                     f"an integer below the simulator's vocabulary of {self.sim.vocab_size} tokens (sim.digits x "
-                    f"sim.patterns): at k >= the vocabulary every pair's top-k overlap is 1")
+                    f"sim.styles + sim.filler): at k >= the vocabulary every pair's top-k overlap is 1")
         require(not self.merge.weights or len(self.merge.weights) == len(self.domains), "merge.weights",
                  self.merge.weights, f"empty (uniform) or one weight per domain ({len(self.domains)})")

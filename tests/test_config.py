@@ -97,9 +97,10 @@ def test_bad_files_and_syntax(tmp_path):
 
 
 def test_topk_must_be_below_the_simulators_vocabulary():
-    """With one pattern the simulator has 8 tokens: a top-10 overlap would be 1 for every pair at every step."""
+    """With one style and no filler the simulator has 6 tokens: a top-10 overlap would be 1 for every pair."""
+    small = ["sim.styles=1", "sim.filler=0"]
     with pytest.raises(ConfigError, match=r"metrics.topk = 10 is not allowed: an integer below the simulator's "
-                                          r"vocabulary of 8 tokens"):
-        load_config(None, ["sim.patterns=1"])
-    assert load_config(None, ["sim.patterns=1", "metrics.topk=4"]).metrics.topk == 4
-    assert load_config(None, ["sim.patterns=1", "world='vlm'"]).world == "vlm"  # checked against the model there
+                                          r"vocabulary of 6 tokens"):
+        load_config(None, small)
+    assert load_config(None, small + ["metrics.topk=4"]).metrics.topk == 4
+    assert load_config(None, small + ["world='vlm'"]).world == "vlm"  # checked against the model there

@@ -1,36 +1,117 @@
 import itertools
+import math
 
 import torch
 
 from copd_lab.config import MergeConfig, SimConfig
-from copd_lab.policy import Request
+from copd_lab.policy import Batch, Request
+from copd_lab.sim import net
+from copd_lab.sim.batch import SimPayload
 from copd_lab.sim.tasks import SimTasks
 from copd_lab.sim.world import SimWorld
 
 DOMAINS = ("text", "image", "video")
+SMALL = SimConfig(features=4, train_prompts=20, eval_prompts=3, answer_len=2, digits=3, styles=2, filler=1, hidden=5,
+                  base_steps=5)  # V = 7: every one of the 49 answers of a prompt can be enumerated
 
 
-def test_task_score_matches_a_naive_reference():
-    cfg = SimConfig(answer_len=3, digits=4, patterns=2, prompts_per_domain=5, shared_skill=0.4)
-    tasks = SimTasks.build(cfg, 3, seed=1)
-    assert int(tasks.shared.sum()) == 2
-    for s in range(5):  # shared contents have one answer in every domain
-        same = all(torch.equal(tasks.targets[0, s], tasks.targets[d, s]) for d in range(3))
-        assert same or not tasks.shared[s]
+def test_answers_and_score_match_a_naive_reference():
+    cfg = SimConfig(features=5, train_prompts=30, eval_prompts=10, answer_len=3, digits=4, styles=2, filler=3)
+    tasks = SimTasks.build(cfg, 3)
+    q, m = cfg.digits, cfg.styles
+    for i in range(len(tasks.domain)):  # digit t = argmax_q G_{d,t,q} · x, written m * Q + digit in style m
+        d, x = int(tasks.domain[i]), tasks.features[i]
+        digits = [max(range(q), key=lambda k: float(tasks.rules[d, t, k] @ x)) for t in range(cfg.answer_len)]
+        assert tasks.answers[i].tolist() == [[style * q + a for a in digits] for style in range(m)]
     gen = torch.Generator().manual_seed(0)
-    domain, content = torch.randint(3, (50,), generator=gen), torch.randint(5, (50,), generator=gen)
-    tokens = torch.randint(tasks.vocab_size, (50, 3), generator=gen)
-    tokens[:5] = tasks.targets[domain[:5], content[:5]] + 4  # pattern 1, all right
-    reward, correct = tasks.score(domain, content, tokens)
-    for i in range(50):
-        answer = tasks.targets[domain[i], content[i]].tolist()
-        best = max(sum(tokens[i, t].item() == m * 4 + answer[t] for t in range(3)) / 3 for m in range(2))
-        assert abs(reward[i].item() - best) < 1e-6 and correct[i].item() == float(best == 1.0)
-    assert correct[:5].eq(1).all()
+    prompt = torch.randint(len(tasks.domain), (200,), generator=gen)
+    tokens = torch.randint(tasks.vocab_size, (200, 3), generator=gen)
+    tokens[:20] = tasks.answers[prompt[:20], 1]  # style 1, all right
+    tokens[20:30] = tasks.answers[prompt[20:30], 0]
+    tokens[20:30, 2] += q  # style 0 then style 1: not an answer
+    reward, correct = tasks.score_prompts(prompt, tokens)
+    for i in range(200):
+        right = any(tokens[i].tolist() == tasks.answers[prompt[i], style].tolist() for style in range(m))
+        assert correct[i].item() == reward[i].item() == float(right)
+    assert correct[:20].eq(1).all() and correct[20:30].eq(0).all()
+
+
+def test_the_knobs_shape_the_rules():
+    same = SimTasks.build(SimConfig(shared_skill=1.0), 3).rules  # one rule for every domain
+    assert torch.allclose(same[0], same[1]) and torch.allclose(same[0], same[2])
+    relabelled = SimTasks.build(SimConfig(shared_skill=0.0, conflict=1.0), 3).rules  # C with shifted digits
+    assert torch.allclose(relabelled[1], relabelled[0].roll(1, dims=1), atol=1e-6)
+    assert torch.allclose(relabelled[2], relabelled[0].roll(2, dims=1), atol=1e-6)
+    own = SimTasks.build(SimConfig(shared_skill=0.0, conflict=0.0), 3).rules  # independent draws
+    cosine = (own[0] * own[1]).sum(-1).mean()  # rows have norm 1
+    assert abs(cosine) < 0.2 and torch.allclose(own.norm(dim=-1), torch.ones(own.shape[:-1]))
+
+
+def test_train_and_eval_prompts_are_disjoint_draws():
+    cfg = SimConfig()
+    tasks = SimTasks.build(cfg, 3)
+    n_train = 3 * cfg.train_prompts
+    assert tasks.features.shape == (n_train + 3 * cfg.eval_prompts, cfg.features)
+    train, evals = tasks.features[:n_train], tasks.features[n_train:]
+    assert torch.cdist(evals, train).min() > 0.1  # no eval prompt is a train prompt
+    w = world()
+    batch = w.sample([Request(0, (1,))], 0, 1, 1.0, greedy=True, every_prompt=True)
+    assert batch.payload.prompt[0].tolist() == list(range(n_train + cfg.eval_prompts, n_train + 2 * cfg.eval_prompts))
+    drawn = w.sample([Request(0, (1,))], 64, 2, 1.0)
+    assert drawn.payload.prompt.min() >= cfg.train_prompts and drawn.payload.prompt.max() < 2 * cfg.train_prompts
+
+
+def test_the_base_is_capable_deterministic_and_spread_over_styles():
+    """At defaults the warm-started base answers 20-60 % of held-out prompts of every domain, its first token keeps
+    over 1 nat of entropy, and it depends on the task seed only."""
+    w = world()
+    accuracy = w.exact_accuracy([Request(0, (d,)) for d in range(3)])
+    assert ((accuracy > 0.2) & (accuracy < 0.6)).all(), accuracy
+    batch = w.sample([Request(0, (d,)) for d in range(3)], 0, 1, 1.0, every_prompt=True)
+    first = w.full_logprobs(batch, [0, 0, 0], grad=False)[:, :, 0]
+    assert (-(first.exp() * first).sum(-1)).mean() > 1.0
+    assert torch.equal(world(seed=5).flat_weights([0]), w.flat_weights([0]))
+    other = SimWorld(SimConfig(task_seed=1), DOMAINS, lr=0.01)
+    other.reset(1, 0)
+    assert not torch.equal(other.flat_weights([0]), w.flat_weights([0]))
+    random = SimWorld(SimConfig(base_steps=0), DOMAINS, lr=0.01)
+    random.reset(1, 0)
+    assert (random.exact_accuracy([Request(0, (d,)) for d in range(3)]) < accuracy).all()
+
+
+def test_prompt_logits_match_a_naive_loop():
+    gen = torch.Generator().manual_seed(0)
+    shapes = net.param_shapes(4, 5, 3, 2, 7)
+    flat = torch.randn(3, sum(math.prod(s) for s in shapes.values()), generator=gen)
+    blocks = net.split(flat, shapes)
+    where, x = torch.tensor([2, 0]), torch.randn(2, 6, 4, generator=gen)
+    domain = torch.randint(3, (2, 6), generator=gen)
+    got = net.prompt_logits(blocks, where, x, domain, 2)
+    for r in range(2):
+        b = {name: block[where[r]] for name, block in blocks.items()}
+        for p in range(6):
+            hidden = torch.tanh(x[r, p] @ b["features_in"] + b["domain"][domain[r, p]])
+            expected = (hidden @ b["out_weight"] + b["out_bias"]).view(2, 7)
+            assert torch.allclose(got[r, p], expected, atol=1e-5)
+
+
+def test_adam_step_matches_torch_adam():
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.randn(2, 6, generator=gen)
+    reference = [torch.nn.Parameter(row.clone()) for row in weights]
+    optimizers = [torch.optim.Adam([p], lr=0.01) for p in reference]
+    m, v, t = torch.zeros_like(weights), torch.zeros_like(weights), torch.zeros(2, 1)
+    for _ in range(5):
+        grad = torch.randn(2, 6, generator=gen)
+        net.adam_step_(weights, grad, m, v, t, 0.01)
+        for p, g, opt in zip(reference, grad, optimizers):
+            p.grad = g.clone()
+            opt.step()
+    assert torch.allclose(weights, torch.stack([p.detach() for p in reference]), atol=1e-6)
 
 
 def world(slots=4, seed=0):
-    w = SimWorld(SimConfig(), DOMAINS, lr=0.02)
+    w = SimWorld(SimConfig(), DOMAINS, lr=0.01)
     w.reset(slots, seed)
     return w
 
@@ -39,24 +120,24 @@ def test_sample_shapes_and_ratio_one():
     w = world()
     requests = [Request(1, (0,)), Request(2, (0, 1, 2)), Request(3, (2,), teacher=1, beta=1.0)]
     batch = w.sample(requests, prompts=8, group=8, temperature=1.0)
-    assert batch.tokens.shape == (3, 64, 4) and batch.rewards.shape == (3, 64)
+    assert batch.tokens.shape == (3, 64, 2) and batch.rewards.shape == (3, 64)
     assert batch.domain[1].tolist()[:24:8] == [0, 1, 2]  # a pooled request splits its prompts
     assert batch.tokens.max() < w.vocab_size
     lp = w.token_logprobs(batch, [1, 2, 3], grad=True)
     assert torch.allclose(lp.detach(), batch.sample_logprobs, atol=1e-5)
     full = w.full_logprobs(batch, [1, 2, 3], grad=False)
-    assert torch.allclose(full.exp().sum(-1), torch.ones(3, 64, 4), atol=1e-5)
+    assert torch.allclose(full.exp().sum(-1), torch.ones(3, 64, 2), atol=1e-5)
 
 
 def test_greedy_every_prompt_covers_each_prompt_once():
     w = world()
     batch = w.sample([Request(0, (1,))], 0, 1, 1.0, greedy=True, every_prompt=True)
-    assert batch.tokens.shape == (1, 16, 4) and batch.payload.content[0].tolist() == list(range(16))
+    assert batch.tokens.shape == (1, 128, 2) and batch.payload.content[0].tolist() == list(range(128))
     again = w.sample([Request(0, (1,))], 0, 1, 1.0, greedy=True, every_prompt=True)
     assert torch.equal(batch.tokens, again.tokens)
     first = w.sample([Request(0, (1, 2))], 5, 2, 1.0, greedy=True, every_prompt=True)  # the gap's subset
-    assert first.payload.content[0].tolist() == [s for _ in range(2) for s in range(5) for _ in range(2)]
-    assert first.domain[0].tolist() == [1] * 10 + [2] * 10
+    assert first.payload.content[0].tolist() == [s for _ in range(2) for s in range(5)]  # per prompt
+    assert first.payload.group == 2 and first.domain[0].tolist() == [1] * 10 + [2] * 10
     assert torch.equal(first.tokens[0, :10:2], batch.tokens[0, :5])
 
 
@@ -97,8 +178,7 @@ def test_sampling_follows_the_policy():
     w = world(slots=2)
     batch = w.sample([Request(1, (0,))], 1, 4000, 1.0)
     probs = w.full_logprobs(batch, [1], grad=False)[0, 0, 0].exp()
-    counts = torch.bincount(batch.tokens[0, :, 0][batch.payload.content[0] == batch.payload.content[0, 0]],
-                            minlength=w.vocab_size).float()
+    counts = torch.bincount(batch.tokens[0, :, 0], minlength=w.vocab_size).float()  # one prompt: all rollouts
     assert torch.allclose(counts / counts.sum(), probs, atol=0.03)
     assert len(list(itertools.islice(iter(batch.tokens), 1))) == 1
 
@@ -134,35 +214,56 @@ def test_rows_that_need_no_score_are_left_out():
     assert (w.full_logprobs(batch, [-1, -1, 2], grad=False)[:2] == 0).all()
 
 
-def test_exact_accuracy_equals_the_sum_over_every_answer_sequence():
-    """acc_exact: P(right) summed over the M right paths, against every one of the V^T sequences scored by the
-    world's own full log-probs, each weighed by the verifier's correctness."""
-    from copd_lab.policy import Batch
-    from copd_lab.sim.world import SimPayload
+def all_answers(w: SimWorld, request: Request, prompts: list[int]) -> Batch:
+    """A batch of every one of the V^T answers to each of `prompts` (a row each), for `request`'s slot."""
+    v, t, r = w.vocab_size, w.cfg.answer_len, len(prompts)
+    sequences = torch.tensor(list(itertools.product(range(v), repeat=t)))  # [V^T, T]
+    n = len(sequences)
+    prev = torch.cat([torch.full((n, 1), v), sequences[:, :-1]], 1)
+    domain = w.tasks.domain[prompts][:, None].expand(r, n)
+    return Batch([request] * r, domain, sequences.expand(r, n, t), torch.ones(r, n, t), torch.zeros(r, n),
+                 torch.zeros(r, n), torch.zeros(r, n, t),
+                 SimPayload(torch.zeros(r, 1), torch.tensor(prompts)[:, None], prev.expand(r, n, t), n, 1.0))
 
-    cfg = SimConfig(answer_len=2, digits=3, patterns=2, prompts_per_domain=3)
-    w = SimWorld(cfg, DOMAINS, lr=0.02)
+
+def eval_prompts(w: SimWorld, domain: int) -> list[int]:
+    return (w.tasks.first_prompt(torch.tensor(domain), eval=True) + torch.arange(w.cfg.eval_prompts)).tolist()
+
+
+def trained_small_world() -> SimWorld:
+    w = SimWorld(SMALL, DOMAINS, lr=0.02)
     w.reset(3, 0)
     with torch.no_grad():
         w.flat[1] += torch.randn(w.n_params, generator=torch.Generator().manual_seed(1))
+    return w
+
+
+def test_exact_accuracy_equals_the_sum_over_every_answer_sequence():
+    """acc_exact: P(right) summed over the M right paths, against every one of the V^T answers scored by the
+    world's own full log-probs, each weighed by the verifier's correctness."""
+    w = trained_small_world()
     requests = [Request(1, (0,)), Request(1, (2,)), Request(0, (1,)), Request(2, (0,))]
     got = w.exact_accuracy(requests)
-    v, s = w.vocab_size, cfg.prompts_per_domain
-    sequences = torch.tensor(list(itertools.product(range(v), repeat=cfg.answer_len)))  # [V^T, T]
     for r, request in enumerate(requests):
-        d = request.domains[0]
-        per_prompt = []
-        for content in range(s):
-            n = len(sequences)
-            prompt = torch.full((1, n), d * s + content)
-            prev = torch.cat([torch.full((n, 1), v), sequences[:, :-1]], 1)[None]
-            batch = Batch([request], torch.full((1, n), d), sequences[None], torch.ones(1, n, cfg.answer_len),
-                          torch.zeros(1, n), torch.zeros(1, n), torch.zeros(1, n, cfg.answer_len),
-                          SimPayload(torch.full((1, n), content), prompt, prev, 1.0))
-            logp = w.full_logprobs(batch, [request.slot], grad=False)[0]
-            p = logp.gather(-1, sequences[..., None]).squeeze(-1).sum(-1).exp()  # [V^T]
-            assert abs(p.sum().item() - 1) < 1e-5
-            _, correct = w.tasks.score_prompts(prompt[0], sequences)
-            per_prompt.append((p * correct).sum())
-        assert abs(got[r].item() - torch.stack(per_prompt).mean().item()) < 1e-6, (r, got[r])
+        prompts = eval_prompts(w, request.domains[0])
+        batch = all_answers(w, request, prompts)
+        logp = w.full_logprobs(batch, [request.slot] * len(prompts), grad=False)
+        p = logp.gather(-1, batch.tokens[..., None]).squeeze(-1).sum(-1).exp()  # [prompts, V^T]
+        assert torch.allclose(p.sum(-1), torch.ones(len(prompts)), atol=1e-5)
+        _, correct = w.tasks.score_prompts(batch.payload.prompt.expand_as(p), batch.tokens)
+        assert abs(got[r].item() - (p * correct).sum(-1).mean().item()) < 1e-6, (r, got[r])
     assert got[0] != got[2]  # a trained slot and the base differ
+
+
+def test_exact_accuracy_gradient_matches_the_enumerated_one():
+    """exact_accuracy(grad=True) then flat_grads: the gradient of the expected accuracy, against autograd through
+    the sum over every answer."""
+    w = trained_small_world()
+    request = Request(1, (2,))
+    got = w.flat_grads(w.exact_accuracy([request], grad=True).sum(), [1])
+    prompts = eval_prompts(w, 2)
+    batch = all_answers(w, request, prompts)
+    logp = w.token_logprobs(batch, [1] * len(prompts), grad=True).sum(-1)
+    _, correct = w.tasks.score_prompts(batch.payload.prompt.expand_as(logp), batch.tokens)
+    expected = w.flat_grads((logp.exp() * correct).sum(-1).mean(), [1])
+    assert got.abs().sum() > 0 and torch.allclose(got, expected, atol=1e-6)
