@@ -66,7 +66,7 @@ class GRPOConfig:
     aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean (Eq. 7) | constant (Dr.GRPO)
     scale_by_std: bool = True  # divide group-centred rewards by the group std (False: Dr.GRPO)
     epochs: int = 1  # policy updates per sampled batch; >1 makes the clip active
-    lr: float = 0.01  # simulator world's Adam lr (paper: 1e-6 for a 4B model); the VLM world uses vlm.lr
+    lr: float = 0.02  # simulator world's Adam lr (paper: 1e-6 for a 4B model); the VLM world uses vlm.lr
 
     def __post_init__(self) -> None:
         require_finite(self)
@@ -184,18 +184,21 @@ class SimConfig:
     """The simulator world (copd_lab/sim, docs/simulator.md): prompts are feature vectors, each domain's answers
     follow its own rule over them, and a tiny policy is warm-started into a capable base that RL sharpens."""
 
-    features: int = 16  # F, features of a prompt (x ~ N(0, I)): what the answer rules read
+    shared_features: int = 8  # features every domain's prompts have (the common part of the input)
+    own_features: int = 8  # features of a domain's own (zero in the other domains' prompts: its modality)
     train_prompts: int = 4096  # prompts per domain RLVR and OPD draw from (many: RL learns rules, not prompts)
     eval_prompts: int = 128  # held-out prompts per domain (disjoint from train): accuracy and gap measurements
     answer_len: int = 2  # T, digits per answer
     digits: int = 6  # Q, values a digit takes
-    styles: int = 4  # M, equally rewarded ways to write an answer: lets experts drift apart while accurate
+    styles: int = 8  # M, equally rewarded ways to write an answer: lets experts drift apart while accurate
     # (the drift knob; 1 = off)
+    style_habit: float = 0.5  # extra probability of domain d's habitual style (d mod M) in the base's pretraining
+    # data: experts of different domains then drift to different styles (0: only chance breaks the symmetry)
     filler: int = 40  # tokens that are never right, so the vocabulary (digits * styles + filler) is well above k
-    shared_skill: float = 0.5  # s, share of every domain's rule that all domains have in common (transfer knob)
-    conflict: float = 0.5  # c, share of a domain's own rule that reads the common rule's features but writes other
-    # digits (the interference knob: 0 = own rules independent of the common one)
-    hidden: int = 32  # H, width of the hidden layer every domain shares
+    shared_skill: float = 0.5  # s, share of every domain's rule that is common to all domains, on the shared
+    # features (the transfer knob)
+    conflict: float = 0.25  # c, share of a domain's rule that reads the shared features in a way opposed to the
+    # other domains' (the interference knob); the rest, 1 - s - c, reads the domain's own features
     base_steps: int = 150  # supervised warm-start steps that make the base π_0 (its skill; 0: a random network)
     base_lr: float = 0.05  # Adam lr of the warm start
     init_scale: float = 1.0  # scale of the network's random initialisation, before the warm start
@@ -206,16 +209,23 @@ class SimConfig:
         """Tokens of the simulator's vocabulary: each style writes the digits with tokens of its own, plus filler."""
         return self.digits * self.styles + self.filler
 
+    def n_features(self, n_domains: int) -> int:
+        """Features of a prompt: the shared ones, then a block of own features per domain."""
+        return self.shared_features + n_domains * self.own_features
+
     def __post_init__(self) -> None:
         require_finite(self)
-        for name, least, most in (("features", 1, 256), ("train_prompts", 1, 8192), ("eval_prompts", 1, 4096),
-                                  ("answer_len", 1, 16), ("digits", 2, 64), ("styles", 1, 16), ("filler", 0, 1024),
-                                  ("hidden", 1, 1024), ("base_steps", 0, 10_000)):
+        for name, least, most in (("shared_features", 1, 256), ("own_features", 1, 256), ("train_prompts", 1, 8192),
+                                  ("eval_prompts", 1, 4096), ("answer_len", 1, 16), ("digits", 2, 64),
+                                  ("styles", 1, 16), ("filler", 0, 1024), ("base_steps", 0, 10_000)):
             # the toy policy's tensors stay small enough to run in a second
             require(least <= getattr(self, name) <= most, name, getattr(self, name),
                     f"an integer in [{least}, {most:,}]")
-        for name in ("shared_skill", "conflict"):
+        for name in ("shared_skill", "conflict", "style_habit"):
             require(0 <= getattr(self, name) <= 1, name, getattr(self, name), "a number in [0, 1]")
+        require(self.shared_skill + self.conflict <= 1, "conflict", self.conflict,
+                f"a number in [0, {1 - self.shared_skill:g}] (shared_skill + conflict <= 1: the rest of a rule reads "
+                f"the domain's own features)")
         require(0 < self.base_lr <= 1, "base_lr", self.base_lr, "a number in (0, 1]")
         require(0 <= self.task_seed <= MAX_SEED, "task_seed", self.task_seed, f"an integer in [0, {MAX_SEED}]")
         require(0 < self.init_scale <= 10, "init_scale", self.init_scale, "a number in (0, 10]")

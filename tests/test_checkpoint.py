@@ -133,7 +133,7 @@ def test_non_finite_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_p
     with pytest.raises(NonFiniteError) as info:
         run_comparison(cfg, progress=False, world=world, out=tmp_path)
     message = str(info.value)
-    for text in words + ["lower learning rate than grpo.lr = 0.01", "last good checkpoint stays", "seed0.pt"]:
+    for text in words + ["lower learning rate than grpo.lr = 0.02", "last good checkpoint stays", "seed0.pt"]:
         assert text in message
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path, 0))
     assert state["tick"] == saved and not state["done"]

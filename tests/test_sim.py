@@ -11,12 +11,13 @@ from copd_lab.sim.tasks import SimTasks
 from copd_lab.sim.world import SimWorld
 
 DOMAINS = ("text", "image", "video")
-SMALL = SimConfig(features=4, train_prompts=20, eval_prompts=3, answer_len=2, digits=3, styles=2, filler=1, hidden=5,
-                  base_steps=5)  # V = 7: every one of the 49 answers of a prompt can be enumerated
+SMALL = SimConfig(shared_features=2, own_features=1, train_prompts=20, eval_prompts=3, answer_len=2, digits=3, styles=2,
+                  filler=1, base_steps=5)  # V = 7: every one of the 49 answers of a prompt can be enumerated
 
 
 def test_answers_and_score_match_a_naive_reference():
-    cfg = SimConfig(features=5, train_prompts=30, eval_prompts=10, answer_len=3, digits=4, styles=2, filler=3)
+    cfg = SimConfig(shared_features=3, own_features=2, train_prompts=30, eval_prompts=10, answer_len=3, digits=4,
+                    styles=2, filler=3)
     tasks = SimTasks.build(cfg, 3)
     q, m = cfg.digits, cfg.styles
     for i in range(len(tasks.domain)):  # digit t = argmax_q G_{d,t,q} · x, written m * Q + digit in style m
@@ -37,21 +38,35 @@ def test_answers_and_score_match_a_naive_reference():
 
 
 def test_the_knobs_shape_the_rules():
-    same = SimTasks.build(SimConfig(shared_skill=1.0), 3).rules  # one rule for every domain
-    assert torch.allclose(same[0], same[1]) and torch.allclose(same[0], same[2])
-    relabelled = SimTasks.build(SimConfig(shared_skill=0.0, conflict=1.0), 3).rules  # C with shifted digits
-    assert torch.allclose(relabelled[1], relabelled[0].roll(1, dims=1), atol=1e-6)
-    assert torch.allclose(relabelled[2], relabelled[0].roll(2, dims=1), atol=1e-6)
-    own = SimTasks.build(SimConfig(shared_skill=0.0, conflict=0.0), 3).rules  # independent draws
-    cosine = (own[0] * own[1]).sum(-1).mean()  # rows have norm 1
-    assert abs(cosine) < 0.2 and torch.allclose(own.norm(dim=-1), torch.ones(own.shape[:-1]))
+    """G_d = √s C u + √c K_d u + √(1-s-c) P_d v_d: shared skill is one rule on the shared features, conflict
+    opposed rules there (summing to 0 over domains), the rest each domain's own features only."""
+    fs, fo = SimConfig().shared_features, SimConfig().own_features
+
+    def rules(**knobs):
+        return SimTasks.build(SimConfig(**knobs), 3).rules  # [D, T, Q, F]
+
+    same = rules(shared_skill=1.0, conflict=0.0)
+    assert torch.allclose(same[0], same[1]) and torch.allclose(same[0], same[2]) and (same[..., fs:] == 0).all()
+    opposed = rules(shared_skill=0.0, conflict=1.0)
+    assert torch.allclose(opposed.sum(0), torch.zeros_like(opposed[0]), atol=1e-5) and (opposed[..., fs:] == 0).all()
+    own = rules(shared_skill=0.0, conflict=0.0)
+    assert (own[..., :fs] == 0).all()
+    for d in range(3):  # domain d's rule reads its own block of features only
+        block = torch.zeros(own.shape[-1], dtype=torch.bool)
+        block[fs + d * fo: fs + (d + 1) * fo] = True
+        assert (own[d][..., ~block] == 0).all() and (own[d][..., block] != 0).all()
+    tasks = SimTasks.build(SimConfig(), 3)
+    for d in range(3):  # a prompt has the shared features and its domain's own block, zeros elsewhere
+        x = tasks.features[tasks.domain == d]
+        nonzero = (x != 0).any(0)
+        assert nonzero[:fs].all() and nonzero[fs + d * fo: fs + (d + 1) * fo].all() and nonzero.sum() == fs + fo
 
 
 def test_train_and_eval_prompts_are_disjoint_draws():
     cfg = SimConfig()
     tasks = SimTasks.build(cfg, 3)
     n_train = 3 * cfg.train_prompts
-    assert tasks.features.shape == (n_train + 3 * cfg.eval_prompts, cfg.features)
+    assert tasks.features.shape == (n_train + 3 * cfg.eval_prompts, cfg.n_features(3))
     train, evals = tasks.features[:n_train], tasks.features[n_train:]
     assert torch.cdist(evals, train).min() > 0.1  # no eval prompt is a train prompt
     w = world()
@@ -81,18 +96,23 @@ def test_the_base_is_capable_deterministic_and_spread_over_styles():
 
 def test_prompt_logits_match_a_naive_loop():
     gen = torch.Generator().manual_seed(0)
-    shapes = net.param_shapes(4, 5, 3, 2, 7)
+    q, m, filler, t, f = 3, 2, 1, 2, 4
+    v = q * m + filler
+    shapes = net.param_shapes(f, t, v, m)
     flat = torch.randn(3, sum(math.prod(s) for s in shapes.values()), generator=gen)
     blocks = net.split(flat, shapes)
-    where, x = torch.tensor([2, 0]), torch.randn(2, 6, 4, generator=gen)
-    domain = torch.randint(3, (2, 6), generator=gen)
-    got = net.prompt_logits(blocks, where, x, domain, 2)
+    where, x = torch.tensor([2, 0]), torch.randn(2, 6, f, generator=gen)
+    got = net.prompt_logits(blocks, where, x, q)
     for r in range(2):
         b = {name: block[where[r]] for name, block in blocks.items()}
         for p in range(6):
-            hidden = torch.tanh(x[r, p] @ b["features_in"] + b["domain"][domain[r, p]])
-            expected = (hidden @ b["out_weight"] + b["out_bias"]).view(2, 7)
-            assert torch.allclose(got[r, p], expected, atol=1e-5)
+            for position in range(t):
+                for token in range(v):
+                    column = position * v + token
+                    expected = x[r, p] @ b["weight"][:, column] + b["bias"][column]
+                    if token < q * m:  # a style's digit: plus its style's logit
+                        expected = expected + b["style"][position, token // q]
+                    assert abs(got[r, p, position, token] - expected) < 1e-5
 
 
 def test_adam_step_matches_torch_adam():

@@ -2,9 +2,11 @@
 
 The paper's experts start from a capable instruct model (about 55 % accurate) that RL sharpens with small
 updates, which is also why simple parameter merging works there. So the toy base is not random weights:
-it is fitted for `sim.base_steps` Adam steps to the right answers of every domain, written in a style drawn
-uniformly at random, on pretraining prompts of its own (disjoint from the train and eval prompts). The base
-then knows part of every rule and spreads over the styles; RL picks a style and sharpens the rule.
+it is fitted for `sim.base_steps` Adam steps to the right answers of every domain, on pretraining prompts of
+its own (disjoint from the train and eval prompts), each written in a style drawn from its domain's habits
+(uniform, plus `sim.style_habit` on the domain's own style d mod M), with a little mass on a Zipf-ordered
+tail of filler tokens. The base then knows part of every rule, spreads over the styles as its domain's
+habits do, and has a tail whose order small updates do not shuffle; RL picks a style and sharpens the rule.
 It depends only on the task (cfg, number of domains), not on the run seed, and is built once per process.
 """
 
@@ -17,39 +19,47 @@ import torch
 
 from copd_lab.config import SimConfig
 from copd_lab.sim import net
-from copd_lab.sim.tasks import SimTasks, answer_digits
+from copd_lab.sim.tasks import SimTasks, answer_digits, draw_features
 from copd_lab.streams import stream_seed
 
 PRETRAIN_PROMPTS = 256  # pretraining prompts per domain: one full batch per warm-start step
+FILLER_MASS = 0.05  # target probability of the filler tail in the warm start (label smoothing over it)
 
 
 @functools.lru_cache(maxsize=16)
 def base_weights(cfg: SimConfig, n_domains: int) -> torch.Tensor:
     """[P] the flat weights of the base (read-only by convention: callers copy them)."""
     tasks = SimTasks.build(cfg, n_domains)
-    f, h, t, v, q, m = cfg.features, cfg.hidden, cfg.answer_len, cfg.vocab_size, cfg.digits, cfg.styles
-    shapes = net.param_shapes(f, h, n_domains, t, v)
+    f, t, v, q, m = cfg.n_features(n_domains), cfg.answer_len, cfg.vocab_size, cfg.digits, cfg.styles
+    shapes = net.param_shapes(f, t, v, m)
     gen = torch.Generator().manual_seed(stream_seed(cfg.task_seed, "sim/base"))  # apart from the task's stream
-    scale = {"features_in": 1 / math.sqrt(f), "domain": 2.0, "out_weight": 0.1 / math.sqrt(h), "out_bias": 0.0,
-             "bigram": 0.0}
+    scale = {"weight": 0.1 / math.sqrt(f), "bias": 0.0, "style": 0.0, "bigram": 0.0}  # near-uniform at first
     flat = torch.cat([torch.randn(torch.Size(shape).numel(), generator=gen) * scale[name] * cfg.init_scale
                       for name, shape in shapes.items()])[None]
     if cfg.base_steps == 0:
         return flat[0]
     domain = torch.arange(n_domains).repeat_interleave(PRETRAIN_PROMPTS)
-    x = torch.randn(len(domain), f, generator=gen)
+    x = draw_features(cfg, domain, n_domains, gen)
     digits = answer_digits(tasks.rules, x, domain)  # [n, T]
     where, first = torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long)
     flat.requires_grad_(True)
     moment1, moment2, count = torch.zeros_like(flat), torch.zeros_like(flat), torch.zeros(1, 1)
+    # each domain's habitual style: style d mod M with the extra probability style_habit
+    habits = torch.full((n_domains, m), (1 - cfg.style_habit) / m)
+    habits[torch.arange(n_domains), torch.arange(n_domains) % m] += cfg.style_habit
+    # a long tail of wrong tokens with a stable order (Zipf weights), as a pretrained model's tail is
+    tail = 1 / torch.arange(1, cfg.filler + 1)
+    tail = FILLER_MASS * tail / tail.sum() if cfg.filler else tail
     for _ in range(cfg.base_steps):
-        style = torch.randint(m, (len(domain), 1), generator=gen)
-        path = digits + style * q  # [n, T] the right answer in a random style
+        style = torch.multinomial(habits[domain], 1, generator=gen)
+        path = digits + style * q  # [n, T] the right answer in the domain's style of this example
         prev = torch.cat([torch.full_like(path[:, :1], v), path[:, :-1]], 1)
         blocks = net.split(flat, shapes)
-        hidden = net.prompt_logits(blocks, where, x[None], domain[None], t)
-        logp = net.logprobs(hidden, blocks["bigram"].reshape(v + 1, v), first, prev[None])
-        loss = -logp.gather(-1, path[None, ..., None]).mean()
+        hidden = net.prompt_logits(blocks, where, x[None], q)
+        logp = net.logprobs(hidden, blocks["bigram"].reshape(v + 1, v), first, prev[None])[0]  # [n, T, V]
+        loss = -(1 - FILLER_MASS * bool(cfg.filler)) * logp.gather(-1, path[..., None]).mean()
+        if cfg.filler:
+            loss = loss - (logp[..., q * m:] * tail).sum(-1).mean()
         (grad,) = torch.autograd.grad(loss, flat)
         with torch.no_grad():
             net.adam_step_(flat, grad, moment1, moment2, count, cfg.base_lr)  # the world's own Adam

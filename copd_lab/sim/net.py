@@ -1,13 +1,16 @@
-"""The simulator's toy policy as pure functions on batched weights: one network per weight slot.
+"""The simulator's toy policy as pure functions on batched weights: one linear softmax policy per weight slot.
 
-For a prompt with features x (domain d), the answer's logits at position t after token y_{t-1} are
+For a prompt with features x, the answer's logits at position t after token y_{t-1} are
 
-    logits_t = W_t · tanh(A x + E_d) + b_t + U[y_{t-1}]
+    logits_t(token) = W_t x + b_t + σ_t[style of the token] + U[y_{t-1}]
 
-A (features -> hidden) and W (hidden -> every position's logits) are the capacity all domains share; E_d
-lets the network tell domains apart; the bigram U lets a response keep the style its first token chose.
-The hidden part does not depend on earlier tokens, so a prompt's logits at every position are one
-matmul, and sampling only adds a row of U per token.
+W reads the shared features (the weights every domain pulls on) and each domain's own ones (weights only
+that domain moves); every token has its own row, so a style's digits are learnt in that style (a style
+that is sampled more also gets better: symmetry between equally rewarded styles breaks under RL). σ is
+one logit per style (filler tokens have none), so that a style rises or falls as a whole, as a format or
+a language does in a real model; the bigram U lets a response keep the style its first token chose. The
+x-part does not depend on earlier tokens, so a prompt's logits at every position are one matmul, and
+sampling only adds a row of U per token.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from __future__ import annotations
 import torch
 
 
-def param_shapes(features: int, hidden: int, domains: int, answer_len: int, vocab: int) -> dict[str, tuple]:
+def param_shapes(features: int, answer_len: int, vocab: int, styles: int) -> dict[str, tuple]:
     """The named blocks of one slot's flat weight vector, in order."""
-    return {"features_in": (features, hidden), "domain": (domains, hidden), "out_weight": (hidden, answer_len * vocab),
-            "out_bias": (answer_len * vocab,), "bigram": (vocab + 1, vocab)}
+    return {"weight": (features, answer_len * vocab), "bias": (answer_len * vocab,), "style": (answer_len, styles),
+            "bigram": (vocab + 1, vocab)}
 
 
 def split(flat: torch.Tensor, shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
@@ -27,23 +30,21 @@ def split(flat: torch.Tensor, shapes: dict[str, tuple]) -> dict[str, torch.Tenso
     return {name: part.view(flat.shape[0], *shape) for (name, shape), part in zip(shapes.items(), flat.split(sizes, 1))}
 
 
-def prompt_logits(blocks: dict[str, torch.Tensor], where: torch.Tensor, x: torch.Tensor, domain: torch.Tensor,
-                  answer_len: int) -> torch.Tensor:
-    """[R, P, T, V] hidden-part logits of prompts x [R, P, F] of domains `domain` [R, P] under slot where[r] of
-    `blocks` (the named [k, ...] blocks of k slots)."""
-    n, p = domain.shape
-    a = blocks["features_in"].index_select(0, where)  # [R, F, H]
-    e_all = blocks["domain"]
-    e = e_all.reshape(-1, e_all.shape[-1]).index_select(0, (where[:, None] * e_all.shape[1] + domain).view(-1))
-    hidden = torch.tanh(torch.baddbmm(e.view(n, p, -1), x, a))  # [R, P, H]
-    out = torch.baddbmm(blocks["out_bias"].index_select(0, where)[:, None], hidden,
-                        blocks["out_weight"].index_select(0, where))  # [R, P, T * V]
-    return out.view(n, p, answer_len, -1)
+def prompt_logits(blocks: dict[str, torch.Tensor], where: torch.Tensor, x: torch.Tensor, digits: int) -> torch.Tensor:
+    """[R, P, T, V] x-part logits of prompts x [R, P, F] under slot where[r] of `blocks` (the named [k, ...] blocks
+    of k slots); the first `digits` * styles tokens are the styles' digits, the rest filler."""
+    n, p, _ = x.shape
+    style = blocks["style"].index_select(0, where)  # [R, T, M]
+    t, m = style.shape[1:]
+    style = torch.nn.functional.pad(style.repeat_interleave(digits, -1), (0, blocks["bigram"].shape[-1] - m * digits))
+    bias = blocks["bias"].index_select(0, where) + style.view(n, -1)  # [R, T * V]
+    out = torch.baddbmm(bias[:, None], x, blocks["weight"].index_select(0, where))
+    return out.view(n, p, t, -1)
 
 
 def logprobs(hidden: torch.Tensor, bigram: torch.Tensor, bigram_first: torch.Tensor, prev: torch.Tensor,
              temperature: float = 1.0) -> torch.Tensor:
-    """[R, N, T, V] log-probs of rollouts from their hidden-part logits [R, N, T, V] and previous tokens prev
+    """[R, N, T, V] log-probs of rollouts from their x-part logits [R, N, T, V] and previous tokens prev
     [R, N, T] (V: the start token); request r's slot's bigram starts at row bigram_first[r] ([R, 1]) of the flat
     bigram table `bigram` [k * (V + 1), V]."""
     rows = (bigram_first[:, :, None] + prev).view(-1)

@@ -1,15 +1,17 @@
-"""The simulator's tasks: domains as related rules over shared input features (a teacher-student model).
+"""The simulator's tasks: domains as related rules over input features (a teacher-student model).
 
-A prompt is a feature vector x ~ N(0, I_F) of one domain d. Its answer is T digits in [0, Q): digit t is
-argmax_q (G_{d,t} x)_q, where domain d's "teacher" G_d mixes a rule C common to all domains with a rule of
-its own:
+A prompt of domain d has features x = [u, v_1, ..., v_D]: u ~ N(0, I) are shared features every domain's
+prompts have; v_d ~ N(0, I) are the domain's own (its modality), and v_e = 0 for the other domains e. Its
+answer is T digits in [0, Q): digit t is argmax_q (G_{d,t} x)_q, where domain d's "teacher" rule is
 
-    G_d = √s · C + √(1-s) · (√(1-c) · Z_d + √c · shift_d(C))
+    G_d x = √s · C u + √c · K_d u + √(1-s-c) · P_d v_d
 
-* s = shared_skill: how much of every rule is common, so that learning one domain transfers to the others;
-* c = conflict: how much of a domain's own rule reads the same features as C but writes other digits
-  (C's digit rows shifted by (d+1)·⌊Q/(D+1)⌋): the same input asks for different outputs in different domains,
-  so domains pull the shared weights apart; at c = 0 the own rules Z_d are independent draws.
+* s = shared_skill: C is common to every domain, so learning it in one domain transfers to the others;
+* c = conflict: K_d reads the same shared features as C but is opposed across domains (the K_d are centred:
+  they sum to 0, pairwise correlation -1/(D-1)), so the same input asks different domains for different
+  digits and they pull the weights on u apart;
+* the rest, P_d, reads only the domain's own features: what an expert learns there cannot touch another domain.
+Each part's share of the logit variance is its knob (parts are scaled by 1/√(their feature count)).
 
 Train and eval prompts are disjoint draws, so accuracy on eval prompts measures a learnt rule, not a
 memorised answer. An answer may be written in any of M styles: style m writes digit q as token m·Q + q,
@@ -31,14 +33,28 @@ from copd_lab.streams import stream_seed
 
 def teachers(cfg: SimConfig, n_domains: int, gen: torch.Generator) -> torch.Tensor:
     """[D, T, Q, F] every domain's rule G_d (see the module docstring)."""
-    t, q, f = cfg.answer_len, cfg.digits, cfg.features
-    common = torch.randn(t, q, f, generator=gen)
-    own = torch.randn(n_domains, t, q, f, generator=gen)
-    step = max(1, q // (n_domains + 1))  # domain d shifts C's digits by (d + 1) * step: none keeps C as it is
-    shifted = torch.stack([common.roll((d + 1) * step, dims=1) for d in range(n_domains)])
+    t, q, fs, fo = cfg.answer_len, cfg.digits, cfg.shared_features, cfg.own_features
+    common = torch.randn(t, q, fs, generator=gen) / math.sqrt(fs)
+    draws = torch.randn(n_domains, t, q, fs, generator=gen) / math.sqrt(fs)
+    # centred draws, rescaled to unit variance: they sum to 0 over domains (one domain: nothing to oppose)
+    opposed = (draws - draws.mean(0)) * math.sqrt(n_domains / (n_domains - 1)) if n_domains > 1 else 0 * draws
+    own = torch.randn(n_domains, t, q, fo, generator=gen) / math.sqrt(fo)
     s, c = cfg.shared_skill, cfg.conflict
-    rules = math.sqrt(s) * common + math.sqrt(1 - s) * (math.sqrt(1 - c) * own + math.sqrt(c) * shifted)
-    return rules / rules.norm(dim=-1, keepdim=True)  # rows of one norm: no digit wins by a longer row
+    rules = torch.zeros(n_domains, t, q, cfg.n_features(n_domains))
+    rules[..., :fs] = math.sqrt(s) * common + math.sqrt(c) * opposed
+    for d in range(n_domains):
+        rules[d, ..., fs + d * fo: fs + (d + 1) * fo] = math.sqrt(max(1 - s - c, 0.0)) * own[d]
+    return rules
+
+
+def draw_features(cfg: SimConfig, domain: torch.Tensor, n_domains: int, gen: torch.Generator) -> torch.Tensor:
+    """[n, F] features of prompts of domains `domain` [n]: shared ones, and the domain's own block (others 0)."""
+    fs, fo = cfg.shared_features, cfg.own_features
+    x = torch.zeros(len(domain), cfg.n_features(n_domains))
+    x[:, :fs] = torch.randn(len(domain), fs, generator=gen)
+    own = torch.randn(len(domain), fo, generator=gen)
+    columns = fs + domain[:, None] * fo + torch.arange(fo)
+    return x.scatter_(1, columns, own)
 
 
 def answer_digits(rules: torch.Tensor, features: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
@@ -68,7 +84,7 @@ class SimTasks:
         rules = teachers(cfg, n_domains, gen)
         domain = torch.cat([torch.arange(n_domains).repeat_interleave(cfg.train_prompts),
                             torch.arange(n_domains).repeat_interleave(cfg.eval_prompts)])
-        features = torch.randn(len(domain), cfg.features, generator=gen)
+        features = draw_features(cfg, domain, n_domains, gen)
         digits = answer_digits(rules, features, domain)
         answers = digits[:, None] + torch.arange(cfg.styles)[None, :, None] * cfg.digits
         return cls(rules, features, domain, answers, cfg.train_prompts, cfg.eval_prompts, cfg.digits, cfg.styles,

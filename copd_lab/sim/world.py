@@ -5,7 +5,7 @@ tick, each with its own step count. Every call works on the weights of the slots
 leaf tensor (SlotWeights, cached until weights change), so that sampling, teacher scoring and the training
 forward of a tick share one graph and the gradient lands on the rows in use, not on the whole [slots, P]
 tensor (a full-size gradient is zero-filled and copied into on every backward, for rows that mostly never
-train). A prompt's hidden part is computed once per prompt of a call, not once per rollout of its group.
+train). A prompt's x-part logits are computed once per prompt of a call, not once per rollout of its group.
 
 A tick here is a few hundred tensor ops on small tensors, so its cost is mostly per-op overhead: the
 code below favours fewer ops (flat tables read with index_select, caches of what repeats every tick)
@@ -36,7 +36,7 @@ class SimWorld:
         self.tasks = SimTasks.build(cfg, len(domains))
         self.vocab_size = v = cfg.vocab_size
         self.max_new_tokens = cfg.answer_len  # every answer has T tokens
-        self.shapes = net.param_shapes(cfg.features, cfg.hidden, len(domains), cfg.answer_len, v)
+        self.shapes = net.param_shapes(cfg.n_features(len(domains)), cfg.answer_len, v, cfg.styles)
         self.n_params = sum(torch.Size(shape).numel() for shape in self.shapes.values())
         self.base = base_weights(cfg, len(domains))
         self._layouts: dict[tuple, Layout] = {}
@@ -140,14 +140,13 @@ class SimWorld:
             self._cache = cache = SlotWeights({s: i for i, s in enumerate(wanted)}, weights, blocks, bigram)
         return cache
 
-    def _hidden(self, weights: SlotWeights, where: torch.Tensor, prompt: torch.Tensor, group: int,
-                grad: bool) -> torch.Tensor:
-        """[R, P * group, T, V] hidden-part logits of prompts `prompt` [R, P] under slot rows where [R], each
-        prompt's row repeated for its `group` adjacent rollouts: computed once per prompt, not per rollout."""
+    def _prompt_logits(self, weights: SlotWeights, where: torch.Tensor, prompt: torch.Tensor, group: int,
+                       grad: bool) -> torch.Tensor:
+        """[R, P * group, T, V] x-part logits (net.prompt_logits) of prompts `prompt` [R, P] under slot rows where
+        [R], each prompt's row repeated for its `group` adjacent rollouts: computed once per prompt, not per rollout."""
         x = self.tasks.features.index_select(0, prompt.view(-1)).view(*prompt.shape, -1)
-        domain = self.tasks.domain.index_select(0, prompt.view(-1)).view(prompt.shape)
         with torch.set_grad_enabled(grad):
-            hidden = net.prompt_logits(weights.blocks, where, x, domain, self.cfg.answer_len)
+            hidden = net.prompt_logits(weights.blocks, where, x, self.cfg.digits)
             return hidden if group == 1 else hidden.repeat_interleave(group, 1)
 
     def _prompt_layout(self, requests: list[Request], prompts: int, group: int, every: bool) -> Layout:
@@ -181,7 +180,7 @@ class SimWorld:
         weights = self._weights(slots + [r.teacher for r in requests if r.teacher >= 0])
         where, bigram_first = self._first_rows(weights, slots)
         # in the caller's grad mode: the training forward reuses this (see Scored)
-        hidden = self._hidden(weights, where, prompt, group, torch.is_grad_enabled())  # [R, N, T, V]
+        hidden = self._prompt_logits(weights, where, prompt, group, torch.is_grad_enabled())  # [R, N, T, V]
         with torch.no_grad():  # rollouts are flattened to R * N rows: fewer, larger ops in the token loop
             hidden_loop, bigram = hidden.detach().view(n_rows * n, length, v), weights.bigram.detach()
             if temperature != 1.0:  # x / 1.0 is x: skip the op
@@ -276,7 +275,7 @@ class SimWorld:
         prompt = self.tasks.first_prompt(domain, eval=True)[:, None] + torch.arange(s)  # [R, S]
         with torch.set_grad_enabled(grad):
             paths = self.tasks.answers.index_select(0, prompt.view(-1)).view(n, s * m, -1)  # the right sequences
-            hidden = self._hidden(weights, where, prompt, m, grad)  # [R, S * M, T, V]: a prompt's M paths adjacent
+            hidden = self._prompt_logits(weights, where, prompt, m, grad)  # [R, S * M, T, V]: a prompt's M paths
             prev = torch.cat([torch.full_like(paths[..., :1], self.vocab_size), paths[..., :-1]], -1)
             bigram = weights.bigram if grad else weights.bigram.detach()
             logp = net.logprobs(hidden, bigram, bigram_first, prev)  # τ = 1: the policy itself
@@ -340,7 +339,7 @@ class SimWorld:
         prompt, prev = (payload.prompt, payload.prev) if rows is None else (payload.prompt[rows], payload.prev[rows])
         weights = self._weights(slots)
         where, bigram_first = self._first_rows(weights, slots)
-        hidden = self._hidden(weights, where, prompt, payload.group, grad)
+        hidden = self._prompt_logits(weights, where, prompt, payload.group, grad)
         bigram = weights.bigram if grad else weights.bigram.detach()
         with torch.set_grad_enabled(grad):
             return net.logprobs(hidden, bigram, bigram_first, prev, payload.temperature)

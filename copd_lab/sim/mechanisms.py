@@ -1,0 +1,149 @@
+"""The simulator's mechanisms, each measured by its signature (issue 10, docs/simulator.md).
+
+Each function runs the ordinary recipes, trainer and losses (or, for the absorption pilot, the one training
+step of copd_lab.update) on the simulator and returns the numbers its signature is read from. Nothing here
+is tuned toward any method: a signature is what the knob does, whichever method it then favours.
+
+* drift: independent experts leave the base (top-k overlap with it falls) and each other (symmetric KL
+  between experts grows); `sim.styles = 1` turns the equally rewarded styles off.
+* conflict: the exact gradient cosine between domains at the base, and mixed RLVR's worst-domain deficit
+  against that domain's expert, as `sim.conflict` grows.
+* transfer: an expert's accuracy gain on the other domains, as `sim.shared_skill` grows.
+* absorption: OPD gain of students at graded overlap with one fixed teacher (the paper's pilot).
+* merge damage: best branch minus the merged model against the branches' symmetric KL before the merge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from copd_lab import update
+from copd_lab.config import ExperimentConfig
+from copd_lab.experiment import make_world, run_comparison
+from copd_lab.measure import Meter
+from copd_lab.policy import NonFiniteError, Request
+from copd_lab.sim.world import SimWorld
+
+
+def with_sim(cfg: ExperimentConfig, **sim) -> ExperimentConfig:
+    return dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, **sim))
+
+
+def _off(domains: tuple[str, ...], domain: str) -> list[str]:
+    return [d for d in domains if d != domain]
+
+
+def drift(cfg: ExperimentConfig) -> dict[str, float]:
+    """Independent experts: their top-k overlap with the base on their own rollouts (first and last measurement,
+    mean over experts) and the symmetric KL between experts (first measurement after the start, and last)."""
+    m = run_comparison(dataclasses.replace(cfg, methods=("experts",)), progress=False).metrics
+    gap = m[(m.method == "experts") & (m.pair != "")]
+    to_base = gap[(gap.metric == "overlap") & gap.pair.str.endswith("<-base")].groupby("step").value.mean()
+    between = gap[(gap.metric == "symmetric_kl") & ~gap.pair.str.endswith("<-base")].groupby("step").value.mean()
+    between = between[between.index > 0]
+    return {"overlap_first": to_base.iloc[0], "overlap_last": to_base.iloc[-1],
+            "overlap_drop": to_base.iloc[0] - to_base.iloc[-1], "kl_first": between.iloc[0],
+            "kl_last": between.iloc[-1], "kl_growth": between.iloc[-1] / max(between.iloc[0], 1e-12)}
+
+
+def base_gradient_cosine(cfg: ExperimentConfig) -> float:
+    """Mean cosine between every pair of domains' exact gradients of expected held-out accuracy at the base
+    (no sampling noise: the sampled GRPO gradients of one step are nearly orthogonal whatever the task)."""
+    world = SimWorld(cfg.sim, cfg.domains, cfg.grpo.lr)
+    world.reset(1, cfg.seed)
+    grads = torch.cat([world.flat_grads(world.exact_accuracy([Request(0, (d,))], grad=True).sum(), [0])
+                       for d in range(len(cfg.domains))])
+    unit = grads / grads.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    cosine = unit @ unit.T
+    k = len(cfg.domains)
+    return float((cosine.sum() - cosine.trace()) / (k * (k - 1)))
+
+
+def mixed_deficit(cfg: ExperimentConfig) -> dict[str, float]:
+    """Mixed RLVR against the experts: its worst-domain deficit (expert on its domain minus mixed there), and
+    its mean accuracy minus the experts' mean own-domain accuracy."""
+    r = run_comparison(dataclasses.replace(cfg, methods=("experts", "mixed")), progress=False).results
+    deficits = [r.loc[f"expert:{d}", d] - r.loc["mixed", d] for d in cfg.domains]
+    return {"worst_deficit": 100 * max(deficits), "mean_deficit": 100 * float(np.mean(deficits))}
+
+
+def transfer(cfg: ExperimentConfig) -> dict[str, float]:
+    """Each expert's gain over the base on its own domain and, averaged, on the other domains (points)."""
+    r = run_comparison(dataclasses.replace(cfg, methods=("base", "experts")), progress=False).results
+    own = [r.loc[f"expert:{d}", d] - r.loc["base", d] for d in cfg.domains]
+    off = [(r.loc[f"expert:{d}", _off(cfg.domains, d)] - r.loc["base", _off(cfg.domains, d)]).mean()
+           for d in cfg.domains]
+    return {"own_gain": 100 * float(np.mean(own)), "off_gain": 100 * float(np.mean(off))}
+
+
+def task_vector_ratio(cfg: ExperimentConfig) -> float:
+    """The experts' task vector norm |θ_k − θ_0| over the base's norm |θ_0| at the end (mean over experts)."""
+    m = run_comparison(dataclasses.replace(cfg, methods=("experts",)), progress=False).metrics
+    norms = m[(m.metric == "task_vector_norm")].groupby("branch").value.last()
+    base = SimWorld(cfg.sim, cfg.domains, cfg.grpo.lr).base.norm().item()
+    return float(norms.mean() / base)
+
+
+def _train(world, cfg: ExperimentConfig, requests: list[Request], steps: int) -> None:
+    def stop(row: int, what: str) -> None:
+        raise NonFiniteError(f"absorption pilot: request {requests[row]} went non-finite ({what})")
+
+    for _ in range(steps):
+        update.train_step(world, cfg, requests, stop)
+
+
+def absorption(cfg: ExperimentConfig, student_steps: tuple[int, ...] = (0, 50, 100, 200),
+               temperatures: tuple[float, ...] = (0.5, 1.0, 2.0)) -> pd.DataFrame:
+    """The paper's pilot: one fixed teacher (the first domain's expert), students at graded overlap with it (GRPO
+    on each domain for a number of steps at a sampling temperature), then `distill_steps` of OPD from the teacher on
+    its prompts. One row per student: its overlap with the teacher before OPD and its accuracy gain from OPD."""
+    world = make_world(cfg)
+    students = [(d, n, t) for d in range(len(cfg.domains)) for n in student_steps if n for t in temperatures]
+    students = [(0, 0, 1.0)] + students  # the base itself
+    teacher, first = 1, 2
+    world.reset(first + len(students), cfg.seed)
+    _train(world, cfg, [Request(teacher, (0,), stream="pilot/teacher")], cfg.expert_steps)
+    for temperature in temperatures:  # students with the same temperature train side by side
+        hot = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, temperature=temperature))
+        rows = [(first + i, d, n) for i, (d, n, t) in enumerate(students) if t == temperature and n]
+        for tick in range(max((n for _, _, n in rows), default=0)):
+            requests = [Request(slot, (d,), stream=f"pilot/student{slot}") for slot, d, n in rows if tick < n]
+            _train(world, hot, requests, 1)
+    slots = [first + i for i in range(len(students))]
+    meter = Meter(cfg, world, lambda *row: None)
+    with torch.no_grad():
+        overlap = meter.gap([(s, teacher) for s in slots], {s: "pilot" for s in slots}, full=False)[:, 0].tolist()
+        before = world.exact_accuracy([Request(s, (0,)) for s in slots]).tolist()
+    _train(world, cfg, [Request(s, (0,), teacher=teacher, beta=cfg.opd.beta, stream=f"pilot/opd{s}") for s in slots],
+           cfg.distill_steps)
+    with torch.no_grad():
+        after = world.exact_accuracy([Request(s, (0,)) for s in slots]).tolist()
+    return pd.DataFrame({"domain": [cfg.domains[d] for d, _, _ in students], "steps": [n for _, n, _ in students],
+                         "temperature": [t for _, _, t in students], "overlap": overlap,
+                         "gain": [100 * (a - b) for a, b in zip(after, before)]})
+
+
+def fit(x: list[float], y: list[float]) -> dict[str, float]:
+    """Least-squares line y = slope·x + intercept and Pearson's r."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    slope, intercept = np.polyfit(x, y, 1)
+    r = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else math.nan
+    return {"slope": float(slope), "intercept": float(intercept), "r": r, "x_min": float(x.min()),
+            "x_max": float(x.max())}
+
+
+def merge_damage(cfg: ExperimentConfig) -> dict[str, float]:
+    """CoPD's best branch minus its merged model (overall accuracy, points), and the branches' mean symmetric KL
+    at their last measurement before the merge."""
+    c = run_comparison(dataclasses.replace(cfg, methods=("copd",),
+                                           copd=dataclasses.replace(cfg.copd, report_branches=True)), progress=False)
+    branches = [f"copd[{d}]" for d in cfg.domains]
+    damage = 100 * (c.results.loc[branches, "overall"].max() - c.results.loc["copd", "overall"])
+    m = c.metrics
+    kl = m[(m.method == "copd") & (m.metric == "symmetric_kl") & (m.pair != "") & ~m.pair.str.endswith("<-base")]
+    return {"damage": float(damage), "branch_kl": float(kl[kl.step == kl.step.max()].value.mean())}
