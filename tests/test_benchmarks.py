@@ -71,3 +71,15 @@ def test_sim_speed_prints_its_table_and_both_result_lines_last():
     assert lines[0].startswith("case") and any("5 seeds" in line for line in lines)
     assert lines[-2].startswith("default_comparison_s=") and float(lines[-2].split("=")[1]) > 0
     assert lines[-1].startswith("default_comparison_5seeds_s=") and float(lines[-1].split("=")[1]) > 0
+
+
+def test_sim_mechanisms_prints_a_row_per_signature():
+    command = [sys.executable, str(ROOT / "benchmarks" / "sim_mechanisms.py"), "--seeds", "1", "--set",
+               "expert_steps=20", "--set", "distill_steps=10", "--set", "copd.cycles=1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    assert {line.split(" | ")[0].lstrip("| ") for line in table} == {"base", "drift", "conflict", "transfer",
+                                                                    "absorption", "merge damage"}
+    assert all(line.count(" | ") == 4 for line in table)  # five cells: no stray "|" inside one

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from copd_lab import update
-from copd_lab.config import ExperimentConfig
+from copd_lab.config import ExperimentConfig, MergeConfig
 from copd_lab.experiment import make_world, run_comparison
 from copd_lab.measure import Meter
 from copd_lab.policy import NonFiniteError, Request
@@ -97,44 +97,55 @@ def _train(world, cfg: ExperimentConfig, requests: list[Request], steps: int) ->
         update.train_step(world, cfg, requests, stop)
 
 
-def absorption(cfg: ExperimentConfig, student_steps: tuple[int, ...] = (0, 50, 100, 200),
-               temperatures: tuple[float, ...] = (0.5, 1.0, 2.0)) -> pd.DataFrame:
-    """The paper's pilot: one fixed teacher (the first domain's expert), students at graded overlap with it (GRPO
-    on each domain for a number of steps at a sampling temperature), then `distill_steps` of OPD from the teacher on
-    its prompts. One row per student: its overlap with the teacher before OPD and its accuracy gain from OPD."""
+def absorption(cfg: ExperimentConfig, student_steps: tuple[int, ...] = (50, 100, 200, 400),
+               temperatures: tuple[float, ...] = (0.5, 1.0, 2.0),
+               between: tuple[float, ...] = (0.25, 0.5, 0.75)) -> pd.DataFrame:
+    """The paper's pilot: one fixed teacher (the first domain's expert), students at graded overlap with it, then
+    `distill_steps` of OPD from the teacher on its prompts. Students: the base; GRPO on each domain for a number of
+    steps at a sampling temperature (the paper's way); and points on the line from the base to the teacher,
+    θ_0 + α (θ_teacher − θ_0), which reach the overlaps near the teacher's. One row per student: its top-k overlap
+    with the teacher before OPD, its accuracy gain from OPD (points), and the fraction of its accuracy gap to the
+    teacher that OPD closed (NaN where it was not behind by a point)."""
     world = make_world(cfg)
-    students = [(d, n, t) for d in range(len(cfg.domains)) for n in student_steps if n for t in temperatures]
-    students = [(0, 0, 1.0)] + students  # the base itself
+    students = [(0, 0, 1.0)] + [(d, n, t) for d in range(len(cfg.domains)) for n in student_steps for t in temperatures]
     teacher, first = 1, 2
-    world.reset(first + len(students), cfg.seed)
+    world.reset(first + len(students) + len(between), cfg.seed)
     _train(world, cfg, [Request(teacher, (0,), stream="pilot/teacher")], cfg.expert_steps)
-    for temperature in temperatures:  # students with the same temperature train side by side
+    for i, alpha in enumerate(between):
+        world.merge([teacher], first + len(students) + i, MergeConfig("task_arithmetic", scale=alpha))
+    for temperature in temperatures:  # the students of one temperature train side by side
         hot = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, temperature=temperature))
         rows = [(first + i, d, n) for i, (d, n, t) in enumerate(students) if t == temperature and n]
         for tick in range(max((n for _, _, n in rows), default=0)):
             requests = [Request(slot, (d,), stream=f"pilot/student{slot}") for slot, d, n in rows if tick < n]
             _train(world, hot, requests, 1)
-    slots = [first + i for i in range(len(students))]
+    slots = [first + i for i in range(len(students) + len(between))]
     meter = Meter(cfg, world, lambda *row: None)
     with torch.no_grad():
         overlap = meter.gap([(s, teacher) for s in slots], {s: "pilot" for s in slots}, full=False)[:, 0].tolist()
-        before = world.exact_accuracy([Request(s, (0,)) for s in slots]).tolist()
+        before = world.exact_accuracy([Request(s, (0,)) for s in [teacher] + slots]).tolist()
+    target, before = before[0], before[1:]
     _train(world, cfg, [Request(s, (0,), teacher=teacher, beta=cfg.opd.beta, stream=f"pilot/opd{s}") for s in slots],
            cfg.distill_steps)
     with torch.no_grad():
         after = world.exact_accuracy([Request(s, (0,)) for s in slots]).tolist()
-    return pd.DataFrame({"domain": [cfg.domains[d] for d, _, _ in students], "steps": [n for _, n, _ in students],
-                         "temperature": [t for _, _, t in students], "overlap": overlap,
-                         "gain": [100 * (a - b) for a, b in zip(after, before)]})
+    behind = [target - b for b in before]
+    kind = [f"grpo {cfg.domains[d]} {n} steps τ={t:g}" if n else "base" for d, n, t in students]
+    return pd.DataFrame({"student": kind + [f"base + {a:g} (teacher - base)" for a in between], "overlap": overlap,
+                         "gain": [100 * (a - b) for a, b in zip(after, before)],
+                         "absorbed": [(a - b) / gap if gap > 0.01 else math.nan
+                                      for a, b, gap in zip(after, before, behind)]})
 
 
 def fit(x: list[float], y: list[float]) -> dict[str, float]:
-    """Least-squares line y = slope·x + intercept and Pearson's r."""
+    """Least-squares line y = slope·x + intercept and Pearson's r (pairs with a NaN are left out)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
     slope, intercept = np.polyfit(x, y, 1)
     r = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else math.nan
     return {"slope": float(slope), "intercept": float(intercept), "r": r, "x_min": float(x.min()),
-            "x_max": float(x.max())}
+            "x_max": float(x.max()), "n": int(len(x))}
 
 
 def merge_damage(cfg: ExperimentConfig) -> dict[str, float]:
