@@ -120,6 +120,21 @@ class Trainer:
         afresh; on CPU the rows come out identical to those of an uninterrupted run. (A finished one
         already holds every row: see experiment.run_comparison.)
         """
+        start = self.begin(resume)
+        for tick in range(start, self.total + 1):
+            requests, owners = self.collect(tick)
+            if requests:
+                self._guarded(tick, self.train_step, tick, requests, owners)
+            self.after_step(tick)
+        return self.end()
+
+    @property
+    def total(self) -> int:
+        """The last tick of the run (every recipe has ended by then)."""
+        return max((end for _, end in self.spans.values()), default=0)
+
+    def begin(self, resume: dict | None = None) -> int:
+        """Reset the world (or restore `resume`), evaluate the base, write the first checkpoint; the next tick."""
         self.world.reset(len(self.slots), self.seed)
         if resume is None:
             torch.manual_seed(self.seed)
@@ -129,40 +144,45 @@ class Trainer:
                 self._save(0)
         else:
             start = self.load_state_dict(resume)
-        total = max((end for _, end in self.spans.values()), default=0)
-        every = self.cfg.checkpoint_every
-        bar = tqdm(total=total, initial=min(start, total), desc=f"{self.run} seed {self.seed}",
-                   disable=not self.progress, leave=False)
-        for tick in range(start, total + 1):
-            try:
-                self._guarded(tick, self._tick, tick)
-            except NonFiniteError:
-                bar.close()
-                raise
-            if tick < total:
-                bar.update(1)
-                if self.checkpoint is not None and every and (tick + 1) % every == 0:
-                    self._save(tick + 1)
-        bar.close()
-        self._flush()
-        if self.checkpoint is not None:
-            self._save(total + 1, done=True)
-        return self.rows
+        self._bar = tqdm(total=self.total, initial=min(start, self.total), desc=f"{self.run} seed {self.seed}",
+                         disable=not self.progress, leave=False)
+        return start
 
-    def _tick(self, tick: int) -> None:
+    def collect(self, tick: int) -> tuple[list[Request], list[tuple[str, str, str]]]:
+        """This tick's requests of every recipe that trains on it, and their owners (method, branch, edge)."""
+        return self._guarded(tick, self._tick_requests, tick)
+
+    def _tick_requests(self, tick: int) -> tuple[list[Request], list[tuple[str, str, str]]]:
         requests, owners = [], []
-        for recipe in self.recipes:
+        for recipe in self.recipes:  # a recipe that ends here is merged and evaluated now
             if self._advance(recipe, tick):
                 self._collect(recipe, tick, requests, owners)
-        if requests:
-            self.train_step(tick, requests, owners)
-        self._measure(tick)
+        return requests, owners
 
-    def _guarded(self, tick: int, work, *args) -> None:
+    def after_step(self, tick: int) -> None:
+        """Measure what this tick's cadence asks for, then checkpoint on the cadence."""
+        self._guarded(tick, self._measure, tick)
+        if tick < self.total:
+            self._bar.update(1)
+            every = self.cfg.checkpoint_every
+            if self.checkpoint is not None and every and (tick + 1) % every == 0:
+                self._save(tick + 1)
+
+    def end(self) -> list[dict]:
+        """Flush the training signals into rows, write the finished checkpoint; every row of the run."""
+        self._bar.close()
+        self._flush()
+        if self.checkpoint is not None:
+            self._save(self.total + 1, done=True)
+        return self.rows
+
+    def _guarded(self, tick: int, work, *args):
         """work(*args); a NonFiniteError from the world says what went wrong, this adds where and what was kept."""
         try:
-            work(*args)
+            return work(*args)
         except NonFiniteError as err:
+            if hasattr(self, "_bar"):
+                self._bar.close()
             raise NonFiniteError(f"{err}, at tick {tick} (seed {self.seed}): training stopped and {self._kept()}. "
                                  f"{self._advice()}") from None
 
