@@ -194,7 +194,7 @@ class SimConfig:
     # (the drift knob; 1 = off)
     style_habit: float = 0.5  # extra probability of domain d's habitual style (d mod M) in the base's pretraining
     # data: experts of different domains then drift to different styles (0: only chance breaks the symmetry)
-    filler: int = 40  # tokens that are never right, so the vocabulary (digits * styles + filler) is well above k
+    filler: int = 8  # tokens that are never right, so the vocabulary (digits * styles + filler) is well above k
     shared_skill: float = 0.5  # s, share of every domain's rule that is common to all domains, on the shared
     # features (the transfer knob)
     conflict: float = 0.25  # c, share of a domain's rule that reads the shared features in a way opposed to the

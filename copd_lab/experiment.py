@@ -11,6 +11,7 @@ import torch
 from copd_lab.checkpoint import checkpoint_path, load_checkpoint
 from copd_lab.config import ConfigError, ExperimentConfig
 from copd_lab.config_io import dump_toml
+from copd_lab.lockstep import SlotView, run_side_by_side
 from copd_lab.policy import World
 from copd_lab.preflight import check_run, clear_run, model_folder
 from copd_lab.recipes import Recipe, build_recipes
@@ -104,16 +105,31 @@ def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool = Tru
     if overwrite and out is not None:
         clear_run(out)
     rows = []
+    todo = [seed for seed, state in states.items() if state is None or not state["done"]]
+    together = getattr(world, "runs_seeds_side_by_side", False) and len(todo) > 1
+    ran = _side_by_side(cfg, world, recipes, todo, paths, states, run, progress) if together else {}
     for seed, path in paths.items():
         state = states.pop(seed)  # dropped once used: a finished seed's rows are not held twice
-        if state is not None and state["done"]:
+        if seed in ran:
+            rows += ran.pop(seed)
+        elif state is not None and state["done"]:
             rows += unpack_rows(state["rows"])
-            continue
-        trainer = Trainer(cfg, world, recipes, seed=seed, run=run, progress=progress, checkpoint=path)
-        rows += trainer.run_all(resume=state)
+        else:
+            trainer = Trainer(cfg, world, recipes, seed=seed, run=run, progress=progress, checkpoint=path)
+            rows += trainer.run_all(resume=state)
     metrics = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
     listed = sorted(recipes, key=lambda r: cfg.methods.index(r.name) if r.name in cfg.methods else -1)
     return Comparison(cfg, recipes, metrics, results_table(metrics, listed, cfg.domains, cfg.metrics.score))
+
+
+def _side_by_side(cfg: ExperimentConfig, world: World, recipes: list[Recipe], seeds: list[int], paths: dict,
+                  states: dict, run: str, progress: bool) -> dict[int, list[dict]]:
+    """The seeds' rows from one run of all of them side by side in `world` (copd_lab.lockstep): each seed draws
+    and writes what it would alone, for about the time of one seed."""
+    n_slots = len(Trainer(cfg, world, recipes, seed=seeds[0]).slots)  # the same for every seed
+    trainers = [Trainer(cfg, SlotView(world, i * n_slots, n_slots, seed), recipes, seed=seed, run=run,
+                        progress=progress, checkpoint=paths[seed]) for i, seed in enumerate(seeds)]
+    return dict(zip(seeds, run_side_by_side(trainers, [states[seed] for seed in seeds])))
 
 
 def _resumable(cfg: ExperimentConfig, path: Path) -> dict | None:

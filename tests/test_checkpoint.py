@@ -46,10 +46,7 @@ def test_checkpoint_refuses_pickled_code(tmp_path):
         ckpt.load_checkpoint(path)
 
 
-def test_resume_after_interruption_gives_identical_metrics(tmp_path, monkeypatch):
-    cfg = load_config(None, SMALL)
-    whole = run_comparison(cfg, run="r", progress=False, out=tmp_path / "whole").metrics
-
+def interrupt_seed_1_at_tick_13(monkeypatch):
     measure = Trainer._measure
 
     def interrupt(self, tick):  # a crash in seed 1 at tick 13: its last checkpoint is at tick 10
@@ -58,21 +55,41 @@ def test_resume_after_interruption_gives_identical_metrics(tmp_path, monkeypatch
             raise Interrupted
 
     monkeypatch.setattr(Trainer, "_measure", interrupt)
+    return lambda: monkeypatch.setattr(Trainer, "_measure", measure)
+
+
+def test_resume_after_interruption_gives_identical_metrics(tmp_path, monkeypatch):
+    """The simulator runs its seeds side by side (copd_lab.lockstep): a crash in one leaves every seed at its
+    last checkpoint, and --resume continues them all to the rows of an uninterrupted run."""
+    cfg = load_config(None, SMALL)
+    whole = run_comparison(cfg, run="r", progress=False, out=tmp_path / "whole").metrics
+    restore = interrupt_seed_1_at_tick_13(monkeypatch)
     with pytest.raises(Interrupted):
         run_comparison(cfg, run="r", progress=False, out=tmp_path / "cut")
-    monkeypatch.setattr(Trainer, "_measure", measure)
-    seed0 = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / "cut", 0))
-    seed1 = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / "cut", 1))
-    assert seed0["done"] and not seed1["done"] and seed1["tick"] == 10
+    restore()
+    for seed in (0, 1):
+        state = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / "cut", seed))
+        assert not state["done"] and state["tick"] == 10
+    resumed = run_comparison(cfg, run="r", progress=False, out=tmp_path / "cut", resume=True).metrics
+    assert resumed.equals(whole), resumed.compare(whole)
+    assert all(ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / "cut", seed))["done"] for seed in (0, 1))
 
+
+def test_a_finished_seed_is_not_run_again_and_one_left_runs_alone(tmp_path, monkeypatch):
+    cfg = load_config(None, SMALL)
+    whole = run_comparison(cfg, run="r", progress=False).metrics
+    run_comparison(load_config(None, SMALL + ["seeds=1"]), run="r", progress=False, out=tmp_path)  # seed 0 done
+    restore = interrupt_seed_1_at_tick_13(monkeypatch)
+    with pytest.raises(Interrupted):
+        run_comparison(cfg, run="r", progress=False, out=tmp_path, resume=True)
+    restore()
     started = []
     run_all = Trainer.run_all
     monkeypatch.setattr(Trainer, "run_all", lambda self, resume=None: started.append(
         (self.seed, resume and resume["tick"])) or run_all(self, resume))
-    resumed = run_comparison(cfg, run="r", progress=False, out=tmp_path / "cut", resume=True).metrics
-    assert started == [(1, 10)]  # seed 0 was finished: not run again
+    resumed = run_comparison(cfg, run="r", progress=False, out=tmp_path, resume=True).metrics
+    assert started == [(1, 10)]  # seed 0 was finished: not run again; seed 1 alone, one by one
     assert resumed.equals(whole), resumed.compare(whole)
-    assert ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / "cut", 1))["done"]
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):

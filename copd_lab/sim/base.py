@@ -42,6 +42,7 @@ def base_weights(cfg: SimConfig, n_domains: int) -> torch.Tensor:
     x = draw_features(cfg, domain, n_domains, gen)
     digits = answer_digits(tasks.rules, x, domain)  # [n, T]
     where, first = torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long)
+    rows_of = net.previous_rows(q, m, v)
     flat.requires_grad_(True)
     moment1, moment2, count = torch.zeros_like(flat), torch.zeros_like(flat), torch.zeros(1, 1)
     # each domain's habitual style: style d mod M with the extra probability style_habit
@@ -56,7 +57,7 @@ def base_weights(cfg: SimConfig, n_domains: int) -> torch.Tensor:
         prev = torch.cat([torch.full_like(path[:, :1], v), path[:, :-1]], 1)
         blocks = net.split(flat, shapes)
         hidden = net.prompt_logits(blocks, where, x[None], q)
-        logp = net.logprobs(hidden, blocks["bigram"].reshape(v + 1, v), first, prev[None])[0]  # [n, T, V]
+        logp = net.logprobs(hidden, blocks["bigram"].reshape(-1, v), first, prev[None], rows_of)[0]  # [n, T, V]
         loss = -(1 - FILLER_MASS * bool(cfg.filler)) * logp.gather(-1, path[..., None]).mean()
         if cfg.filler:
             loss = loss - (logp[..., q * m:] * tail).sum(-1).mean()

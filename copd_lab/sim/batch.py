@@ -54,4 +54,4 @@ class SlotWeights:
     slots: dict[int, int]  # slot -> its row in `weights`
     weights: torch.Tensor  # [k, P] the leaf
     blocks: dict[str, torch.Tensor]  # named [k, ...] views of it (copd_lab.sim.net)
-    bigram: torch.Tensor  # [k * (V + 1), V] bigram logits U of every (slot, previous token), by row
+    bigram: torch.Tensor  # [k * (M + 2), V] the rows of U of every slot (net.previous_rows), by row

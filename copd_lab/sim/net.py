@@ -2,13 +2,14 @@
 
 For a prompt with features x, the answer's logits at position t after token y_{t-1} are
 
-    logits_t(token) = W_t x + b_t + σ_t[style of the token] + U[y_{t-1}]
+    logits_t(token) = W_t x + b_t + σ_t[style of the token] + U[style of y_{t-1}]
 
 W reads the shared features (the weights every domain pulls on) and each domain's own ones (weights only
 that domain moves); every token has its own row, so a style's digits are learnt in that style (a style
 that is sampled more also gets better: symmetry between equally rewarded styles breaks under RL). σ is
 one logit per style (filler tokens have none), so that a style rises or falls as a whole, as a format or
-a language does in a real model; the bigram U lets a response keep the style its first token chose. The
+a language does in a real model; U, by the style of the previous token (a row for filler and one for the
+start), lets a response keep the style its first token chose. The
 x-part does not depend on earlier tokens, so a prompt's logits at every position are one matmul, and
 sampling only adds a row of U per token.
 """
@@ -21,7 +22,16 @@ import torch
 def param_shapes(features: int, answer_len: int, vocab: int, styles: int) -> dict[str, tuple]:
     """The named blocks of one slot's flat weight vector, in order."""
     return {"weight": (features, answer_len * vocab), "bias": (answer_len * vocab,), "style": (answer_len, styles),
-            "bigram": (vocab + 1, vocab)}
+            "bigram": (styles + 2, vocab)}
+
+
+def previous_rows(digits: int, styles: int, vocab: int) -> torch.Tensor:
+    """[V + 1] the row of U each previous token reads: its style, `styles` for filler, `styles` + 1 for the start
+    token V."""
+    rows = torch.full((vocab + 1,), styles)
+    rows[: digits * styles] = torch.arange(digits * styles) // digits
+    rows[vocab] = styles + 1
+    return rows
 
 
 def split(flat: torch.Tensor, shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
@@ -43,11 +53,11 @@ def prompt_logits(blocks: dict[str, torch.Tensor], where: torch.Tensor, x: torch
 
 
 def logprobs(hidden: torch.Tensor, bigram: torch.Tensor, bigram_first: torch.Tensor, prev: torch.Tensor,
-             temperature: float = 1.0) -> torch.Tensor:
+             rows_of: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """[R, N, T, V] log-probs of rollouts from their x-part logits [R, N, T, V] and previous tokens prev
-    [R, N, T] (V: the start token); request r's slot's bigram starts at row bigram_first[r] ([R, 1]) of the flat
-    bigram table `bigram` [k * (V + 1), V]."""
-    rows = (bigram_first[:, :, None] + prev).view(-1)
+    [R, N, T] (V: the start token); request r's slot's U starts at row bigram_first[r] ([R, 1]) of the flat table
+    `bigram` [k * (M + 2), V], and a previous token reads row rows_of[token] of it (previous_rows)."""
+    rows = (bigram_first[:, :, None] + rows_of.index_select(0, prev.reshape(-1)).view(prev.shape)).view(-1)
     logits = hidden + bigram.index_select(0, rows).view(hidden.shape)
     return (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
 

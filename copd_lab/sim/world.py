@@ -31,6 +31,8 @@ from copd_lab.streams import Streams
 class SimWorld:
     """A World (see copd_lab.policy) of toy policies on SimTasks, all starting from the warm-started base."""
 
+    runs_seeds_side_by_side = True  # experiment.run_comparison runs its seeds in one world (copd_lab.lockstep)
+
     def __init__(self, cfg: SimConfig, domains: tuple[str, ...], lr: float):
         self.cfg, self.domains, self.lr = cfg, tuple(domains), lr
         self.tasks = SimTasks.build(cfg, len(domains))
@@ -38,6 +40,8 @@ class SimWorld:
         self.max_new_tokens = cfg.answer_len  # every answer has T tokens
         self.shapes = net.param_shapes(cfg.n_features(len(domains)), cfg.answer_len, v, cfg.styles)
         self.n_params = sum(torch.Size(shape).numel() for shape in self.shapes.values())
+        self.rows_of = net.previous_rows(cfg.digits, cfg.styles, v)  # the row of U each previous token reads
+        self.u_rows = cfg.styles + 2
         self.base = base_weights(cfg, len(domains))
         self._layouts: dict[tuple, Layout] = {}
         self._first: dict[tuple, tuple[torch.Tensor, ...]] = {}  # see _first_rows, _rollout_rows
@@ -110,14 +114,22 @@ class SimWorld:
         (grad,) = torch.autograd.grad(loss, graded.weights, retain_graph=True)
         return grad[[graded.slots[s] for s in slots]]
 
-    def state_dict(self) -> dict:
-        return {"flat": self.flat.clone(), "m": self.m.clone(), "v": self.v.clone(),
-                "t": self.t.clone(), "streams": self.streams.state_dict()}
+    def state_dict(self, rows: slice | None = None, seed: int | None = None) -> dict:
+        """The world's state; or, given rows and a seed, that of the slots `rows` and of the seed's streams (one
+        seed of several run side by side, see copd_lab.lockstep), as a world of those slots alone would hold it."""
+        rows = slice(None) if rows is None else rows
+        return {"flat": self.flat[rows].clone(), "m": self.m[rows].clone(), "v": self.v[rows].clone(),
+                "t": self.t[rows].clone(), "streams": self.streams.state_dict(seed)}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.flat = state["flat"].clone()
-        self.m, self.v, self.t = state["m"].clone(), state["v"].clone(), state["t"].clone()
-        self.streams = Streams.from_state_dict(state["streams"])
+    def load_state_dict(self, state: dict, rows: slice | None = None, seed: int | None = None) -> None:
+        if rows is None:
+            self.flat = state["flat"].clone()
+            self.m, self.v, self.t = state["m"].clone(), state["v"].clone(), state["t"].clone()
+            self.streams = Streams.from_state_dict(state["streams"])
+        else:
+            for name in ("flat", "m", "v", "t"):
+                getattr(self, name)[rows] = state[name]
+            self.streams.load_state_dict(state["streams"], seed)
         self._cache = self._graded = None
 
     # ---------------------------------------------------------------- the policy
@@ -193,7 +205,8 @@ class SimWorld:
                     (length, rows, 1), generator=gen)).unbind(0)
             steps, logits = [start], []  # the token before position 0: the start token
             for t, hidden_t in enumerate(hidden_loop.unbind(1)):
-                logits.append(hidden_t + bigram.index_select(0, bigram_rows + steps[-1] if t else start_rows))
+                logits.append(hidden_t + bigram.index_select(
+                    0, bigram_rows + self.rows_of.index_select(0, steps[-1]) if t else start_rows))
                 if greedy:
                     steps.append(logits[-1].argmax(-1))
                 else:  # u scaled by the row's total: float rounding never runs past the last id with mass
@@ -204,7 +217,7 @@ class SimWorld:
             if not greedy and int(tokens.max()) >= v:  # a NaN cdf sends u past the last id
                 raise NonFiniteError(f"the sampling probabilities of slot(s) {sorted(set(slots))} "
                                      f"are NaN (finite weights so large that their logits overflow)")
-        logp = net.logprobs(hidden, weights.bigram, bigram_first, prev, temperature)
+        logp = net.logprobs(hidden, weights.bigram, bigram_first, prev, self.rows_of, temperature)
         # π_old: at τ = 1 the loop's logits are the scored ones (and the training forward's token log-probs are
         # these very numbers); else h/τ + U/τ rounds unlike (h + U)/τ
         token = logp.gather(-1, tokens[..., None]).squeeze(-1) if temperature == 1.0 else None
@@ -242,21 +255,21 @@ class SimWorld:
         return self._plans[key]
 
     def _first_rows(self, weights: SlotWeights, slots: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each request's slot: its row [R] in the weights' blocks, and [R, 1] its first row in their flat bigram
+        """Each request's slot: its row [R] in the weights' blocks, and [R, 1] its first row in their flat table of U
         table (cached: a tick's requests and slots come back every tick)."""
         key = (tuple(weights.slots), tuple(slots))
         if key not in self._first:
             where = torch.tensor([weights.slots[s] for s in slots])
-            self._first[key] = where, where[:, None] * (self.vocab_size + 1)
+            self._first[key] = where, where[:, None] * self.u_rows
         return self._first[key]
 
     def _rollout_rows(self, weights: SlotWeights, slots: list[int], n: int) -> tuple[torch.Tensor, ...]:
-        """[R * N] per rollout: its slot's first bigram row, the row of the start token, and the start token V
+        """[R * N] per rollout: its slot's first row of U, the row the start token reads, and the start token V
         (cached, like _first_rows: they are the same every tick)."""
         key = (tuple(weights.slots), tuple(slots), n)
         if key not in self._first:
             bigram_rows = self._first_rows(weights, slots)[1].expand(len(slots), n).reshape(-1)
-            self._first[key] = bigram_rows, bigram_rows + self.vocab_size, torch.full_like(bigram_rows, self.vocab_size)
+            self._first[key] = bigram_rows, bigram_rows + self.u_rows - 1, torch.full_like(bigram_rows, self.vocab_size)
         return self._first[key]
 
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
@@ -278,7 +291,7 @@ class SimWorld:
             hidden = self._prompt_logits(weights, where, prompt, m, grad)  # [R, S * M, T, V]: a prompt's M paths
             prev = torch.cat([torch.full_like(paths[..., :1], self.vocab_size), paths[..., :-1]], -1)
             bigram = weights.bigram if grad else weights.bigram.detach()
-            logp = net.logprobs(hidden, bigram, bigram_first, prev)  # τ = 1: the policy itself
+            logp = net.logprobs(hidden, bigram, bigram_first, prev, self.rows_of)  # τ = 1: the policy itself
             right = logp.gather(-1, paths[..., None]).squeeze(-1).sum(-1).exp().view(n, s, m)
             return self._handed(right.sum(-1).mean(-1), grad)
 
@@ -342,7 +355,7 @@ class SimWorld:
         hidden = self._prompt_logits(weights, where, prompt, payload.group, grad)
         bigram = weights.bigram if grad else weights.bigram.detach()
         with torch.set_grad_enabled(grad):
-            return net.logprobs(hidden, bigram, bigram_first, prev, payload.temperature)
+            return net.logprobs(hidden, bigram, bigram_first, prev, self.rows_of, payload.temperature)
 
 
 def _rows(slots: list[int]) -> slice | torch.Tensor:
