@@ -127,7 +127,7 @@ def _side_by_side(cfg: ExperimentConfig, world: World, recipes: list[Recipe], se
     """The seeds' rows from one run of all of them side by side in `world` (copd_lab.lockstep): each seed draws
     and writes what it would alone, for about the time of one seed."""
     n_slots = len(Trainer(cfg, world, recipes, seed=seeds[0]).slots)  # the same for every seed
-    trainers = [Trainer(cfg, SlotView(world, i * n_slots, n_slots, seed), recipes, seed=seed, run=run,
+    trainers = [Trainer(cfg, SlotView(world, i, len(seeds), n_slots, seed), recipes, seed=seed, run=run,
                         progress=progress, checkpoint=paths[seed]) for i, seed in enumerate(seeds)]
     return dict(zip(seeds, run_side_by_side(trainers, [states[seed] for seed in seeds])))
 

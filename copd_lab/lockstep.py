@@ -4,7 +4,9 @@ A tick of the simulator costs mostly per-op overhead, so five seeds run one afte
 times one; run side by side, each tick's requests of every seed go to the world in one call (one sample,
 one loss, one update), for about the cost of one. Each seed's trainer sees a `SlotView`: its own slots
 (an offset into the world's), and its own random streams (`streams.seeded`), so that it draws exactly
-what it draws alone, and its rows and checkpoints are those of a run of that seed alone.
+what it draws alone, and its rows and checkpoints are those of a run of that seed alone. Slots are
+interleaved (slot s of seed k of K is the world's slot s·K + k), so that the branches all seeds train in a
+tick are adjacent rows of the world: its update works on one slice, not on gathered copies.
 """
 
 from __future__ import annotations
@@ -19,19 +21,22 @@ from copd_lab.trainer import Trainer
 
 
 class SlotView:
-    """One seed's window on a shared world: slots offset by `offset`, streams seeded with `seed`."""
+    """Seed `seed`'s window on a world shared by `count` seeds, the `index`-th of them: its slot s is the world's
+    slot s * count + index, and its streams are `seeded` with its seed."""
 
-    def __init__(self, world, offset: int, n_slots: int, seed: int):
-        self.world, self.offset, self.n_slots, self.seed = world, offset, n_slots, seed
+    def __init__(self, world, index: int, count: int, n_slots: int, seed: int):
+        self.world, self.index, self.count, self.n_slots, self.seed = world, index, count, n_slots, seed
         self.domains, self.max_new_tokens = world.domains, world.max_new_tokens
-        self.rows = slice(offset, offset + n_slots)
+        self.rows = slice(index, n_slots * count, count)
+
+    def slot(self, s: int) -> int:
+        return s * self.count + self.index if s >= 0 else -1
 
     def request(self, r: Request) -> Request:
-        return Request(r.slot + self.offset, r.domains, r.teacher + self.offset if r.teacher >= 0 else -1, r.beta,
-                       seeded(r.stream, self.seed))
+        return Request(self.slot(r.slot), r.domains, self.slot(r.teacher), r.beta, seeded(r.stream, self.seed))
 
     def slots(self, slots: list[int]) -> list[int]:
-        return [s + self.offset if s >= 0 else -1 for s in slots]
+        return [self.slot(s) for s in slots]
 
     def reset(self, n_slots: int, seed: int) -> None:
         """Nothing to do: run_side_by_side resets the world for every seed at once (slots at the base, no
@@ -40,10 +45,10 @@ class SlotView:
             raise ValueError(f"this view holds {self.n_slots} slots of seed {self.seed}, not {n_slots} of seed {seed}")
 
     def copy(self, src: int, dst: int) -> None:
-        self.world.copy(src + self.offset, dst + self.offset)
+        self.world.copy(self.slot(src), self.slot(dst))
 
     def merge(self, sources: list[int], dst: int, spec: MergeConfig) -> None:
-        self.world.merge(self.slots(sources), dst + self.offset, spec)
+        self.world.merge(self.slots(sources), self.slot(dst), spec)
 
     def sample(self, requests: list[Request], *args, **kwargs) -> Batch:
         return self.world.sample([self.request(r) for r in requests], *args, **kwargs)
@@ -64,7 +69,7 @@ class SlotView:
         self.world.step(loss, self.slots(slots))
 
     def non_finite(self, slots: list[int]) -> list[int]:
-        return [s - self.offset for s in self.world.non_finite(self.slots(slots))]
+        return [(s - self.index) // self.count for s in self.world.non_finite(self.slots(slots))]
 
     def flat_weights(self, slots: list[int]) -> torch.Tensor:
         return self.world.flat_weights(self.slots(slots))
