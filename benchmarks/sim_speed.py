@@ -60,7 +60,7 @@ def main() -> None:
     default_s, default_gap, result = timed([], args.repeats)
     steps = result.metrics[result.metrics.metric == "steps"].value.sum()
     rows.append(("default comparison (7 methods)", 3, "hub", 4, 600, int(steps), default_s, default_gap))
-    seeds5_s, seeds5_gap, result = timed(["seeds=5"], args.repeats)  # the seeds run one after the other
+    seeds5_s, seeds5_gap, result = timed(["seeds=5"], args.repeats)  # side by side in one world (lockstep.py)
     steps = result.metrics[result.metrics.metric == "steps"].value.sum()
     rows.append(("  the same, 5 seeds", 3, "hub", 4, 3000, int(steps), seeds5_s, seeds5_gap))
     for k in args.branches:

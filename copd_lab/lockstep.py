@@ -15,7 +15,8 @@ import torch
 
 from copd_lab import update
 from copd_lab.config import MergeConfig
-from copd_lab.policy import Batch, Request
+from copd_lab.measure import Meter, measure_stream
+from copd_lab.policy import Batch, NonFiniteError, Request
 from copd_lab.streams import seeded
 from copd_lab.trainer import Trainer
 
@@ -96,6 +97,17 @@ def run_side_by_side(trainers: list[Trainer], states: list[dict | None]) -> list
     for trainer in trainers:
         trainer.world.reset(trainer.world.n_slots, trainer.seed)
     starts = [t.begin(state) for t, state in zip(trainers, states)]
+    by_seed = {t.seed: t for t in trainers}
+
+    def log(label: str, *row) -> None:  # a row of the merged Meter goes to the trainer of its seed
+        method, _, seed = label.rpartition("@")
+        by_seed[int(seed)]._log(method, *row)
+
+    def stream(label: str) -> str:
+        method, _, seed = label.rpartition("@")
+        return seeded(measure_stream(method), int(seed))
+
+    meter = Meter(trainers[0].cfg, world, log, stream)
     total = trainers[0].total
     for tick in range(min(starts), total + 1):
         active = [t for t, start in zip(trainers, starts) if start <= tick]
@@ -109,9 +121,35 @@ def run_side_by_side(trainers: list[Trainer], states: list[dict | None]) -> list
                 if rs:
                     trainer._pending.append((tick, os, signal[at: at + len(rs)]))
                 at += len(rs)
+        _measure_together(active, tick, meter)
         for trainer in active:
-            trainer.after_step(tick)
+            trainer.after_step(tick, measured=True)
     return [t.end() for t in trainers]
+
+
+def _measure_together(trainers: list[Trainer], tick: int, meter: Meter) -> None:
+    """The tick's measurements of every seed, each kind in one batch of world calls: each seed's rows come out as
+    its own Meter writes them (labels carry the seed: `seeded(method, seed)`)."""
+    plans = [t._guarded(tick, t.measurements, tick) for t in trainers]
+    try:
+        for i, (kind, args) in enumerate(plans[0]):
+            calls = [(t, plan[i][1]) for t, plan in zip(trainers, plans)]
+            if kind == "measure_groups":
+                groups = [(seeded(method, t.seed), [(b, t.world.slot(s)) for b, s in branches])
+                          for t, (_, per_trainer, _) in calls for method, branches in per_trainer]
+                meter.measure_groups(args[0], groups, args[2])
+            elif kind == "accuracy":
+                outputs = [(seeded(method, t.seed), b, t.world.slot(s)) for t, (method, branches, _, _) in calls
+                           for b, s in branches]
+                meter.accuracy_of(outputs, args[2], args[3])
+            else:  # conflict
+                branches = [(seeded(method, t.seed), b, t.world.slot(s)) for t, (method, per_trainer, _) in calls
+                            for b, s in per_trainer]
+                meter.conflict_of(branches, args[2])
+    except NonFiniteError as err:
+        seeds = ", ".join(str(t.seed) for t in trainers)
+        raise NonFiniteError(f"{err}, at tick {tick} (seeds {seeds} side by side): training stopped and each seed's "
+                             f"last good checkpoint stays. {trainers[0]._advice()}") from None
 
 
 def _stop(owners: list[tuple[Trainer, tuple[str, str, str]]], tick: int):

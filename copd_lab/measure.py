@@ -29,15 +29,15 @@ def measure_stream(method: str) -> str:
 
 
 class Meter:
-    """Measures slots of a world and logs rows through `log`."""
+    """Measures slots of a world and logs rows through `log`; a method's measurements draw from stream(method)."""
 
-    def __init__(self, cfg: ExperimentConfig, world: World, log: Log):
-        self.cfg, self.world, self.log = cfg, world, log
+    def __init__(self, cfg: ExperimentConfig, world: World, log: Log, stream: Callable[[str], str] = measure_stream):
+        self.cfg, self.world, self.log, self.stream = cfg, world, log, stream
         self.all_domains = tuple(range(len(world.domains)))
 
     def _student_rollouts(self, slots: list[int], methods: dict[int, str]):
         """One sampled rollout per eval prompt of every domain, for each student slot (of methods[slot])."""
-        requests = [Request(s, self.all_domains, stream=measure_stream(methods[s])) for s in slots]
+        requests = [Request(s, self.all_domains, stream=self.stream(methods[s])) for s in slots]
         return self.world.sample(requests, self.cfg.metrics.gap_prompts, 1, self.cfg.grpo.temperature,
                                  every_prompt=True)
 
@@ -109,9 +109,15 @@ class Meter:
                     self.log(method, step, a, f"{a}|{b}", "task_vector_cosine", cosine[i][j])
 
     def accuracy(self, method: str, outputs: list[tuple[str, int]], step: int, final: bool) -> None:
-        """Greedy and sampled pass@1 and reward per domain on the eval prompts."""
+        """Greedy and sampled pass@1 and reward per domain on the eval prompts (and exact accuracy, where the world
+        computes it)."""
+        self.accuracy_of([(method, label, slot) for label, slot in outputs], step, final)
+
+    def accuracy_of(self, outputs: list[tuple[str, str, int]], step: int, final: bool) -> None:
+        """`accuracy` of (method, label, slot) outputs of several methods, in one batch of world calls."""
         world, m = self.world, self.cfg.metrics
-        requests = [Request(slot, (d,), stream=measure_stream(method)) for _, slot in outputs for d in self.all_domains]
+        requests = [Request(slot, (d,), stream=self.stream(method)) for method, _, slot in outputs
+                    for d in self.all_domains]
         prefix = "final_" if final else ""
         with torch.no_grad():
             greedy = world.sample(requests, 0, 1, 1.0, greedy=True, every_prompt=True)
@@ -124,19 +130,24 @@ class Meter:
             values = [row + [e] for row, e in zip(values, exact)]
             names += ("acc_exact",)
         for i, request in enumerate(requests):
-            label = outputs[i // len(self.all_domains)][0]
+            method, label, _ = outputs[i // len(self.all_domains)]
             domain = world.domains[request.domains[0]]
             for name, value in zip(names, values[i]):
                 self.log(method, step, label, "", f"{prefix}{name}/{domain}", value)
 
     def conflict(self, method: str, branches: list[tuple[str, int]], step: int) -> None:
         """Cosine between per-domain GRPO gradients of each branch (mixed RLVR's divergence cost Φ)."""
+        self.conflict_of([(method, branch, slot) for branch, slot in branches], step)
+
+    def conflict_of(self, branches: list[tuple[str, str, int]], step: int) -> None:
+        """`conflict` of (method, branch, slot) branches of several methods, in one batch of world calls."""
         world, g = self.world, self.cfg.grpo
         n_dom = len(self.all_domains)
         if n_dom < 2:
             return
-        slots = [s for _, s in branches]
-        requests = [Request(s, (d,), stream=measure_stream(method)) for d in self.all_domains for s in slots]
+        slots = [s for _, _, s in branches]
+        requests = [Request(s, (d,), stream=self.stream(method)) for d in self.all_domains
+                    for method, _, s in branches]
         batch = world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
         lp = world.token_logprobs(batch, [r.slot for r in requests], grad=True)
         adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
@@ -145,7 +156,7 @@ class Meter:
         grads = torch.stack([world.flat_grads(row_loss[d].sum(), slots) for d in range(n_dom)], dim=1)
         cosine = metrics.gradient_conflict(grads).tolist()  # [slots, D, D]
         names = world.domains
-        for (branch, _), matrix in zip(branches, cosine):
+        for (method, branch, _), matrix in zip(branches, cosine):
             for a in range(n_dom):
                 for b in range(a + 1, n_dom):
                     self.log(method, step, branch, f"{names[a]}|{names[b]}", "grad_cosine", matrix[a][b])

@@ -159,9 +159,10 @@ class Trainer:
                 self._collect(recipe, tick, requests, owners)
         return requests, owners
 
-    def after_step(self, tick: int) -> None:
-        """Measure what this tick's cadence asks for, then checkpoint on the cadence."""
-        self._guarded(tick, self._measure, tick)
+    def after_step(self, tick: int, measured: bool = False) -> None:
+        """Measure what this tick's cadence asks for (unless `measured` already), then checkpoint on the cadence."""
+        if not measured:
+            self._guarded(tick, self._measure, tick)
         if tick < self.total:
             self._bar.update(1)
             every = self.cfg.checkpoint_every
@@ -337,6 +338,13 @@ class Trainer:
     # ------------------------------------------------------------------ measurement
 
     def _measure(self, tick: int) -> None:
+        for kind, args in self.measurements(tick):
+            getattr(self.gap, kind)(*args)
+
+    def measurements(self, tick: int) -> list[tuple[str, tuple]]:
+        """The Meter calls this tick's cadence asks for, in order, as (method name, arguments): the gap of the
+        recipes measured now, then each live recipe's accuracy and gradient conflict at an eval tick. (The adaptive
+        schedule's overlap checks run here at once: they decide which OPD windows open.)"""
         m = self.cfg.metrics
         live = [r for r in self.recipes if self.cursors[r.name].started and not self.cursors[r.name].done]
         for recipe in live:
@@ -349,14 +357,16 @@ class Trainer:
         # every recipe at the cadence, else only those at a phase end: a method's rows never depend on the others
         measured = live if tick % m.gap_every == 0 or evaluate else [r for r in live if r.name in self._boundary]
         self._boundary.clear()
+        calls = []
         if measured:
             groups = [(r.name, [(b.name, self.slot(r, b.name)) for b in r.branches]) for r in measured]
-            self.gap.measure_groups(tick, groups, full=evaluate)
+            calls.append(("measure_groups", (tick, groups, evaluate)))
         if evaluate and tick > 0:
             for recipe in live:
                 branches = [(b.name, self.slot(recipe, b.name)) for b in recipe.branches]
-                self.gap.accuracy(recipe.name, branches, tick, final=False)
-                self.gap.conflict(recipe.name, branches, tick)
+                calls += [("accuracy", (recipe.name, branches, tick, False)),
+                          ("conflict", (recipe.name, branches, tick))]
+        return calls
 
     def _open_windows(self, recipe: Recipe, stage: Stage, tick: int) -> None:
         """Adaptive schedule: open an OPD window on an edge whose top-k overlap fell below threshold."""

@@ -47,15 +47,15 @@ def test_checkpoint_refuses_pickled_code(tmp_path):
 
 
 def interrupt_seed_1_at_tick_13(monkeypatch):
-    measure = Trainer._measure
+    after_step = Trainer.after_step
 
-    def interrupt(self, tick):  # a crash in seed 1 at tick 13: its last checkpoint is at tick 10
-        measure(self, tick)
+    def interrupt(self, tick, *args, **kwargs):  # a crash in seed 1 at tick 13: its last checkpoint is at tick 10
         if self.seed == 1 and tick == 13:
             raise Interrupted
+        after_step(self, tick, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_measure", interrupt)
-    return lambda: monkeypatch.setattr(Trainer, "_measure", measure)
+    monkeypatch.setattr(Trainer, "after_step", interrupt)
+    return lambda: monkeypatch.setattr(Trainer, "after_step", after_step)
 
 
 def test_resume_after_interruption_gives_identical_metrics(tmp_path, monkeypatch):
