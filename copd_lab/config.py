@@ -319,7 +319,9 @@ class ExperimentConfig:
     expert_steps: int = 200  # RLVR steps of each domain expert (mixed RLVR gets K times this)
     distill_steps: int = 100  # steps of the extra OPD stage of static OPD and of MOPD
     mopd_rlvr: bool = False  # MOPD student also gets an own-domain GRPO batch (MiMo's α·A_ORM)
-    checkpoint_every: int = 25  # ticks between checkpoints of a run with an output folder (0: only at seed end)
+    checkpoint_every: int = 100  # ticks between checkpoints of a run with an output folder (0: only at seed end);
+    # a checkpoint holds every row so far: in the simulator, where a tick takes about a millisecond, every 25 ticks
+    # took a third of a run
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     opd: OPDConfig = field(default_factory=OPDConfig)
     copd: CoPDConfig = field(default_factory=CoPDConfig)
