@@ -70,6 +70,7 @@ class SimTasks:
     features: torch.Tensor  # [n, F] x of every prompt, by prompt id
     domain: torch.Tensor  # [n] its domain
     answers: torch.Tensor  # [n, M, T] its right answer in every style (token ids)
+    digits_of: torch.Tensor  # [n, T] its right digits (the answer in style 0)
     n_train: int  # train prompts per domain: prompt id d * n_train + i
     n_eval: int  # eval prompts per domain: prompt id D * n_train + d * n_eval + i
     digits: int  # Q
@@ -87,8 +88,8 @@ class SimTasks:
         features = draw_features(cfg, domain, n_domains, gen)
         digits = answer_digits(rules, features, domain)
         answers = digits[:, None] + torch.arange(cfg.styles)[None, :, None] * cfg.digits
-        return cls(rules, features, domain, answers, cfg.train_prompts, cfg.eval_prompts, cfg.digits, cfg.styles,
-                   cfg.vocab_size)
+        return cls(rules, features, domain, answers, digits, cfg.train_prompts, cfg.eval_prompts, cfg.digits,
+                   cfg.styles, cfg.vocab_size)
 
     def first_prompt(self, domain: torch.Tensor, eval: bool) -> torch.Tensor:
         """The id of the first train (or eval) prompt of each domain in `domain`."""
@@ -97,6 +98,10 @@ class SimTasks:
     def score_prompts(self, prompt: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(reward, correct) [...] of responses tokens [..., T] to prompts `prompt` [...] (ids): right when the
         response is the right answer in one style; the reward is the correctness."""
-        answers = self.answers.index_select(0, prompt.reshape(-1)).view(*prompt.shape, *self.answers.shape[1:])
-        correct = (tokens.unsqueeze(-2) == answers).all(-1).any(-1).float()  # [...]: one style's answer, in full
+        digits = self.digits_of.index_select(0, prompt.reshape(-1)).view(tokens.shape)
+        offset = tokens - digits  # m·Q at every position when the response is the answer in style m
+        first = offset[..., :1]
+        correct = (offset == first).all(-1) & (first[..., 0] % self.digits == 0) & (first[..., 0] >= 0) & \
+            (first[..., 0] < self.digits * self.styles)
+        correct = correct.float()
         return correct, correct
