@@ -57,7 +57,9 @@ def load_checkpoint(path: str | Path) -> dict:
 def first_non_finite(state: object, where: str = "") -> str | None:
     """Key path of the first floating tensor in `state` holding a NaN or inf (None: all finite)."""
     if isinstance(state, torch.Tensor):
-        return where if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
+        if not state.is_floating_point() or bool(state.sum().isfinite()):  # fast: a NaN or inf makes the sum one
+            return None
+        return where if not bool(torch.isfinite(state).all()) else None  # (a finite sum can still overflow)
     items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
     for key, value in items:
         found = first_non_finite(value, f"{where}[{key!r}]")
