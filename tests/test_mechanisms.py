@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from copd_lab.config_io import load_config
+from copd_lab.experiment import run_comparison
 from copd_lab.sim import mechanisms as mech
 
 SMALL = ["expert_steps=60", "distill_steps=30", "copd.rl_steps=3", "copd.opd_steps=2", "copd.cycles=12",
@@ -56,3 +57,10 @@ def test_fit_matches_the_formulas_by_hand():
     sxx, syy = sum((a - mx) ** 2 for a in xs), sum((b - my) ** 2 for b in ys)
     assert got["n"] == 4 and abs(got["slope"] - sxy / sxx) < 1e-9
     assert abs(got["intercept"] - (my - sxy / sxx * mx)) < 1e-9 and abs(got["r"] - sxy / math.sqrt(sxx * syy)) < 1e-9
+
+
+def test_at_defaults_five_seeds_agree_within_three_points_and_updates_stay_small():
+    """Issue 10's precision and update-size requirements at the default comparison (exact held-out accuracy)."""
+    results = run_comparison(load_config(None, ["seeds=5"]), progress=False).results
+    assert (results["overall_std"] <= 0.03).all(), results["overall_std"]
+    assert mech.task_vector_ratio(load_config(None, [])) <= 0.3
