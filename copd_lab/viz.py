@@ -1,0 +1,129 @@
+"""Charts of a comparison (altair): what the playground draws, usable from Jupyter and scripts too.
+
+Every function takes the tidy metric rows of a run (`Comparison.metrics`: run, method, seed, step, branch,
+pair, metric, value) and, where it needs the schedule, the recipes; it returns an altair chart. Seeds are
+averaged; a band shows their spread where there are several.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+from copd_lab.recipes import Recipe
+from copd_lab.trainer import timeline
+
+PHASE_COLOURS = {"Phase I (RLVR)": "#f2f2f2", "Phase II (RLVR + OPD)": "#dbe9f6"}
+
+
+def phase_spans(recipes: list[Recipe], method: str) -> pd.DataFrame:
+    """One row per stage of `method`: its first and last tick in the run, and whether it is Phase I or II
+    (a stage with OPD edges is Phase II)."""
+    start, _ = timeline(recipes)[method]
+    recipe = next(r for r in recipes if r.name == method)
+    rows = []
+    for stage in recipe.stages:
+        if stage.steps:
+            phase = "Phase II (RLVR + OPD)" if stage.edges else "Phase I (RLVR)"
+            rows.append({"stage": stage.name, "phase": phase, "start": start, "end": start + stage.steps})
+        start += stage.steps
+    return pd.DataFrame(rows, columns=["stage", "phase", "start", "end"])
+
+
+def _shading(spans: pd.DataFrame) -> alt.Chart:
+    return alt.Chart(spans).mark_rect(opacity=0.6).encode(
+        x="start:Q", x2="end:Q",
+        color=alt.Color("phase:N", scale=alt.Scale(domain=list(PHASE_COLOURS), range=list(PHASE_COLOURS.values())),
+                        legend=alt.Legend(title="phase")))
+
+
+def model_labels(recipes: list[Recipe]) -> dict[tuple[str, str], str]:
+    """(method, branch) -> the label its results carry (e.g. ("experts", "text") -> "expert:text"), so a branch's
+    evaluations during training and its final one form one curve."""
+    labels = {}
+    for recipe in recipes:
+        for label, name in recipe.outputs:
+            labels[(recipe.name, name)] = label
+            labels[(recipe.name, label)] = label  # final rows carry the label itself
+    return labels
+
+
+def accuracy_over_steps(metrics: pd.DataFrame, recipes: list[Recipe], score: str = "acc_exact") -> alt.Chart:
+    """Per-domain accuracy (%) of every branch and output over the run's ticks, one panel per domain: the
+    evaluations during training and each output's final one (mean over seeds)."""
+    rows = metrics[metrics.metric.str.match(rf"^(final_)?{score}/")].copy()
+    labels = model_labels(recipes)
+    rows["domain"] = rows.metric.str.split("/").str[1]
+    rows["model"] = [labels.get((m, b), b if m == b else f"{m}/{b}") for m, b in zip(rows.method, rows.branch)]
+    mean = rows.groupby(["model", "domain", "step"], as_index=False).value.mean()
+    mean["accuracy"] = 100 * mean.value
+    return alt.Chart(mean).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="tick"), y=alt.Y("accuracy:Q", title=f"{score} (%)"),
+        color=alt.Color("model:N"), tooltip=["model", "domain", "step", alt.Tooltip("accuracy:Q", format=".1f")],
+    ).properties(width=220, height=180).facet(column=alt.Column("domain:N", title=None))
+
+
+def gap_over_time(metrics: pd.DataFrame, recipes: list[Recipe], method: str = "copd",
+                  gap: tuple[str, ...] = ("overlap", "top1_overlap", "symmetric_kl"), base: bool = True) -> alt.Chart:
+    """The behavioural gap of `method`'s branches over ticks: one panel per gap metric, a line per ordered pair
+    (student<-teacher) and, with `base`, each branch against the base; Phase I and Phase II shaded, so CoPD's
+    saw-tooth shows (overlap falls in RLVR phases and recovers in OPD phases)."""
+    rows = metrics[(metrics.method == method) & metrics.metric.isin(gap) & (metrics.pair != "")]
+    if not base:
+        rows = rows[~rows.pair.str.endswith("<-base")]
+    mean = rows.groupby(["metric", "pair", "step"], as_index=False).value.mean()
+    spans = phase_spans(recipes, method)
+    panels = []
+    for name in gap:
+        lines = alt.Chart(mean[mean.metric == name]).mark_line().encode(
+            x=alt.X("step:Q", title="tick"), y=alt.Y("value:Q", title=name),
+            color=alt.Color("pair:N", title="student<-teacher"),
+            tooltip=["pair", "step", alt.Tooltip("value:Q", format=".3f")])
+        panels.append((_shading(spans) + lines).properties(width=260, height=180, title=name))
+    return alt.hconcat(*panels).resolve_scale(color="independent")
+
+
+def overlap_heatmap(metrics: pd.DataFrame, method: str, step: int | None = None, metric: str = "overlap") -> alt.Chart:
+    """Student x teacher heatmap of a gap metric among `method`'s branches (and the base) at the measurement
+    nearest to `step` (default: the last)."""
+    rows = metrics[(metrics.method == method) & (metrics.metric == metric) & (metrics.pair != "")]
+    steps = sorted(rows.step.unique())
+    if not steps:
+        return alt.Chart(pd.DataFrame({"student": [], "teacher": [], "value": []})).mark_rect()
+    at = steps[-1] if step is None else min(steps, key=lambda s: abs(s - step))
+    cell = rows[rows.step == at].groupby("pair", as_index=False).value.mean()
+    cell[["student", "teacher"]] = cell.pair.str.split("<-", expand=True)
+    heat = alt.Chart(cell).mark_rect().encode(
+        x=alt.X("teacher:N"), y=alt.Y("student:N"), color=alt.Color("value:Q", title=metric),
+        tooltip=["student", "teacher", alt.Tooltip("value:Q", format=".3f")])
+    text = alt.Chart(cell).mark_text().encode(x="teacher:N", y="student:N", text=alt.Text("value:Q", format=".2f"))
+    return (heat + text).properties(width=200, height=200, title=f"{metric} at tick {at}")
+
+
+def schedule_timeline(recipes: list[Recipe], methods: list[str] | None = None) -> alt.Chart:
+    """Each method's stages as bars along the run's ticks, one row per method (Phase II stages in blue)."""
+    rows = []
+    for recipe in recipes:
+        if methods is not None and recipe.name not in methods:
+            continue
+        spans = phase_spans(recipes, recipe.name)
+        for _, span in spans.iterrows():
+            rows.append({"method": recipe.name, **span.to_dict()})
+    data = pd.DataFrame(rows, columns=["method", "stage", "phase", "start", "end"])
+    colours = {**PHASE_COLOURS, "Phase I (RLVR)": "#bdbdbd"}
+    return alt.Chart(data).mark_bar().encode(
+        x=alt.X("start:Q", title="tick"), x2="end:Q", y=alt.Y("method:N", sort=None),
+        color=alt.Color("phase:N", scale=alt.Scale(domain=list(colours), range=list(colours.values()))),
+        tooltip=["method", "stage", "start", "end"]).properties(width=600, height=20 * max(len(set(data.method)), 1))
+
+
+def knob_map(cells: pd.DataFrame, row: str, column: str, value: str = "copd_minus_best") -> alt.Chart:
+    """A two-knob map: one cell per (row knob value, column knob value), coloured by `value` (e.g. CoPD minus
+    the best other method, in points; diverging around 0)."""
+    heat = alt.Chart(cells).mark_rect().encode(
+        x=alt.X(f"{column}:O"), y=alt.Y(f"{row}:O"),
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(scheme="redblue", domainMid=0)),
+        tooltip=[row, column, alt.Tooltip(f"{value}:Q", format="+.1f")])
+    text = alt.Chart(cells).mark_text().encode(x=f"{column}:O", y=f"{row}:O",
+                                               text=alt.Text(f"{value}:Q", format="+.1f"))
+    return (heat + text).properties(width=240, height=180)

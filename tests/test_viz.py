@@ -1,0 +1,66 @@
+"""copd_lab.viz: the charts hold the run's own numbers (checked against the tidy rows by hand)."""
+
+import pandas as pd
+import pytest
+
+from copd_lab import viz
+from copd_lab.config_io import load_config
+from copd_lab.experiment import run_comparison
+
+SMALL = ["expert_steps=12", "distill_steps=6", "copd.rl_steps=3", "copd.opd_steps=2", "copd.cycles=3",
+         "metrics.eval_every=5", "metrics.gap_every=4", "seeds=2"]
+
+
+@pytest.fixture(scope="module")
+def run():
+    return run_comparison(load_config(None, SMALL), progress=False)
+
+
+def datasets(chart) -> list[pd.DataFrame]:
+    return [pd.DataFrame(rows) for rows in chart.to_dict()["datasets"].values()]
+
+
+def test_phase_spans_follow_the_recipe(run):
+    spans = viz.phase_spans(run.recipes, "copd")
+    assert list(spans.phase) == ["Phase I (RLVR)", "Phase II (RLVR + OPD)"] * 3
+    assert list(spans.start) == [0, 3, 5, 8, 10, 13] and list(spans.end) == [3, 5, 8, 10, 13, 15]
+    late = viz.phase_spans(run.recipes, "mopd")  # MOPD starts when the experts end
+    assert late.start.iloc[0] == 12 and late.end.iloc[-1] == 18
+
+
+def test_accuracy_over_steps_joins_a_branch_and_its_result_label(run):
+    data = datasets(viz.accuracy_over_steps(run.metrics, run.recipes))[0]
+    assert {"expert:text", "mixed", "copd", "copd[text]", "base"} <= set(data.model)
+    text = data[(data.model == "expert:text") & (data.domain == "text")].sort_values("step")
+    assert list(text.step) == [5, 10, 12]  # two evaluations during training, then the final one
+    m = run.metrics
+    final = m[(m.branch == "expert:text") & (m.metric == "final_acc_exact/text")].value.mean()
+    assert abs(text.accuracy.iloc[-1] - 100 * final) < 1e-9 and data.accuracy.between(0, 100).all()
+
+
+def test_gap_over_time_has_every_pair_and_the_phase_shading(run):
+    tables = datasets(viz.gap_over_time(run.metrics, run.recipes, "copd"))
+    lines = next(t for t in tables if "pair" in t)
+    shading = next(t for t in tables if "phase" in t)
+    assert {"image<-text", "text<-image", "text<-base"} <= set(lines.pair) and len(shading) == 6
+    m = run.metrics
+    expected = m[(m.method == "copd") & (m.metric == "overlap") & (m.pair == "image<-text") & (m.step == 8)].value
+    got = lines[(lines.metric == "overlap") & (lines.pair == "image<-text") & (lines.step == 8)].value
+    assert abs(got.iloc[0] - expected.mean()) < 1e-12
+
+
+def test_overlap_heatmap_is_the_nearest_measurement(run):
+    m = run.metrics
+    steps = sorted(m[(m.method == "copd") & (m.metric == "overlap")].step.unique())
+    nearest = min(steps, key=lambda s: abs(s - 6.4))
+    chart = viz.overlap_heatmap(run.metrics, "copd", step=6.4)
+    cells = datasets(chart)[0]
+    assert chart.to_dict()["title"] == f"overlap at tick {nearest}" and cells.value.between(0, 1).all()
+    assert set(cells.student) == {"text", "image", "video"} and "base" in set(cells.teacher)
+
+
+def test_schedule_timeline_and_knob_map_build(run):
+    bars = datasets(viz.schedule_timeline(run.recipes))[0]
+    assert set(bars.method) >= {"experts", "mixed", "mopd", "copd"}
+    cells = pd.DataFrame({"conflict": [0, 0.5, 0, 0.5], "habit": [0, 0, 1, 1], "copd_minus_best": [-1, 2, 0.5, -3]})
+    assert len(datasets(viz.knob_map(cells, "habit", "conflict"))[0]) == 4
