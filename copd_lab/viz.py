@@ -83,6 +83,12 @@ def gap_over_time(metrics: pd.DataFrame, recipes: list[Recipe], method: str = "c
     return alt.hconcat(*panels).resolve_scale(color="independent")
 
 
+def measured_steps(metrics: pd.DataFrame, method: str, metric: str = "overlap") -> list[int]:
+    """The ticks at which `method`'s gap was measured, in order (a step slider's stops)."""
+    rows = metrics[(metrics.method == method) & (metrics.metric == metric)]
+    return [int(s) for s in sorted(rows.step.unique())]
+
+
 def overlap_heatmap(metrics: pd.DataFrame, method: str, step: int | None = None, metric: str = "overlap") -> alt.Chart:
     """Student x teacher heatmap of a gap metric among `method`'s branches (and the base) at the measurement
     nearest to `step` (default: the last)."""

@@ -1,0 +1,184 @@
+"""The playground's knobs, presets and runs, as plain functions (notebooks/copd_playground.py shows them).
+
+A knob is one control of the playground: its default, its range or options, a help line and how it
+sets the experiment config. Knob values travel as strings in the notebook's URL (`query_from_knobs`,
+`knobs_from_query`), so a setting is a link; a preset sets many knobs at once. `run` turns knob values
+into a validated ExperimentConfig and runs it through copd_lab's own API, cached, so identical settings
+are not run again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from copd_lab.config import ConfigError, ExperimentConfig
+from copd_lab.config_io import dump_toml, load_config
+from copd_lab.experiment import Comparison, run_comparison
+
+DOMAIN_NAMES = ("text", "image", "video")  # then d3, d4, ...
+BASELINES = ("experts", "mixed", "static_opd:image->text", "static_opd:text->image", "mopd")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One control: `key` names it in the URL; `field` is the config field it sets (None: handled in `overrides`)."""
+
+    key: str
+    label: str
+    default: Any
+    help: str
+    field: str | None = None
+    options: tuple = ()  # a dropdown's choices
+    low: float | None = None  # a slider's range and step
+    high: float | None = None
+    step: float | None = None
+
+    def parse(self, text: str) -> Any:
+        """The knob's value from its URL string; a ConfigError naming the knob when it is not allowed."""
+        kind = type(self.default)
+        try:
+            value = (text.lower() in ("1", "true", "yes")) if kind is bool else kind(text)
+        except ValueError:
+            raise ConfigError(f"{self.key} = {text!r} is not allowed: a {kind.__name__}") from None
+        if self.options and value not in self.options:
+            raise ConfigError(f"{self.key} = {value!r} is not allowed: one of {self.options}")
+        if self.low is not None and not self.low <= value <= self.high:
+            raise ConfigError(f"{self.key} = {value!r} is not allowed: a number in [{self.low}, {self.high}]")
+        return value
+
+
+KNOBS = (
+    Knob("branches", "branches K", 3, "number of experts (domains text, image, video, then d3, d4, ...)",
+         low=2, high=10, step=1),
+    Knob("rl_steps", "S_RL", 12, "GRPO steps per cycle (Phase I)", "copd.rl_steps", low=0, high=50, step=1),
+    Knob("opd_steps", "S_OPD", 8, "mixed GRPO + OPD steps per cycle (Phase II)", "copd.opd_steps", low=0, high=50,
+         step=1),
+    Knob("cycles", "cycles N", 10, "Phase I + Phase II cycles", "copd.cycles", low=1, high=30, step=1),
+    Knob("topology", "topology", "hub", "who distils from whom in Phase II", "copd.topology",
+         options=("hub", "all_pairs", "ring", "one_way")),
+    Knob("beta", "β (OPD weight)", 1.0, "weight of the OPD advantage", "opd.beta", low=0.0, high=3.0, step=0.1),
+    Knob("estimator", "OPD estimator", "sampled", "the paper's sampled-token log-ratio, or top-k / full reverse KL",
+         "opd.estimator", options=("sampled", "topk", "full")),
+    Knob("teacher", "teacher", "live", "live: neighbours' current weights; frozen: a snapshot per Phase II",
+         "opd.teacher", options=("live", "frozen")),
+    Knob("adaptive", "adaptive threshold", 0.0, "start a pair's OPD window when its top-10 overlap drops below "
+         "this (0: the fixed schedule)", "copd.adaptive_threshold", low=0.0, high=0.99, step=0.01),
+    Knob("combine", "Phase II weighting", "mean", "mean: every batch alike; split: the own GRPO batch weighs "
+         "rlvr_weight", "opd.combine", options=("mean", "split")),
+    Knob("merge", "merge", "average", "how the branches become one model", "merge.method",
+         options=("average", "task_arithmetic", "ties", "dare")),
+    Knob("baselines", "baselines", "experts,mixed,mopd", "methods compared with CoPD (comma-separated)"),
+    Knob("seeds", "seeds", 1, "run seeds (side by side in one world)", "seeds", low=1, high=10, step=1),
+    Knob("styles", "styles (drift)", 8, "equally rewarded styles: experts drift apart (1: no drift)", "sim.styles",
+         low=1, high=16, step=1),
+    Knob("habit", "style habit", 0.5, "each domain's pull toward its own style in the base", "sim.style_habit",
+         low=0.0, high=1.0, step=0.05),
+    Knob("conflict", "conflict", 0.25, "share of each rule opposed across domains (shared_skill + conflict <= 1)",
+         "sim.conflict", low=0.0, high=1.0, step=0.05),
+    Knob("shared", "shared skill", 0.5, "share of each rule common to every domain (transfer)", "sim.shared_skill",
+         low=0.0, high=1.0, step=0.05),
+    Knob("base_steps", "base skill", 150, "warm-start steps of the base", "sim.base_steps", low=0, high=600,
+         step=10),
+    Knob("lr", "RL lr", 0.02, "the simulator's Adam learning rate (update size)", "grpo.lr", low=0.001, high=0.1,
+         step=0.001),
+)
+BY_KEY = {k.key: k for k in KNOBS}
+DEFAULTS = {k.key: k.default for k in KNOBS}
+
+PRESETS = {
+    "the paper's setting": {},
+    "no drift": {"styles": 1},
+    "strong conflict": {"conflict": 0.5},
+    "no conflict, shared skill": {"conflict": 0.0, "shared": 1.0},
+    "K = 10, all pairs": {"branches": 10, "topology": "all_pairs", "baselines": "experts,mixed"},
+}
+
+
+def domains(k: int) -> tuple[str, ...]:
+    return tuple(DOMAIN_NAMES[i] if i < len(DOMAIN_NAMES) else f"d{i}" for i in range(k))
+
+
+def knobs_from_query(query: Mapping[str, str], preset: str | None = None) -> dict[str, Any]:
+    """Knob values: the defaults, then a preset's, then those the URL sets (unknown keys are left alone)."""
+    values = {**DEFAULTS, **PRESETS.get(preset or query.get("preset", ""), {})}
+    for key, text in query.items():
+        if key in BY_KEY:
+            values[key] = BY_KEY[key].parse(str(text))
+    return values
+
+
+def query_from_knobs(values: Mapping[str, Any]) -> dict[str, str]:
+    """The URL query of a setting: every knob that differs from its default, as a string."""
+    return {key: str(value).lower() if isinstance(value, bool) else str(value)
+            for key, value in values.items() if key in BY_KEY and value != DEFAULTS[key]}
+
+
+def overrides(values: Mapping[str, Any]) -> list[str]:
+    """The `--set` overrides (config_io syntax) that the knob values stand for."""
+    k = int(values["branches"])
+    names = domains(k)
+    baselines = [m for m in str(values["baselines"]).split(",") if m]
+    baselines = [m for m in baselines if not m.startswith("static_opd") or k >= 2]
+    out = [f"domains={list(names)}", f"methods={['base', *baselines, 'copd']}", f"copd.hub='{names[0]}'"]
+    for knob in KNOBS:
+        if knob.field is not None:
+            value = values[knob.key]
+            out.append(f"{knob.field}={value!r}" if isinstance(value, str) else f"{knob.field}={value}")
+    return out
+
+
+def config(values: Mapping[str, Any]) -> ExperimentConfig:
+    """The validated experiment config of these knob values (a ConfigError names a knob's field and value)."""
+    return load_config(None, overrides(values))
+
+
+_RUNS: OrderedDict[str, Comparison] = OrderedDict()  # config TOML -> its comparison, most recent last
+CACHE_SIZE = 32
+
+
+def run(cfg: ExperimentConfig) -> Comparison:
+    """Run a comparison, cached by its config (identical settings are not run again)."""
+    key = dump_toml(cfg)
+    if key in _RUNS:
+        _RUNS.move_to_end(key)
+    else:
+        _RUNS[key] = run_comparison(cfg, progress=False)
+        while len(_RUNS) > CACHE_SIZE:
+            _RUNS.popitem(last=False)
+    return _RUNS[key]
+
+
+def controls(mo, values: Mapping[str, Any]):
+    """The knobs as marimo UI elements (a `mo.ui.dictionary`, keyed by knob), set to `values`; sliders are
+    debounced, so a run starts when a slider is let go."""
+    elements = {}
+    for knob in KNOBS:
+        value = values[knob.key]
+        if knob.key == "baselines":
+            elements[knob.key] = mo.ui.multiselect(options=list(BASELINES), value=[m for m in str(value).split(",")
+                                                                                  if m in BASELINES],
+                                                   label=knob.label)
+        elif knob.options:
+            elements[knob.key] = mo.ui.dropdown(options=list(knob.options), value=value, label=knob.label)
+        else:
+            elements[knob.key] = mo.ui.slider(knob.low, knob.high, step=knob.step, value=value, label=knob.label,
+                                              debounce=True, show_value=True)
+    return mo.ui.dictionary(elements)
+
+
+def values_of(ui_values: Mapping[str, Any]) -> dict[str, Any]:
+    """Knob values from the UI elements' values (a multiselect's list becomes the comma-separated string)."""
+    values = dict(DEFAULTS)
+    for key, value in ui_values.items():
+        default = DEFAULTS[key]
+        if isinstance(value, (list, tuple)):
+            value = ",".join(value)
+        elif isinstance(default, int) and not isinstance(default, bool):
+            value = int(round(value))
+        elif isinstance(default, float):
+            value = float(value)
+        values[key] = value
+    return values

@@ -1,0 +1,80 @@
+"""The playground's knobs, URL and cached runs (copd_lab/playground.py), and the notebook as a script."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from copd_lab import playground as pg
+from copd_lab.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_knobs_round_trip_through_the_url_and_presets_apply():
+    values = {**pg.DEFAULTS, "styles": 1, "beta": 0.5, "topology": "ring", "baselines": "experts,mopd"}
+    query = pg.query_from_knobs(values)
+    assert query == {"styles": "1", "beta": "0.5", "topology": "ring", "baselines": "experts,mopd"}
+    assert pg.knobs_from_query(query) == values
+    strong = pg.knobs_from_query({"preset": "strong conflict"})
+    assert strong["conflict"] == 0.5 and strong["styles"] == pg.DEFAULTS["styles"]
+    assert pg.knobs_from_query({"preset": "strong conflict", "conflict": "0.1"})["conflict"] == 0.1  # URL wins
+
+
+@pytest.mark.parametrize("query, words", [({"styles": "many"}, ["styles", "'many'", "int"]),
+                                          ({"topology": "star"}, ["topology", "'star'", "one of"]),
+                                          ({"beta": "9"}, ["beta", "9.0", "[0.0, 3.0]"])])
+def test_a_bad_url_value_is_refused_by_name(query, words):
+    with pytest.raises(ConfigError) as info:
+        pg.knobs_from_query(query)
+    assert all(word in str(info.value) for word in words)
+
+
+def test_every_knob_sets_its_config_field_and_every_preset_is_valid():
+    values = {**pg.DEFAULTS, "branches": 4, "rl_steps": 5, "seeds": 2, "conflict": 0.3, "merge": "ties",
+              "teacher": "frozen", "baselines": "mixed"}
+    cfg = pg.config(values)
+    assert cfg.domains == ("text", "image", "video", "d3") and cfg.copd.rl_steps == 5 and cfg.seeds == 2
+    assert cfg.sim.conflict == 0.3 and cfg.merge.method == "ties" and cfg.opd.teacher == "frozen"
+    assert cfg.methods == ("base", "mixed", "copd") and cfg.copd.hub == "text"
+    for name, preset in pg.PRESETS.items():
+        assert pg.config({**pg.DEFAULTS, **preset}).world == "sim", name
+    with pytest.raises(ConfigError, match="conflict"):
+        pg.config({**pg.DEFAULTS, "conflict": 0.8})  # shared_skill 0.5 + conflict 0.8 > 1
+
+
+def test_identical_settings_are_not_run_again():
+    values = {**pg.DEFAULTS, "cycles": 1, "baselines": "experts"}
+    first = pg.run(pg.config(values))
+    assert pg.run(pg.config(dict(values))) is first
+    assert pg.run(pg.config({**values, "beta": 0.5})) is not first
+
+
+def test_the_notebook_runs_as_a_script_and_builds_its_charts(tmp_path):
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(ROOT / "notebooks" / "copd_playground.py")], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    spec = importlib.util.spec_from_file_location("copd_playground", ROOT / "notebooks" / "copd_playground.py")
+    notebook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(notebook)
+    _, defs = notebook.app.run()
+    assert defs["result"].config.methods == ("base", "experts", "mixed", "mopd", "copd")
+    m = defs["result"].metrics
+    assert defs["heat_step"].value == m[(m.method == "copd") & (m.metric == "overlap")].step.max()  # the last one
+
+
+def test_the_notebook_exports_to_html(tmp_path):
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+           "HOME": str(tmp_path)}
+    out = tmp_path / "playground.html"
+    done = subprocess.run([sys.executable, "-m", "marimo", "export", "html", str(ROOT / "notebooks" /
+                                                                                 "copd_playground.py"), "-o",
+                           str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    html = out.read_text()
+    assert "CoPD playground" in html and "Co-Evolving Policy Distillation" in html
