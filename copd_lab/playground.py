@@ -86,6 +86,12 @@ KNOBS = (
          step=0.001),
 )
 BY_KEY = {k.key: k for k in KNOBS}
+SECTIONS = {  # the knob panel's columns; `hide=<name>,...` in the URL hides some (a teacher shapes a lesson)
+    "schedule": ("Schedule", ("branches", "rl_steps", "opd_steps", "cycles", "seeds")),
+    "phase2": ("Phase II", ("topology", "beta", "estimator", "teacher", "adaptive", "combine")),
+    "merge": ("Merge and baselines", ("merge", "baselines")),
+    "mechanisms": ("Simulator mechanisms", ("styles", "habit", "conflict", "shared", "base_steps", "lr")),
+}
 DEFAULTS = {k.key: k.default for k in KNOBS}
 
 PRESETS = {
@@ -182,3 +188,11 @@ def values_of(ui_values: Mapping[str, Any]) -> dict[str, Any]:
             value = float(value)
         values[key] = value
     return values
+
+
+def panel(mo, knobs, hide: str = ""):
+    """The knob panel: a column per section (SECTIONS), without the sections `hide` names (comma-separated)."""
+    hidden = {name for name in hide.split(",") if name}
+    columns = [mo.vstack([mo.md(f"**{title}**"), *[knobs[key] for key in keys]])
+               for name, (title, keys) in SECTIONS.items() if name not in hidden]
+    return mo.hstack(columns, align="start", wrap=True, gap=2)

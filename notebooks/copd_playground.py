@@ -7,6 +7,7 @@ app = marimo.App(width="medium", app_title="CoPD playground")
 @app.cell
 def _():
     import marimo as mo
+
     return (mo,)
 
 
@@ -14,22 +15,21 @@ def _():
 def _():
     from copd_lab import playground, viz
     from copd_lab.config import ConfigError
+
     return ConfigError, playground, viz
 
 
 @app.cell(hide_code=True)
 def _(mo):
-    mo.md(
-        r"""
-        # Co-Evolving Policy Distillation, live
+    mo.md(r"""
+    # Co-Evolving Policy Distillation, live
 
-        K experts start from one base model π₀ and train side by side. Each cycle is **Phase I**: S_RL steps of
-        GRPO on the expert's own domain; then **Phase II**: S_OPD steps where the expert also samples on its
-        neighbours' prompts and is graded token by token by them (on-policy distillation). At the end the
-        experts are merged into one model. Every knob below re-runs the simulator (`docs/simulator.md`) and
-        redraws the charts; the URL keeps the setting, so it can be shared as a link.
-        """
-    )
+    K experts start from one base model π₀ and train side by side. Each cycle is **Phase I**: S_RL steps of
+    GRPO on the expert's own domain; then **Phase II**: S_OPD steps where the expert also samples on its
+    neighbours' prompts and is graded token by token by them (on-policy distillation). At the end the
+    experts are merged into one model. Every knob below re-runs the simulator (`docs/simulator.md`) and
+    redraws the charts; the URL keeps the setting, so it can be shared as a link.
+    """)
     return
 
 
@@ -53,28 +53,32 @@ def _(initial, mo, playground, preset):
 
 
 @app.cell
-def _(knobs, mo, preset):
-    mo.vstack([preset, knobs])
+def _(initial, knobs, mo, playground, preset):
+    mo.vstack([preset, playground.panel(mo, knobs, initial.get("hide", ""))])
     return
 
 
 @app.cell
 def _(ConfigError, knobs, mo, playground, preset):
     values = playground.values_of(knobs.value)
+    problem = None
     try:
         cfg = playground.config(values)
     except ConfigError as err:
-        cfg = None
-        mo.output.replace(mo.callout(mo.md(f"**Not a valid setting:** {err}"), kind="danger"))
-    if cfg is not None:
-        for _key, _text in {"preset": preset.value, **playground.query_from_knobs(values)}.items():
-            mo.query_params()[_key] = _text
-    return cfg, values
+        cfg, problem = None, str(err)
+    if cfg is not None:  # the URL carries the setting: a knob at its default leaves it
+        _query = mo.query_params()
+        _wanted = {"preset": preset.value, **playground.query_from_knobs(values)}
+        for _key in [k for k in _query if k in playground.BY_KEY and k not in _wanted]:
+            del _query[_key]
+        for _key, _text in _wanted.items():
+            _query[_key] = _text
+    return cfg, problem
 
 
 @app.cell
-def _(cfg, mo, playground):
-    mo.stop(cfg is None)
+def _(cfg, mo, playground, problem):
+    mo.stop(cfg is None, mo.callout(mo.md(f"**Not a valid setting:** {problem}"), kind="danger"))
     with mo.status.spinner(title="running the simulator"):
         result = playground.run(cfg)
     return (result,)
@@ -82,7 +86,9 @@ def _(cfg, mo, playground):
 
 @app.cell
 def _(mo, result):
-    mo.md(f"## Results (exact held-out accuracy, %)\n\n{result.table()}")
+    mo.md(f"""
+    ## Results (exact held-out accuracy, %)\n\n{result.table()}
+    """)
     return
 
 
@@ -94,17 +100,15 @@ def _(mo, result, viz):
 
 @app.cell(hide_code=True)
 def _(mo):
-    mo.md(
-        r"""
-        ## The behavioural gap
+    mo.md(r"""
+    ## The behavioural gap
 
-        Top-k overlap between a student p and a teacher q, on the student's own rollouts:
-        $O_k = \mathbb{E}_t\, |S_k(p_t) \cap S_k(q_t)| / k$ (k = 10). The OPD advantage of a sampled token is
-        $\beta\,(\log \pi_\text{teacher} - \log \pi_\text{student})$. **What to look for:** the paper finds that
-        independent experts drift apart (overlap falls monotonically, symmetric KL rises about 10x), while
-        CoPD's overlap saw-tooths (down in Phase I, up in Phase II) and stays above 0.9.
-        """
-    )
+    Top-k overlap between a student p and a teacher q, on the student's own rollouts:
+    $O_k = \mathbb{E}_t\, |S_k(p_t) \cap S_k(q_t)| / k$ (k = 10). The OPD advantage of a sampled token is
+    $\beta\,(\log \pi_\text{teacher} - \log \pi_\text{student})$. **What to look for:** the paper finds that
+    independent experts drift apart (overlap falls monotonically, symmetric KL rises about 10x), while
+    CoPD's overlap saw-tooths (down in Phase I, up in Phase II) and stays above 0.9.
+    """)
     return
 
 

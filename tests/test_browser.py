@@ -1,0 +1,67 @@
+"""The playground in a real browser: `marimo edit` and `marimo run` on loopback, headless Debian Chromium.
+
+Needs Debian's chromium and chromium-driver (.ci/run installs them and sets COPD_REQUIRE_BROWSER=1, so that CI
+fails rather than skips without them). Screenshots land in test-artifacts/.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from playground_browser import (  # noqa: E402
+    browser_available,
+    charts,
+    chromium,
+    deep,
+    marimo_server,
+    outputs_text,
+    results_row,
+    settled,
+    slider,
+    wait_for,
+)
+
+ARTIFACTS = ROOT / "test-artifacts"
+pytestmark = pytest.mark.skipif(not browser_available() and not os.environ.get("COPD_REQUIRE_BROWSER"),
+                                reason="Debian chromium and chromium-driver are not installed")
+
+
+def test_edit_renders_on_open_and_a_knob_redraws_and_goes_into_the_url(tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with marimo_server(tmp_path) as url, chromium() as driver:
+        driver.get(url + "/?styles=4&hide=merge")
+        assert wait_for(lambda: settled(driver), 120), "the charts did not render"
+        text = outputs_text(driver)
+        assert "Traceback" not in text and "Error" not in text and "Not a valid setting" not in text
+        assert "Merge and baselines" not in text and "Simulator mechanisms" in text  # hide=merge
+        knob = slider(driver, "styles (drift)")
+        assert knob.get_attribute("aria-valuenow") == "4"  # the URL set the knob
+        driver.save_screenshot(str(ARTIFACTS / "playground_open.png"))
+        before, drawn = results_row(driver), charts(driver)
+        driver.execute_script("arguments[0].focus()", knob)
+        knob.send_keys("\ue014")  # the right arrow: one step up
+        assert wait_for(lambda: "styles=5" in driver.current_url, 30), driver.current_url
+        assert wait_for(lambda: results_row(driver) != before and settled(driver), 60), "nothing was redrawn"
+        assert charts(driver) != drawn  # the charts are new elements: drawn again
+        assert "hide=merge" in driver.current_url
+        driver.save_screenshot(str(ARTIFACTS / "playground_after_knob.png"))
+
+
+def test_run_mode_shows_the_app_without_code(tmp_path):
+    with marimo_server(tmp_path, mode="run") as url, chromium() as driver:
+        driver.get(url + "/?preset=no+drift")
+        assert wait_for(lambda: settled(driver), 120), "the charts did not render"
+        assert slider(driver, "styles (drift)").get_attribute("aria-valuenow") == "1"  # the preset
+        assert not deep(driver, ".cm-editor")  # no code editors in an app
+
+
+def test_a_refused_setting_in_the_url_is_named_in_the_page(tmp_path):
+    with marimo_server(tmp_path) as url, chromium() as driver:
+        driver.get(url + "/?conflict=0.75")  # with shared skill 0.5: more than the rules have
+        assert wait_for(lambda: "Not a valid setting" in outputs_text(driver), 60)
+        assert "conflict = 0.75 is not allowed" in outputs_text(driver) and "Traceback" not in outputs_text(driver)
