@@ -10,6 +10,7 @@ from pathlib import Path
 from tiny_models.build import build_tiny_qwen2vl
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
              num_key_value_heads=1, vision_embed_dim=16, vision_depth=1, vision_num_heads=2)
 
@@ -83,3 +84,20 @@ def test_sim_mechanisms_prints_a_row_per_signature():
     assert {line.split(" | ")[0].lstrip("| ") for line in table} == {"base", "drift", "conflict", "transfer",
                                                                     "absorption", "merge damage"}
     assert all(line.count(" | ") == 4 for line in table)  # five cells: no stray "|" inside one
+
+
+def test_playground_latency_prints_its_table_and_the_figure_last():
+    from playground_browser import browser_available
+
+    if not browser_available() and not os.environ.get("COPD_REQUIRE_BROWSER"):
+        import pytest
+
+        pytest.skip("Debian chromium and chromium-driver are not installed")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "playground_latency.py"), "--moves", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT / "benchmarks",
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("case") and "cached" in lines[-2]
+    name, _, value = lines[-1].partition("=")
+    assert name == "knob_to_redraw_s" and float(value) > 0
