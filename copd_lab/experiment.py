@@ -26,6 +26,8 @@ class Comparison:
     recipes: list[Recipe]
     metrics: pd.DataFrame  # tidy rows: run, method, seed, step, branch, pair, metric, value
     results: pd.DataFrame  # one row per reported model (see results.results_table)
+    final: tuple[World, dict[str, int]] | None = None  # the last seed run here: its world (or its view of the
+    # shared one) and slots ("<recipe>/<branch>" -> slot), holding the final weights (copd_lab.inspector reads them)
 
     def table(self) -> str:
         return format_table(self.results, self.config.domains, self.config.seeds)
@@ -107,7 +109,7 @@ def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool = Tru
     rows = []
     todo = [seed for seed, state in states.items() if state is None or not state["done"]]
     together = getattr(world, "runs_seeds_side_by_side", False) and len(todo) > 1
-    ran = _side_by_side(cfg, world, recipes, todo, paths, states, run, progress) if together else {}
+    ran, final = _side_by_side(cfg, world, recipes, todo, paths, states, run, progress) if together else ({}, None)
     for seed, path in paths.items():
         state = states.pop(seed)  # dropped once used: a finished seed's rows are not held twice
         if seed in ran:
@@ -117,19 +119,21 @@ def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool = Tru
         else:
             trainer = Trainer(cfg, world, recipes, seed=seed, run=run, progress=progress, checkpoint=path)
             rows += trainer.run_all(resume=state)
+            final = (world, trainer.slots)
     metrics = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
     listed = sorted(recipes, key=lambda r: cfg.methods.index(r.name) if r.name in cfg.methods else -1)
-    return Comparison(cfg, recipes, metrics, results_table(metrics, listed, cfg.domains, cfg.metrics.score))
+    return Comparison(cfg, recipes, metrics, results_table(metrics, listed, cfg.domains, cfg.metrics.score), final)
 
 
 def _side_by_side(cfg: ExperimentConfig, world: World, recipes: list[Recipe], seeds: list[int], paths: dict,
-                  states: dict, run: str, progress: bool) -> dict[int, list[dict]]:
+                  states: dict, run: str, progress: bool) -> tuple[dict[int, list[dict]], tuple]:
     """The seeds' rows from one run of all of them side by side in `world` (copd_lab.lockstep): each seed draws
-    and writes what it would alone, for about the time of one seed."""
+    and writes what it would alone, for about the time of one seed. Also the last seed's view and slots."""
     n_slots = len(Trainer(cfg, world, recipes, seed=seeds[0]).slots)  # the same for every seed
     trainers = [Trainer(cfg, SlotView(world, i, len(seeds), n_slots, seed), recipes, seed=seed, run=run,
                         progress=progress, checkpoint=paths[seed]) for i, seed in enumerate(seeds)]
-    return dict(zip(seeds, run_side_by_side(trainers, [states[seed] for seed in seeds])))
+    rows = dict(zip(seeds, run_side_by_side(trainers, [states[seed] for seed in seeds])))
+    return rows, (trainers[-1].world, trainers[-1].slots)
 
 
 def _resumable(cfg: ExperimentConfig, path: Path) -> dict | None:

@@ -66,6 +66,9 @@ class SlotView:
     def exact_accuracy(self, requests: list[Request], grad: bool = False) -> torch.Tensor:
         return self.world.exact_accuracy([self.request(r) for r in requests], grad)
 
+    def token_text(self, token: int) -> str:
+        return self.world.token_text(token)
+
     def step(self, loss: torch.Tensor, slots: list[int]) -> None:
         self.world.step(loss, self.slots(slots))
 

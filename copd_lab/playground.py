@@ -196,3 +196,21 @@ def panel(mo, knobs, hide: str = ""):
     columns = [mo.vstack([mo.md(f"**{title}**"), *[knobs[key] for key in keys]])
                for name, (title, keys) in SECTIONS.items() if name not in hidden]
     return mo.hstack(columns, align="start", wrap=True, gap=2)
+
+
+def knob_map(values: Mapping[str, Any], row: str, row_values: list, column: str, column_values: list,
+             progress=None):
+    """Where in a two-knob plane CoPD beats the best other method of the setting: one row per cell with the knob
+    values, each method's overall exact accuracy (mean over seeds, %) and `copd_minus_best` (points).
+    progress: an iterable wrapper (e.g. mo.status.progress_bar) shown over the cells."""
+    import pandas as pd
+
+    cells = [(r, c) for r in row_values for c in column_values]
+    rows = []
+    for r, c in (progress(cells) if progress is not None else cells):
+        result = run(config({**values, row: r, column: c}))
+        overall = result.results["overall"] * 100
+        others = [m for m in overall.index if m != "copd" and not m.startswith(("copd[", "base", "expert:"))]
+        best = overall[others].max() if others else float("nan")
+        rows.append({row: r, column: c, **overall.to_dict(), "copd_minus_best": overall["copd"] - best})
+    return pd.DataFrame(rows)

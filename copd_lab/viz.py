@@ -7,6 +7,8 @@ averaged; a band shows their spread where there are several.
 
 from __future__ import annotations
 
+import math
+
 import altair as alt
 import pandas as pd
 
@@ -133,3 +135,56 @@ def knob_map(cells: pd.DataFrame, row: str, column: str, value: str = "copd_minu
     text = alt.Chart(cells).mark_text().encode(x=f"{column}:O", y=f"{row}:O",
                                                text=alt.Text(f"{value}:Q", format="+.1f"))
     return (heat + text).properties(width=240, height=180)
+
+
+def topology_graph(metrics: pd.DataFrame, recipes: list[Recipe], method: str = "copd") -> alt.Chart:
+    """`method`'s branches on a circle and its OPD edges (student <- teacher) as arrows whose width is the edge's
+    mean OPD signal (the sampled reverse KL its student was trained on, over the run and the seeds)."""
+    recipe = next(r for r in recipes if r.name == method)
+    names = [b.name for b in recipe.branches]
+    where = {name: (math.cos(2 * math.pi * i / len(names)), math.sin(2 * math.pi * i / len(names)))
+             for i, name in enumerate(names)}
+    edges = {(e.student, e.teacher.split("/")[-1]) for stage in recipe.stages for e in stage.edges}
+    signal = metrics[(metrics.method == method) & (metrics.metric == "opd_reverse_kl")].groupby("pair").value.mean()
+    rows = []
+    for student, teacher in sorted(edges):
+        (x0, y0), (x1, y1) = where[teacher], where[student]
+        # shorten each edge at both ends and offset it sideways, so the two directions of a pair stay apart
+        dx, dy, length = x1 - x0, y1 - y0, math.hypot(x1 - x0, y1 - y0) or 1.0
+        ox, oy = -dy / length * 0.05, dx / length * 0.05
+        rows.append({"edge": f"{student}<-{teacher}", "x": x0 + 0.15 * dx + ox, "y": y0 + 0.15 * dy + oy,
+                     "x2": x1 - 0.15 * dx + ox, "y2": y1 - 0.15 * dy + oy,
+                     "signal": float(signal.get(f"{student}<-{teacher}", 0.0))})
+    edge_data = pd.DataFrame(rows, columns=["edge", "x", "y", "x2", "y2", "signal"])
+    node_data = pd.DataFrame([{"branch": n, "x": where[n][0], "y": where[n][1]} for n in names])
+    axis = alt.Axis(title=None, labels=False, ticks=False, grid=False, domain=False)
+    lines = alt.Chart(edge_data).mark_rule(color="#4c78a8", opacity=0.8).encode(
+        x=alt.X("x:Q", axis=axis, scale=alt.Scale(domain=[-1.4, 1.4])), y=alt.Y("y:Q", axis=axis,
+                                                                           scale=alt.Scale(domain=[-1.4, 1.4])),
+        x2="x2:Q", y2="y2:Q", strokeWidth=alt.StrokeWidth("signal:Q", scale=alt.Scale(range=[1, 8]),
+                                                         title="OPD signal (nats)"),
+        tooltip=["edge", alt.Tooltip("signal:Q", format=".3f")])
+    heads = alt.Chart(edge_data).mark_point(shape="triangle", filled=True, size=60, color="#4c78a8").encode(
+        x="x2:Q", y="y2:Q")
+    nodes = alt.Chart(node_data).mark_circle(size=900, color="#f58518").encode(x="x:Q", y="y:Q", tooltip=["branch"])
+    labels = alt.Chart(node_data).mark_text(fontWeight="bold").encode(x="x:Q", y="y:Q", text="branch:N")
+    return (lines + heads + nodes + labels).properties(width=260, height=260, title=f"{method}: who teaches whom")
+
+
+def token_strip(tokens: pd.DataFrame, edge: str = "") -> alt.Chart:
+    """The token inspector (copd_lab.inspector.opd_tokens): a row per rollout, a cell per token, coloured by the
+    teacher's per-token advantage β·(log π_teacher − log π_student): blue where OPD pushes the token up, red where
+    it pushes it down; a rollout's label says whether it is right."""
+    data = tokens.assign(rollout_label=[f"rollout {r} ({'right' if c else 'wrong'})"
+                                        for r, c in zip(tokens.rollout, tokens.correct)])
+    limit = max(float(data.advantage.abs().max()), 1e-6) if len(data) else 1.0
+    cells = alt.Chart(data).mark_rect(stroke="white").encode(
+        x=alt.X("position:O", title="token position"), y=alt.Y("rollout_label:N", title=None),
+        color=alt.Color("advantage:Q", scale=alt.Scale(scheme="redblue", domain=[-limit, limit]),
+                        title="β·(log π_t − log π_s)"),
+        tooltip=["text", alt.Tooltip("student_logp:Q", format=".3f"), alt.Tooltip("teacher_logp:Q", format=".3f"),
+                 alt.Tooltip("advantage:Q", format="+.3f")])
+    labels = alt.Chart(data).mark_text(fontSize=12).encode(x="position:O", y="rollout_label:N", text="text:N")
+    return (cells + labels).properties(width=60 * max(int(data.position.max()) + 1 if len(data) else 1, 1),
+                                       height=28 * max(data.rollout.nunique(), 1),
+                                       title=f"OPD advantage per token, edge {edge}")

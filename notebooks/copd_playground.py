@@ -13,10 +13,10 @@ def _():
 
 @app.cell
 def _():
-    from copd_lab import playground, viz
+    from copd_lab import inspector, playground, viz
     from copd_lab.config import ConfigError
 
-    return ConfigError, playground, viz
+    return ConfigError, inspector, playground, viz
 
 
 @app.cell(hide_code=True)
@@ -73,7 +73,7 @@ def _(ConfigError, knobs, mo, playground, preset):
             del _query[_key]
         for _key, _text in _wanted.items():
             _query[_key] = _text
-    return cfg, problem
+    return cfg, problem, values
 
 
 @app.cell
@@ -139,6 +139,44 @@ def _(heat_step, mo, result, viz):
 @app.cell
 def _(mo, result, viz):
     mo.vstack([mo.md("## The schedule"), viz.schedule_timeline(result.recipes)])
+    return
+
+
+@app.cell
+def _(mo, result, viz):
+    mo.vstack([mo.md("## Who teaches whom"), viz.topology_graph(result.metrics, result.recipes, "copd")])
+    return
+
+
+@app.cell
+def _(inspector, mo, result):
+    edge = mo.ui.dropdown(options=[e.label for e in inspector.opd_edges(result)],
+                          value=inspector.opd_edges(result)[0].label, label="OPD edge (student<-teacher)")
+    edge
+    return (edge,)
+
+
+@app.cell
+def _(edge, inspector, mo, result, viz):
+    mo.vstack([mo.md("## Token inspector: what an OPD edge pushes up (blue) or down (red)"),
+               viz.token_strip(inspector.opd_tokens(result, edge.value, rollouts=6), edge.value)])
+    return
+
+
+@app.cell
+def _(mo):
+    map_button = mo.ui.run_button(label="map where CoPD wins: conflict x style habit (9 runs)")
+    map_button
+    return (map_button,)
+
+
+@app.cell
+def _(map_button, mo, playground, values, viz):
+    mo.stop(not map_button.value, mo.md("_Press the button to run the two-knob map with the settings above._"))
+    _cells = playground.knob_map(values, "habit", [0.0, 0.5, 1.0], "conflict", [0.0, 0.25, 0.5],
+                                 progress=lambda cells: mo.status.progress_bar(cells, title="two-knob map"))
+    mo.vstack([mo.md("CoPD minus the best other method (points), overall exact accuracy:"),
+               viz.knob_map(_cells, "habit", "conflict")])
     return
 
 

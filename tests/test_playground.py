@@ -78,3 +78,13 @@ def test_the_notebook_exports_to_html(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     html = out.read_text()
     assert "CoPD playground" in html and "Co-Evolving Policy Distillation" in html
+
+
+def test_the_knob_map_is_copd_minus_the_best_other_method_per_cell():
+    values = {**pg.DEFAULTS, "cycles": 1, "baselines": "mixed,mopd"}
+    cells = pg.knob_map(values, "habit", [0.0, 1.0], "conflict", [0.0, 0.25])
+    assert len(cells) == 4 and set(cells.habit) == {0.0, 1.0} and set(cells.conflict) == {0.0, 0.25}
+    for cell in cells.itertuples():
+        result = pg.run(pg.config({**values, "habit": cell.habit, "conflict": cell.conflict}))  # cached
+        overall = result.results["overall"] * 100
+        assert abs(cell.copd_minus_best - (overall["copd"] - max(overall["mixed"], overall["mopd"]))) < 1e-9

@@ -64,3 +64,13 @@ def test_schedule_timeline_and_knob_map_build(run):
     assert set(bars.method) >= {"experts", "mixed", "mopd", "copd"}
     cells = pd.DataFrame({"conflict": [0, 0.5, 0, 0.5], "habit": [0, 0, 1, 1], "copd_minus_best": [-1, 2, 0.5, -3]})
     assert len(datasets(viz.knob_map(cells, "habit", "conflict"))[0]) == 4
+
+
+def test_topology_graph_draws_each_edge_with_its_mean_opd_signal(run):
+    tables = datasets(viz.topology_graph(run.metrics, run.recipes, "copd"))
+    edges = next(t for t in tables if "edge" in t)
+    assert set(edges.edge) == {"text<-image", "image<-text", "text<-video", "video<-text"}  # the hub's edges
+    m = run.metrics
+    expected = m[(m.method == "copd") & (m.metric == "opd_reverse_kl") & (m.pair == "image<-text")].value.mean()
+    assert abs(edges.set_index("edge").signal["image<-text"] - expected) < 1e-12
+    assert len(next(t for t in tables if "branch" in t)) == 3

@@ -275,6 +275,11 @@ class SimWorld:
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         return self._logprobs_of(batch, slots, grad, tokens=False)
 
+    def token_text(self, token: int) -> str:
+        """How a token reads: "s<style>:<digit>" for a style's digit, "filler<i>" for a filler token."""
+        q, m = self.cfg.digits, self.cfg.styles
+        return f"s{token // q}:{token % q}" if token < q * m else f"filler{token - q * m}"
+
     def exact_accuracy(self, requests: list[Request], grad: bool = False) -> torch.Tensor:
         """[R] expected accuracy (= expected reward) of slot r.slot on every eval prompt of domain r.domains[0],
         from its probabilities: a style's right answer is one path of T tokens, so P(right) = Σ_m Π_t
