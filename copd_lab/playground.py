@@ -57,8 +57,13 @@ KNOBS = (
     Knob("opd_steps", "S_OPD", 8, "mixed GRPO + OPD steps per cycle (Phase II)", "copd.opd_steps", low=0, high=50,
          step=1),
     Knob("cycles", "cycles N", 10, "Phase I + Phase II cycles", "copd.cycles", low=1, high=30, step=1),
-    Knob("topology", "topology", "hub", "who distils from whom in Phase II", "copd.topology",
-         options=("hub", "all_pairs", "ring", "one_way")),
+    Knob("topology", "topology", "hub", "who distils from whom in Phase II (edges: pick them below)",
+         "copd.topology", options=("hub", "all_pairs", "ring", "one_way", "edges")),
+    Knob("hub", "hub", "", "the hub branch of the hub topology (empty: the first domain)"),
+    Knob("rates", "step rates", "", "asymmetric experts: branch:rate,... (a branch steps on that share of ticks)"),
+    Knob("edges", "edges", "", "the Phase II edges of the edges topology: student<-teacher,..."),
+    Knob("drop", "dropped edges", "", "edges of the topology left out: student<-teacher,..."),
+    Knob("edge_beta", "β per edge", "", "an edge's own β: student<-teacher:β,..."),
     Knob("beta", "β (OPD weight)", 1.0, "weight of the OPD advantage", "opd.beta", low=0.0, high=3.0, step=0.1),
     Knob("estimator", "OPD estimator", "sampled", "the paper's sampled-token log-ratio, or top-k / full reverse KL",
          "opd.estimator", options=("sampled", "topk", "full")),
@@ -89,6 +94,7 @@ BY_KEY = {k.key: k for k in KNOBS}
 SECTIONS = {  # the knob panel's columns; `hide=<name>,...` in the URL hides some (a teacher shapes a lesson)
     "schedule": ("Schedule", ("branches", "rl_steps", "opd_steps", "cycles", "seeds")),
     "phase2": ("Phase II", ("topology", "beta", "estimator", "teacher", "adaptive", "combine")),
+    "branches": ("Branches and edges", ("hub", "rates", "edges", "drop", "edge_beta")),
     "merge": ("Merge and baselines", ("merge", "baselines")),
     "mechanisms": ("Simulator mechanisms", ("styles", "habit", "conflict", "shared", "base_steps", "lr")),
 }
@@ -128,7 +134,11 @@ def overrides(values: Mapping[str, Any]) -> list[str]:
     names = domains(k)
     baselines = [m for m in str(values["baselines"]).split(",") if m]
     baselines = [m for m in baselines if not m.startswith("static_opd") or k >= 2]
-    out = [f"domains={list(names)}", f"methods={['base', *baselines, 'copd']}", f"copd.hub='{names[0]}'"]
+    hub = str(values["hub"]) or names[0]
+    out = [f"domains={list(names)}", f"methods={['base', *baselines, 'copd']}", f"copd.hub='{hub}'",
+           f"copd.step_rates={_table(_pairs(values['rates'], float))}", f"copd.edges={_items(values['edges'])}",
+           f"copd.drop_edges={_items(values['drop'])}",
+           f"copd.beta_per_edge={_table(_pairs(values['edge_beta'], float))}"]
     for knob in KNOBS:
         if knob.field is not None:
             value = values[knob.key]
@@ -136,9 +146,52 @@ def overrides(values: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _items(text: str) -> list[str]:
+    return [item for item in str(text).split(",") if item]
+
+
+def _table(pairs: dict) -> str:
+    """A TOML inline table (the --set syntax of a dict field)."""
+    return "{" + ", ".join(f'"{key}" = {value}' for key, value in pairs.items()) + "}"
+
+
+def _pairs(text: str, kind) -> dict:
+    """"a:1,b:0.5" -> {"a": 1.0, "b": 0.5} (the key may hold "<-"; the value is after the last ":")."""
+    out = {}
+    for item in _items(text):
+        key, colon, value = item.rpartition(":")
+        if not colon:
+            raise ConfigError(f"{item!r} is not allowed: key:value pairs, e.g. image:0.5 or image<-text:0.5")
+        try:
+            out[key] = kind(value)
+        except ValueError:
+            raise ConfigError(f"{item!r} is not allowed: its value {value!r} is not a number") from None
+    return out
+
+
+def edges_of(values: Mapping[str, Any]) -> list[str]:
+    """The labels of every edge the topology has (before any is dropped): the choices of the edge editors."""
+    from copd_lab.topology import build_edges, format_edge
+
+    names = domains(int(values["branches"]))
+    topology = values["topology"]
+    if topology == "edges":  # every ordered pair can be picked
+        return [format_edge((s, t)) for s in names for t in names if s != t]
+    hub = str(values["hub"]) or names[0]
+    try:
+        return [format_edge(e) for e in build_edges(names, topology, hub if hub in names else names[0])]
+    except ConfigError:
+        return []
+
+
 def config(values: Mapping[str, Any]) -> ExperimentConfig:
-    """The validated experiment config of these knob values (a ConfigError names a knob's field and value)."""
-    return load_config(None, overrides(values))
+    """The validated experiment config of these knob values, its recipes checked too (a ConfigError names a
+    knob's field and value, before any run)."""
+    from copd_lab.recipes import build_recipes
+
+    cfg = load_config(None, overrides(values))
+    build_recipes(cfg)
+    return cfg
 
 
 _RUNS: OrderedDict[str, Comparison] = OrderedDict()  # config TOML -> its comparison, most recent last
@@ -162,6 +215,8 @@ def controls(mo, values: Mapping[str, Any]):
     debounced, so a run starts when a slider is let go."""
     elements = {}
     for knob in KNOBS:
+        if knob.key in SECTIONS["branches"][1]:  # see branch_controls
+            continue
         value = values[knob.key]
         if knob.key == "baselines":
             elements[knob.key] = mo.ui.multiselect(options=list(BASELINES), value=[m for m in str(value).split(",")
@@ -175,9 +230,40 @@ def controls(mo, values: Mapping[str, Any]):
     return mo.ui.dictionary(elements)
 
 
+def branch_controls(mo, values: Mapping[str, Any]):
+    """The per-branch and per-edge knobs for the current branches and topology: the hub, a step-rate slider per
+    branch, the edges (picked for the edges topology; else the ones to drop) and a β per edge."""
+    names = domains(int(values["branches"]))
+    rates = {k: v for k, v in _pairs(values["rates"], float).items() if k in names}
+    edges = edges_of(values)
+    chosen = [e for e in _items(values["edges"]) if e in edges]
+    dropped = [e for e in _items(values["drop"]) if e in edges]
+    betas = _pairs(values["edge_beta"], float)
+    hub = str(values["hub"]) if values["hub"] in names else names[0]
+    return mo.ui.dictionary({
+        "hub": mo.ui.dropdown(options=list(names), value=hub, label="hub"),
+        "rates": mo.ui.dictionary({n: mo.ui.slider(0.05, 1.0, step=0.05, value=rates.get(n, 1.0), label=n,
+                                                   debounce=True, show_value=True) for n in names},
+                                  label="step rates"),
+        "edges": mo.ui.multiselect(options=edges, value=chosen, label="edges (edges topology)"),
+        "drop": mo.ui.multiselect(options=edges, value=dropped, label="drop"),
+        "edge_beta": mo.ui.dictionary({e: mo.ui.number(0.0, 10.0, step=0.1, value=betas.get(e, float(values["beta"])),
+                                                       label=e) for e in edges}, label="β per edge"),
+    })
+
+
+def branch_values(ui_values: Mapping[str, Any], beta: float) -> dict[str, str]:
+    """The string knobs of `branch_controls`' values (rates of 1 and β equal to the global β are left out)."""
+    return {"hub": ui_values["hub"],
+            "rates": ",".join(f"{n}:{r:g}" for n, r in ui_values["rates"].items() if r != 1.0),
+            "edges": ",".join(ui_values["edges"]), "drop": ",".join(ui_values["drop"]),
+            "edge_beta": ",".join(f"{e}:{b:g}" for e, b in ui_values["edge_beta"].items() if b != beta)}
+
+
 def values_of(ui_values: Mapping[str, Any]) -> dict[str, Any]:
-    """Knob values from the UI elements' values (a multiselect's list becomes the comma-separated string)."""
-    values = dict(DEFAULTS)
+    """Knob values from the UI elements' values, for the knobs they hold (a multiselect's list becomes the
+    comma-separated string, a slider's number the knob's type)."""
+    values = {}
     for key, value in ui_values.items():
         default = DEFAULTS[key]
         if isinstance(value, (list, tuple)):
@@ -193,8 +279,8 @@ def values_of(ui_values: Mapping[str, Any]) -> dict[str, Any]:
 def panel(mo, knobs, hide: str = ""):
     """The knob panel: a column per section (SECTIONS), without the sections `hide` names (comma-separated)."""
     hidden = {name for name in hide.split(",") if name}
-    columns = [mo.vstack([mo.md(f"**{title}**"), *[knobs[key] for key in keys]])
-               for name, (title, keys) in SECTIONS.items() if name not in hidden]
+    columns = [mo.vstack([mo.md(f"**{title}**"), *[knobs[key] for key in keys if key in knobs]])
+               for name, (title, keys) in SECTIONS.items() if name not in hidden and name != "branches"]
     return mo.hstack(columns, align="start", wrap=True, gap=2)
 
 

@@ -54,13 +54,27 @@ def _(initial, mo, playground, preset):
 
 @app.cell
 def _(initial, knobs, mo, playground, preset):
-    mo.vstack([preset, playground.panel(mo, knobs, initial.get("hide", ""))])
+    # per-branch and per-edge knobs, for the branches and topology chosen above (from the URL at first)
+    _now = {**playground.knobs_from_query(initial), **playground.values_of(knobs.value)}
+    branch_knobs = playground.branch_controls(mo, _now)
+    return (branch_knobs,)
+
+
+@app.cell
+def _(branch_knobs, initial, knobs, mo, playground, preset):
+    _edges = branch_knobs["edges"] if knobs.value["topology"] == "edges" else branch_knobs["drop"]
+    _branches = mo.vstack([mo.md("**Branches and edges**"), branch_knobs["hub"], branch_knobs["rates"], _edges,
+                           mo.accordion({"β per edge": branch_knobs["edge_beta"]})])
+    _hidden = initial.get("hide", "").split(",")
+    mo.vstack([preset, playground.panel(mo, knobs, initial.get("hide", "")),
+               *([] if "branches" in _hidden else [_branches])])
     return
 
 
 @app.cell
-def _(ConfigError, knobs, mo, playground, preset):
-    values = playground.values_of(knobs.value)
+def _(ConfigError, branch_knobs, knobs, mo, playground, preset):
+    values = {**playground.DEFAULTS, **playground.values_of(knobs.value),
+              **playground.branch_values(branch_knobs.value, float(knobs.value["beta"]))}
     problem = None
     try:
         cfg = playground.config(values)

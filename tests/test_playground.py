@@ -88,3 +88,31 @@ def test_the_knob_map_is_copd_minus_the_best_other_method_per_cell():
         result = pg.run(pg.config({**values, "habit": cell.habit, "conflict": cell.conflict}))  # cached
         overall = result.results["overall"] * 100
         assert abs(cell.copd_minus_best - (overall["copd"] - max(overall["mixed"], overall["mopd"]))) < 1e-9
+
+
+def test_branch_and_edge_knobs_reach_the_config_and_come_back_from_the_ui():
+    import marimo as mo
+
+    values = pg.knobs_from_query({"rates": "image:0.5", "edge_beta": "image<-text:0.2", "drop": "video<-text",
+                                  "hub": "text"})
+    cfg = pg.config(values)
+    assert cfg.copd.step_rates == {"image": 0.5} and cfg.copd.beta_per_edge == {"image<-text": 0.2}
+    assert cfg.copd.drop_edges == ("video<-text",) and cfg.copd.hub == "text"
+    ui = pg.branch_controls(mo, values).value  # the editors start at the URL's values
+    assert ui["rates"] == {"text": 1.0, "image": 0.5, "video": 1.0} and ui["drop"] == ["video<-text"]
+    assert ui["edge_beta"]["image<-text"] == 0.2 and ui["edge_beta"]["text<-image"] == values["beta"]
+    back = pg.branch_values(ui, values["beta"])  # and give the same knob strings back
+    assert back == {"hub": "text", "rates": "image:0.5", "edges": "", "drop": "video<-text",
+                    "edge_beta": "image<-text:0.2"}
+    chosen = pg.config({**pg.DEFAULTS, "topology": "edges", "edges": "image<-text,video<-image"})
+    assert chosen.copd.edges == ("image<-text", "video<-image")
+    assert len(pg.edges_of({**pg.DEFAULTS, "topology": "edges"})) == 6  # every ordered pair can be picked
+
+
+@pytest.mark.parametrize("knobs, words", [({"rates": "image"}, ["'image'", "key:value"]),
+                                          ({"edge_beta": "video<-image:1"}, ["beta_per_edge", "not an edge"]),
+                                          ({"hub": "audio"}, ["copd.hub", "'audio'"])])
+def test_a_bad_branch_knob_is_refused_before_any_run(knobs, words):
+    with pytest.raises(ConfigError) as info:
+        pg.config({**pg.DEFAULTS, **knobs})
+    assert all(word in str(info.value) for word in words)
