@@ -99,10 +99,35 @@ def _(cfg, mo, playground, problem):
 
 
 @app.cell
+def _(mo, playground, result):
+    mo.md("## Does this run agree with the paper?\n\n" + playground.checks_markdown(playground.paper_checks(result)))
+    return
+
+
+@app.cell
 def _(mo, result):
     mo.md(f"""
     ## Results (exact held-out accuracy, %)\n\n{result.table()}
     """)
+    return
+
+
+@app.cell(hide_code=True)
+def _(mo):
+    mo.md(
+        r"""
+        ## What each phase optimises
+
+        **Phase I, GRPO** (Eq. 7): for a prompt's G rollouts with verifier rewards $r_1..r_G$, each token of
+        rollout i gets the advantage $\hat A_i = (r_i - \operatorname{mean}(r)) / \operatorname{std}(r)$, in the
+        clipped policy-gradient loss. **Phase II** adds, for each neighbour j, a batch on j's prompts whose
+        token t gets $\hat A_t = \beta\,(\log \pi_j(y_t) - \log \pi_k(y_t))$ (Eq. 8), all in one update of
+        $\theta_k$. **The merge**: $\theta = \sum_k w_k \theta_k$ (average), or task arithmetic
+        $\theta_0 + \lambda \sum_k w_k (\theta_k - \theta_0)$, TIES or DARE. **What to look for**: the
+        experts each win their own domain; mixed RLVR pays for the conflict between domains; CoPD's branches
+        should learn their neighbours' skills through OPD while staying close enough to merge.
+        """
+    )
     return
 
 
