@@ -1,0 +1,83 @@
+"""The playground for Jupyter and VS Code: the same knobs, runs and charts as notebooks/copd_playground.py.
+
+    from copd_lab.widgets import playground
+    playground()
+
+Knobs are ipywidgets built from copd_lab.playground.KNOBS (sliders update when let go); every change
+re-runs the simulator through playground.run (cached) and redraws the output: the paper checks, the
+results table and the copd_lab.viz charts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as widgets
+from IPython.display import Markdown, display
+
+from copd_lab import playground as pg
+from copd_lab import viz
+from copd_lab.config import ConfigError
+
+
+class Playground(widgets.VBox):
+    """A VBox of knob widgets and an output area; `result` is the last run's Comparison (None before it)."""
+
+    def __init__(self, values: dict[str, Any] | None = None):
+        values = {**pg.DEFAULTS, **(values or {})}
+        self.knobs = {knob.key: _widget(knob, values[knob.key]) for knob in pg.KNOBS}
+        self.output = widgets.Output()
+        self.result = None
+        self.error: str | None = None
+        for widget in self.knobs.values():
+            widget.observe(lambda _: self.update(), names="value")
+        columns = [widgets.VBox([widgets.HTML(f"<b>{title}</b>"), *[self.knobs[k] for k in keys]])
+                   for title, keys in pg.SECTIONS.values()]
+        super().__init__([widgets.HBox(columns), self.output])
+        self.update()
+
+    def values(self) -> dict[str, Any]:
+        return {key: _value(pg.BY_KEY[key], widget.value) for key, widget in self.knobs.items()}
+
+    def update(self) -> None:
+        """Run the current setting (cached) and redraw the output."""
+        self.output.clear_output(wait=True)
+        with self.output:
+            try:
+                cfg = pg.config(self.values())
+            except ConfigError as err:
+                self.error, self.result = str(err), None
+                display(Markdown(f"**Not a valid setting:** {err}"))
+                return
+            self.error, self.result = None, pg.run(cfg)
+            display(Markdown(pg.checks_markdown(pg.paper_checks(self.result))))
+            display(Markdown(self.result.table()))
+            for chart in (viz.accuracy_over_steps(self.result.metrics, self.result.recipes),
+                          viz.gap_over_time(self.result.metrics, self.result.recipes, "copd"),
+                          viz.overlap_heatmap(self.result.metrics, "copd"), viz.schedule_timeline(self.result.recipes),
+                          viz.topology_graph(self.result.metrics, self.result.recipes, "copd")):
+                display(chart)
+
+
+def _widget(knob: pg.Knob, value: Any):
+    style = {"description_width": "initial"}
+    if knob.key == "baselines":
+        return widgets.SelectMultiple(options=pg.BASELINES, value=tuple(m for m in str(value).split(",") if m),
+                                      description=knob.label, style=style)
+    if knob.options:
+        return widgets.Dropdown(options=knob.options, value=value, description=knob.label, style=style)
+    if isinstance(knob.default, str):  # the branch and edge knobs, as text (e.g. image:0.5)
+        return widgets.Text(value=value, description=knob.label, placeholder=knob.help, continuous_update=False,
+                            style=style)
+    slider = widgets.IntSlider if isinstance(knob.default, int) else widgets.FloatSlider
+    return slider(value=value, min=knob.low, max=knob.high, step=knob.step, description=knob.label,
+                  continuous_update=False, style=style)
+
+
+def _value(knob: pg.Knob, value: Any) -> Any:
+    return ",".join(value) if knob.key == "baselines" else value
+
+
+def playground(values: dict[str, Any] | None = None) -> Playground:
+    """The playground's knobs and charts as a widget (set some knobs with `values`, e.g. {"styles": 1})."""
+    return Playground(values)
