@@ -170,20 +170,21 @@ def _(mo, result, viz):
 
 @app.cell
 def _(heat_step, mo, result, viz):
-    mo.hstack([viz.overlap_heatmap(result.metrics, "copd", heat_step.value),
-               viz.overlap_heatmap(result.metrics, "copd", heat_step.value, metric="symmetric_kl")])
+    mo.lazy(lambda: mo.hstack([viz.overlap_heatmap(result.metrics, "copd", heat_step.value),
+                               viz.overlap_heatmap(result.metrics, "copd", heat_step.value, metric="symmetric_kl")]))
     return
 
 
 @app.cell
 def _(mo, result, viz):
-    mo.vstack([mo.md("## The schedule"), viz.schedule_timeline(result.recipes)])
+    mo.vstack([mo.md("## The schedule"), mo.lazy(lambda: viz.schedule_timeline(result.recipes))])
     return
 
 
 @app.cell
 def _(mo, result, viz):
-    mo.vstack([mo.md("## Who teaches whom"), viz.topology_graph(result.metrics, result.recipes, "copd")])
+    mo.vstack([mo.md("## Who teaches whom"),
+               mo.lazy(lambda: viz.topology_graph(result.metrics, result.recipes, "copd"))])
     return
 
 
@@ -198,7 +199,7 @@ def _(inspector, mo, result):
 @app.cell
 def _(edge, inspector, mo, result, viz):
     mo.vstack([mo.md("## Token inspector: what an OPD edge pushes up (blue) or down (red)"),
-               viz.token_strip(inspector.opd_tokens(result, edge.value, rollouts=6), edge.value)])
+               mo.lazy(lambda: viz.token_strip(inspector.opd_tokens(result, edge.value, rollouts=6), edge.value))])
     return
 
 
