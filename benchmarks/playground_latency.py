@@ -7,7 +7,8 @@ charts, then moves the "styles (drift)" slider one step at a time (keyboard, as 
 a setting not run before, so the simulator runs again. A move is redrawn when the URL carries the new value, the
 results table changed, no cell is running or queued and the first screens' charts are drawn (the heatmaps, the
 schedule, the topology and the token inspector are `mo.lazy`: they are computed when scrolled to). Then the
-slider goes back to a setting already run (cached: no simulator run). Prints a table, last `knob_to_redraw_s=<median of new settings>`.
+slider goes back to a setting already run (cached: no simulator run). Prints a table, last
+`knob_to_redraw_s=<median of new settings>`.
 """
 
 from __future__ import annotations
