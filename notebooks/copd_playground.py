@@ -63,8 +63,9 @@ def _(initial, knobs, mo, playground, preset):
 @app.cell
 def _(branch_knobs, initial, knobs, mo, playground, preset):
     _edges = branch_knobs["edges"] if knobs.value["topology"] == "edges" else branch_knobs["drop"]
-    _branches = mo.vstack([mo.md("**Branches and edges**"), branch_knobs["hub"], branch_knobs["rates"], _edges,
-                           mo.accordion({"β per edge": branch_knobs["edge_beta"]})])
+    _branches = mo.vstack([mo.md("**Branches and edges**"), branch_knobs["hub"], mo.md("step rates"),
+                           branch_knobs["rates"].hstack(), _edges,
+                           mo.accordion({"β per edge": branch_knobs["edge_beta"].hstack()})])
     _hidden = initial.get("hide", "").split(",")
     mo.vstack([preset, playground.panel(mo, knobs, initial.get("hide", "")),
                *([] if "branches" in _hidden else [_branches])])
