@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +88,12 @@ def _make_vlm_world(cfg: ExperimentConfig) -> World:
         raise ConfigError(f"vlm.model = {v.model!r} with domains = {list(cfg.domains)} is not allowed: {err}") from None
 
 
-def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool = True, world: World | None = None,
-                   out: str | Path | None = None, resume: bool = False, overwrite: bool = False) -> Comparison:
+def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool | Callable = True,
+                   world: World | None = None, out: str | Path | None = None, resume: bool = False,
+                   overwrite: bool = False) -> Comparison:
     """Train and evaluate every method for `cfg.seeds` seeds (seed, seed+1, ...).
+
+    progress: a tqdm bar per seed (True), none (False), or a factory of tqdm-like bars (a notebook's own).
 
     out: run folder; each seed's state is checkpointed to out/checkpoints/seed<k>.pt (checkpoint.py). A
     folder that holds a run is refused unless `resume` or `overwrite` says what to do with it.
@@ -126,7 +130,7 @@ def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool = Tru
 
 
 def _side_by_side(cfg: ExperimentConfig, world: World, recipes: list[Recipe], seeds: list[int], paths: dict,
-                  states: dict, run: str, progress: bool) -> tuple[dict[int, list[dict]], tuple]:
+                  states: dict, run: str, progress: bool | Callable) -> tuple[dict[int, list[dict]], tuple]:
     """The seeds' rows from one run of all of them side by side in `world` (copd_lab.lockstep): each seed draws
     and writes what it would alone, for about the time of one seed. Also the last seed's view and slots."""
     n_slots = len(Trainer(cfg, world, recipes, seed=seeds[0]).slots)  # the same for every seed

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from copd_lab.config import ConfigError, ExperimentConfig
@@ -51,6 +52,9 @@ class Knob:
 
 
 KNOBS = (
+    Knob("world", "world", "sim", "sim: the simulator, live | vlm: the shipped tiny VLM or the model folder below, "
+         "from a run button", "world", options=("sim", "vlm")),
+    Knob("model", "VLM folder", "", "a local Qwen2-VL or Llava checkpoint folder (empty: the shipped tiny VLM)"),
     Knob("branches", "branches K", 3, "number of experts (domains text, image, video, then d3, d4, ...)",
          low=2, high=10, step=1),
     Knob("rl_steps", "S_RL", 12, "GRPO steps per cycle (Phase I)", "copd.rl_steps", low=0, high=50, step=1),
@@ -92,7 +96,7 @@ KNOBS = (
 )
 BY_KEY = {k.key: k for k in KNOBS}
 SECTIONS = {  # the knob panel's columns; `hide=<name>,...` in the URL hides some (a teacher shapes a lesson)
-    "schedule": ("Schedule", ("branches", "rl_steps", "opd_steps", "cycles", "seeds")),
+    "schedule": ("Schedule", ("world", "model", "branches", "rl_steps", "opd_steps", "cycles", "seeds")),
     "phase2": ("Phase II", ("topology", "beta", "estimator", "teacher", "adaptive", "combine")),
     "branches": ("Branches and edges", ("hub", "rates", "edges", "drop", "edge_beta")),
     "merge": ("Merge and baselines", ("merge", "baselines")),
@@ -135,7 +139,13 @@ def overrides(values: Mapping[str, Any]) -> list[str]:
     baselines = [m for m in str(values["baselines"]).split(",") if m]
     baselines = [m for m in baselines if not m.startswith("static_opd") or k >= 2]
     hub = str(values["hub"]) or names[0]
-    out = [f"domains={list(names)}", f"methods={['base', *baselines, 'copd']}", f"copd.hub='{hub}'",
+    # every method gets CoPD's budget per branch (the experts and the first stage of static OPD and MOPD), and the
+    # extra OPD stage half of it, as at the defaults (200 and 100)
+    budget = int(values["cycles"]) * (int(values["rl_steps"]) + int(values["opd_steps"]))
+    out = [f"expert_steps={max(budget, 1)}", f"distill_steps={max(budget // 2, 1)}"]
+    if values["model"]:
+        out.append(f"vlm.model={str(values['model'])!r}")
+    out += [f"domains={list(names)}", f"methods={['base', *baselines, 'copd']}", f"copd.hub='{hub}'",
            f"copd.step_rates={_table(_pairs(values['rates'], float))}", f"copd.edges={_items(values['edges'])}",
            f"copd.drop_edges={_items(values['drop'])}",
            f"copd.beta_per_edge={_table(_pairs(values['edge_beta'], float))}"]
@@ -148,6 +158,32 @@ def overrides(values: Mapping[str, Any]) -> list[str]:
 
 def _items(text: str) -> list[str]:
     return [item for item in str(text).split(",") if item]
+
+
+def saved_run(cfg: ExperimentConfig, root: str | Path = "runs/playground", progress=True) -> Comparison:
+    """Run a comparison into its own folder under `root` (named by its config), resuming what is there: a run
+    stopped half-way (its checkpoints stay) continues where it stopped, a finished one is read back at once."""
+    import hashlib
+
+    text = dump_toml(cfg)
+    out = Path(root) / hashlib.sha1(text.encode()).hexdigest()[:12]
+    return run_comparison(cfg, progress=progress, out=out, resume=True)
+
+
+class MarimoBar:
+    """A tqdm-like bar (the Trainer's progress) drawn with marimo's mo.status.progress_bar."""
+
+    def __init__(self, mo, total: int, initial: int = 0, desc: str = ""):
+        self._context = mo.status.progress_bar(total=max(total, 1), title=desc, remove_on_exit=True)
+        self._bar = self._context.__enter__()
+        if initial:
+            self._bar.update(increment=initial)
+
+    def update(self, n: int = 1) -> None:
+        self._bar.update(increment=n)
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
 
 
 def _table(pairs: dict) -> str:
@@ -218,7 +254,9 @@ def controls(mo, values: Mapping[str, Any]):
         if knob.key in SECTIONS["branches"][1]:  # see branch_controls
             continue
         value = values[knob.key]
-        if knob.key == "baselines":
+        if knob.key == "model":
+            elements[knob.key] = mo.ui.text(value=value, label=knob.label, placeholder="tiny_models/qwen2vl-tiny")
+        elif knob.key == "baselines":
             elements[knob.key] = mo.ui.multiselect(options=list(BASELINES), value=[m for m in str(value).split(",")
                                                                                   if m in BASELINES],
                                                    label=knob.label)

@@ -15,6 +15,7 @@ that made them, before any forward uses them.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -67,7 +68,7 @@ class Trainer:
     """Runs a list of recipes on a world for one seed and logs tidy metric rows."""
 
     def __init__(self, cfg: ExperimentConfig, world: World, recipes: list[Recipe], seed: int,
-                 run: str = "run", progress: bool = True, checkpoint: str | Path | None = None):
+                 run: str = "run", progress: bool | Callable = True, checkpoint: str | Path | None = None):
         """checkpoint: file the run state is written to every cfg.checkpoint_every ticks and at the end."""
         self.cfg, self.world, self.recipes, self.seed = cfg, world, recipes, seed
         self.run, self.progress = run, progress
@@ -144,8 +145,11 @@ class Trainer:
                 self._save(0)
         else:
             start = self.load_state_dict(resume)
-        self._bar = tqdm(total=self.total, initial=min(start, self.total), desc=f"{self.run} seed {self.seed}",
-                         disable=not self.progress, leave=False)
+        # progress: True for tqdm, False for none, or a factory of tqdm-like bars (total, initial, desc; update, close)
+        bar = self.progress if callable(self.progress) else tqdm
+        options = {} if callable(self.progress) else {"disable": not self.progress, "leave": False}
+        self._bar = bar(total=self.total, initial=min(start, self.total), desc=f"{self.run} seed {self.seed}",
+                        **options)
         return start
 
     def collect(self, tick: int) -> tuple[list[Request], list[tuple[str, str, str]]]:

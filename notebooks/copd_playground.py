@@ -92,10 +92,29 @@ def _(ConfigError, branch_knobs, knobs, mo, playground, preset):
 
 
 @app.cell
-def _(cfg, mo, playground, problem):
+def _(mo):
+    real_run = mo.ui.run_button(label="run on the VLM")
+    return (real_run,)
+
+
+@app.cell
+def _(cfg, mo, real_run):
+    # only the VLM world waits for the button (a cell that stops would stop the run below with it)
+    (mo.vstack([real_run, mo.md("The VLM world runs from this button, checkpointed under `runs/playground/`: stop "
+                                "it with the cell's stop button and press again to resume where it stopped.")])
+     if cfg is not None and cfg.world != "sim" else mo.md(""))
+    return
+
+
+@app.cell
+def _(cfg, mo, playground, problem, real_run):
     mo.stop(cfg is None, mo.callout(mo.md(f"**Not a valid setting:** {problem}"), kind="danger"))
-    with mo.status.spinner(title="running the simulator"):
-        result = playground.run(cfg)
+    if cfg.world == "sim":
+        with mo.status.spinner(title="running the simulator"):
+            result = playground.run(cfg)
+    else:
+        mo.stop(not real_run.value, mo.md("_Press **run on the VLM** to train on the real model._"))
+        result = playground.saved_run(cfg, progress=lambda **bar: playground.MarimoBar(mo, **bar))
     return (result,)
 
 
@@ -134,7 +153,8 @@ def _(mo):
 
 @app.cell
 def _(mo, result, viz):
-    mo.vstack([mo.md("## Accuracy over training"), viz.accuracy_over_steps(result.metrics, result.recipes)])
+    _score = "acc_exact" if result.config.world == "sim" else "acc_sampled"
+    mo.vstack([mo.md("## Accuracy over training"), viz.accuracy_over_steps(result.metrics, result.recipes, _score)])
     return
 
 

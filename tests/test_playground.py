@@ -131,3 +131,35 @@ def test_the_paper_checks_are_measured_from_the_run():
     assert checks["CoPD's branches keep a top-10 overlap above 0.90 all run long"]["measured"] == f"lowest {lowest:.2f}"
     table = pg.checks_markdown(pg.paper_checks(result))
     assert table.startswith("| the paper finds | this run | agrees |") and table.count("\n") == len(checks) + 1
+
+
+def test_a_vlm_run_is_saved_and_a_second_press_reads_it_back(tmp_path):
+    import dataclasses
+
+    from copd_lab import checkpoint
+
+    values = {**pg.DEFAULTS, "world": "vlm", "cycles": 1, "rl_steps": 1, "opd_steps": 1, "baselines": "experts"}
+    cfg = pg.config(values)
+    assert cfg.world == "vlm" and cfg.expert_steps == 2 and cfg.copd.cycles == 1  # every method CoPD's budget
+    small = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, prompts_per_step=2, group_size=2),
+                                vlm=dataclasses.replace(cfg.vlm, n_train=8, n_eval=2, max_new_tokens=4),
+                                metrics=dataclasses.replace(cfg.metrics, eval_samples=2, gap_prompts=2))
+    bars = []
+
+    class Bar:  # a tqdm-like bar, as the notebook's MarimoBar (it counts the ticks it is shown)
+        def __init__(self, total, initial, desc):
+            self.done = initial
+            bars.append(self)
+
+        def update(self, n=1):
+            self.done += n
+
+        def close(self):
+            pass
+
+    first = pg.saved_run(small, root=tmp_path, progress=Bar)
+    assert len(bars) == 1 and bars[0].done == 2  # the run's ticks: the experts and CoPD side by side, 2 each
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1 and checkpoint.load_checkpoint(checkpoint.checkpoint_path(folders[0], 0))["done"]
+    again = pg.saved_run(small, root=tmp_path, progress=False)  # finished: read back, not trained again
+    assert again.metrics.equals(first.metrics) and "copd" in again.results.index
