@@ -60,7 +60,7 @@ def marimo_server(folder: Path, mode: str = "edit") -> Iterator[str]:
     command = [sys.executable, "-m", "marimo", mode, str(notebook), "--headless", "--host", "127.0.0.1", "--port",
                str(port), "--no-token", *(["--skip-update-check"] if mode == "edit" else [])]
     log = open(folder / f"marimo-{mode}.log", "w")
-    server = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env)  # runs/ lands here
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -170,3 +170,14 @@ def slider(driver, label: str):
 
 def deep_in(driver, host, css: str):
     return driver.execute_script("return arguments[0].shadowRoot.querySelector(arguments[1])", host, css)
+
+
+CLICK_BUTTON = DEEP_QUERY.replace("return found;", """
+const button = found.find(b => (b.innerText || '').includes(arguments[1]));
+if (button) button.click();
+return Boolean(button);""")
+
+
+def click_button(driver, text: str) -> bool:
+    """Click the first button (shadow roots included) whose text contains `text`; whether there was one."""
+    return driver.execute_script(CLICK_BUTTON, "button", text)

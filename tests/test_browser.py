@@ -14,9 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from playground_browser import (  # noqa: E402
+    BUSY,
     browser_available,
     charts,
     chromium,
+    click_button,
     deep,
     marimo_server,
     outputs_text,
@@ -65,3 +67,20 @@ def test_a_refused_setting_in_the_url_is_named_in_the_page(tmp_path):
         driver.get(url + "/?conflict=0.75")  # with shared skill 0.5: more than the rules have
         assert wait_for(lambda: "Not a valid setting" in outputs_text(driver), 60)
         assert "conflict = 0.75 is not allowed" in outputs_text(driver) and "Traceback" not in outputs_text(driver)
+
+
+def test_the_vlm_world_runs_from_its_button_and_a_second_press_reads_the_saved_run(tmp_path):
+    """The shipped tiny VLM, at the smallest schedule: the button starts it, the results table comes, and after a
+    reload the same setting is read back from runs/playground/ (its checkpoints) instead of trained again."""
+    setting = "/?world=vlm&cycles=1&rl_steps=1&opd_steps=1&baselines=experts"
+    with marimo_server(tmp_path) as url, chromium() as driver:
+        driver.get(url + setting)
+        assert wait_for(lambda: "Press run on the VLM" in outputs_text(driver), 60)
+        assert wait_for(lambda: click_button(driver, "run on the VLM"), 30)
+        assert wait_for(lambda: "expert:text" in outputs_text(driver) and not deep(driver, BUSY), 300, step=1)
+        first = [line for line in outputs_text(driver).splitlines() if line.startswith("copd\t")]
+        assert list((tmp_path / "runs" / "playground").glob("*/checkpoints/seed0.pt"))
+        driver.get(url + setting)  # a new session: the button again, and the saved run comes back at once
+        assert wait_for(lambda: click_button(driver, "run on the VLM"), 60)
+        assert wait_for(lambda: "expert:text" in outputs_text(driver) and not deep(driver, BUSY), 60, step=0.5)
+        assert [line for line in outputs_text(driver).splitlines() if line.startswith("copd\t")] == first
