@@ -108,8 +108,10 @@ def overlap_heatmap(metrics: pd.DataFrame, method: str, step: int | None = None,
     return (heat + text).properties(width=200, height=200, title=f"{metric} at tick {at}")
 
 
-def schedule_timeline(recipes: list[Recipe], methods: list[str] | None = None) -> alt.Chart:
-    """Each method's stages as bars along the run's ticks, one row per method (Phase II stages in blue)."""
+def schedule_timeline(recipes: list[Recipe], methods: list[str] | None = None,
+                      metrics: pd.DataFrame | None = None) -> alt.Chart:
+    """Each method's stages as bars along the run's ticks, one row per method (Phase II stages in blue); with
+    `metrics`, a tick mark where the adaptive schedule opened an edge's OPD window (copd.adaptive_threshold)."""
     rows = []
     for recipe in recipes:
         if methods is not None and recipe.name not in methods:
@@ -119,10 +121,18 @@ def schedule_timeline(recipes: list[Recipe], methods: list[str] | None = None) -
             rows.append({"method": recipe.name, **span.to_dict()})
     data = pd.DataFrame(rows, columns=["method", "stage", "phase", "start", "end"])
     colours = {**PHASE_COLOURS, "Phase I (RLVR)": "#bdbdbd"}
-    return alt.Chart(data).mark_bar().encode(
+    bars = alt.Chart(data).mark_bar().encode(
         x=alt.X("start:Q", title="tick"), x2="end:Q", y=alt.Y("method:N", sort=None),
         color=alt.Color("phase:N", scale=alt.Scale(domain=list(colours), range=list(colours.values()))),
         tooltip=["method", "stage", "start", "end"]).properties(width=600, height=20 * max(len(set(data.method)), 1))
+    if metrics is None:
+        return bars
+    opened = metrics[metrics.metric == "opd_window_opened"][["method", "step", "pair", "value"]]
+    opened = opened[opened.method.isin(set(data.method))].rename(columns={"pair": "edge", "value": "overlap"})
+    marks = alt.Chart(opened).mark_tick(color="#e45756", thickness=2).encode(
+        x="step:Q", y=alt.Y("method:N", sort=None), tooltip=["method", "edge", "step", alt.Tooltip("overlap:Q",
+                                                                                                  format=".3f")])
+    return bars + marks
 
 
 def knob_map(cells: pd.DataFrame, row: str, column: str, value: str = "copd_minus_best") -> alt.Chart:

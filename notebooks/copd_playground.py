@@ -198,7 +198,8 @@ def _(heat_step, mo, result, viz):
 
 @app.cell
 def _(mo, result, viz):
-    mo.vstack([mo.md("## The schedule"), mo.lazy(lambda: viz.schedule_timeline(result.recipes))])
+    mo.vstack([mo.md("## The schedule (red: an adaptive OPD window opened)"),
+               mo.lazy(lambda: viz.schedule_timeline(result.recipes, metrics=result.metrics))])
     return
 
 

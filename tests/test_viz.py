@@ -74,3 +74,13 @@ def test_topology_graph_draws_each_edge_with_its_mean_opd_signal(run):
     expected = m[(m.method == "copd") & (m.metric == "opd_reverse_kl") & (m.pair == "image<-text")].value.mean()
     assert abs(edges.set_index("edge").signal["image<-text"] - expected) < 1e-12
     assert len(next(t for t in tables if "branch" in t)) == 3
+
+
+def test_the_timeline_marks_the_adaptive_windows_that_opened():
+    small = ["methods=['copd']", "copd.rl_steps=3", "copd.opd_steps=2", "copd.cycles=3", "copd.adaptive_threshold=0.99",
+             "copd.adaptive_check_every=1"]
+    result = run_comparison(load_config(None, small), progress=False)
+    opened = result.metrics[result.metrics.metric == "opd_window_opened"]
+    assert len(opened) > 0  # at threshold 0.99 the overlap soon falls below it
+    marks = next(t for t in datasets(viz.schedule_timeline(result.recipes, metrics=result.metrics)) if "edge" in t)
+    assert sorted(zip(marks.step, marks.edge)) == sorted(zip(opened.step, opened.pair))
