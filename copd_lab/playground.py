@@ -77,6 +77,8 @@ KNOBS = (
          "this (0: the fixed schedule)", "copd.adaptive_threshold", low=0.0, high=0.99, step=0.01),
     Knob("combine", "Phase II weighting", "mean", "mean: every batch alike; split: the own GRPO batch weighs "
          "rlvr_weight", "opd.combine", options=("mean", "split")),
+    Knob("rlvr_weight", "own GRPO weight", 0.5, "with split weighting: the share of a branch's own GRPO batch in its "
+         "Phase II update", "opd.rlvr_weight", low=0.0, high=1.0, step=0.05),
     Knob("merge", "merge", "average", "how the branches become one model", "merge.method",
          options=("average", "task_arithmetic", "ties", "dare")),
     Knob("baselines", "baselines", "experts,mixed,mopd", "methods compared with CoPD (comma-separated)"),
@@ -97,7 +99,7 @@ KNOBS = (
 BY_KEY = {k.key: k for k in KNOBS}
 SECTIONS = {  # the knob panel's columns; `hide=<name>,...` in the URL hides some (a teacher shapes a lesson)
     "schedule": ("Schedule", ("world", "model", "branches", "rl_steps", "opd_steps", "cycles", "seeds")),
-    "phase2": ("Phase II", ("topology", "beta", "estimator", "teacher", "adaptive", "combine")),
+    "phase2": ("Phase II", ("topology", "beta", "estimator", "teacher", "adaptive", "combine", "rlvr_weight")),
     "branches": ("Branches and edges", ("hub", "rates", "edges", "drop", "edge_beta")),
     "merge": ("Merge and baselines", ("merge", "baselines")),
     "mechanisms": ("Simulator mechanisms", ("styles", "habit", "conflict", "shared", "base_steps", "lr")),
@@ -160,13 +162,24 @@ def _items(text: str) -> list[str]:
     return [item for item in str(text).split(",") if item]
 
 
-def saved_run(cfg: ExperimentConfig, root: str | Path = "runs/playground", progress=True) -> Comparison:
-    """Run a comparison into its own folder under `root` (named by its config), resuming what is there: a run
-    stopped half-way (its checkpoints stay) continues where it stopped, a finished one is read back at once."""
+def saved_run(cfg: ExperimentConfig, root: str | Path = "runs/playground", progress=True,
+              on_seed=None) -> Comparison:
+    """Run a comparison into its own folder under `root` (named by the config less its seeds), resuming what is
+    there: a run stopped half-way (its checkpoints stay) continues where it stopped, a finished one is read back at
+    once. Seeds run one at a time into that folder; on_seed(comparison of the seeds so far) is called after each, so
+    a notebook can draw results as they arrive. The last call gathers every seed from its checkpoint."""
+    import dataclasses
     import hashlib
+    import json
 
-    text = dump_toml(cfg)
-    out = Path(root) / hashlib.sha1(text.encode()).hexdigest()[:12]
+    from copd_lab.trainer import resume_key
+
+    key = json.dumps(resume_key(cfg), sort_keys=True, default=str)
+    out = Path(root) / hashlib.sha1(key.encode()).hexdigest()[:12]
+    for i in range(cfg.seeds - 1 if cfg.seeds > 1 else 0):
+        partial = run_comparison(dataclasses.replace(cfg, seeds=i + 1), progress=progress, out=out, resume=True)
+        if on_seed is not None:
+            on_seed(partial)
     return run_comparison(cfg, progress=progress, out=out, resume=True)
 
 

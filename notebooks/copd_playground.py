@@ -114,7 +114,10 @@ def _(cfg, mo, playground, problem, real_run):
             result = playground.run(cfg)
     else:
         mo.stop(not real_run.value, mo.md("_Press **run on the VLM** to train on the real model._"))
-        result = playground.saved_run(cfg, progress=lambda **bar: playground.MarimoBar(mo, **bar))
+        result = playground.saved_run(  # each finished seed's table is drawn while the next one runs
+            cfg, progress=lambda **bar: playground.MarimoBar(mo, **bar),
+            on_seed=lambda partial: mo.output.replace(mo.md(f"**{partial.config.seeds} of {cfg.seeds} seeds "
+                                                            f"done**\n\n{partial.table()}")))
     return (result,)
 
 

@@ -163,3 +163,14 @@ def test_a_vlm_run_is_saved_and_a_second_press_reads_it_back(tmp_path):
     assert len(folders) == 1 and checkpoint.load_checkpoint(checkpoint.checkpoint_path(folders[0], 0))["done"]
     again = pg.saved_run(small, root=tmp_path, progress=False)  # finished: read back, not trained again
     assert again.metrics.equals(first.metrics) and "copd" in again.results.index
+
+
+def test_a_saved_run_draws_each_finished_seed_and_gathers_them_as_one_run(tmp_path):
+    cfg = pg.config({**pg.DEFAULTS, "seeds": 3, "cycles": 1, "baselines": "experts"})
+    seen = []
+    result = pg.saved_run(cfg, root=tmp_path, progress=False, on_seed=lambda partial: seen.append(
+        sorted(partial.metrics.seed.unique())))
+    assert seen == [[0], [0, 1]] and len(list(tmp_path.iterdir())) == 1  # the seeds share one folder
+    from copd_lab.experiment import run_comparison
+
+    assert result.metrics.equals(run_comparison(cfg, progress=False).metrics)  # as one 3-seed run
