@@ -15,8 +15,8 @@ from typing import Any
 import ipywidgets as widgets
 from IPython.display import Markdown, display
 
+from copd_lab import findings, viz
 from copd_lab import playground as pg
-from copd_lab import viz
 from copd_lab.config import ConfigError
 
 
@@ -50,7 +50,7 @@ class Playground(widgets.VBox):
                 display(Markdown(f"**Not a valid setting:** {err}"))
                 return
             self.error, self.result = None, pg.run(cfg)
-            display(Markdown(pg.checks_markdown(pg.paper_checks(self.result))))
+            display(Markdown(findings.checks_markdown(findings.paper_checks(self.result))))
             display(Markdown(self.result.table()))
             for chart in (viz.accuracy_over_steps(self.result.metrics, self.result.recipes),
                           viz.gap_over_time(self.result.metrics, self.result.recipes, "copd"),

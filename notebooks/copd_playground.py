@@ -13,10 +13,10 @@ def _():
 
 @app.cell
 def _():
-    from copd_lab import inspector, playground, viz
+    from copd_lab import findings, inspector, playground, viz
     from copd_lab.config import ConfigError
 
-    return ConfigError, inspector, playground, viz
+    return ConfigError, findings, inspector, playground, viz
 
 
 @app.cell(hide_code=True)
@@ -122,8 +122,8 @@ def _(cfg, mo, playground, problem, real_run):
 
 
 @app.cell
-def _(mo, playground, result):
-    mo.md("## Does this run agree with the paper?\n\n" + playground.checks_markdown(playground.paper_checks(result)))
+def _(findings, mo, result):
+    mo.md("## Does this run agree with the paper?\n\n" + findings.checks_markdown(findings.paper_checks(result)))
     return
 
 

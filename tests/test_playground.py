@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from copd_lab import findings
 from copd_lab import playground as pg
 from copd_lab.config import ConfigError
 
@@ -120,7 +121,7 @@ def test_a_bad_branch_knob_is_refused_before_any_run(knobs, words):
 
 def test_the_paper_checks_are_measured_from_the_run():
     result = pg.run(pg.config({**pg.DEFAULTS, "cycles": 2}))
-    checks = {c["claim"]: c for c in pg.paper_checks(result)}
+    checks = {c["claim"]: c for c in findings.paper_checks(result)}
     overall = result.results["overall"] * 100
     beats_mixed = checks["CoPD beats mixed overall"]
     assert beats_mixed["measured"] == f"{overall['copd'] - overall['mixed']:+.1f} points"
@@ -129,7 +130,7 @@ def test_the_paper_checks_are_measured_from_the_run():
     pairs = m[(m.method == "copd") & (m.metric == "overlap") & ~m.pair.str.endswith("<-base")]
     lowest = pairs.groupby("step").value.mean().min()
     assert checks["CoPD's branches keep a top-10 overlap above 0.90 all run long"]["measured"] == f"lowest {lowest:.2f}"
-    table = pg.checks_markdown(pg.paper_checks(result))
+    table = findings.checks_markdown(findings.paper_checks(result))
     assert table.startswith("| the paper finds | this run | agrees |") and table.count("\n") == len(checks) + 1
 
 
