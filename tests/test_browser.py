@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from playground_browser import (  # noqa: E402
     BUSY,
+    DEEP_QUERY,
     browser_available,
     charts,
     chromium,
@@ -84,3 +85,25 @@ def test_the_vlm_world_runs_from_its_button_and_a_second_press_reads_the_saved_r
         assert wait_for(lambda: click_button(driver, "run on the VLM"), 60)
         assert wait_for(lambda: "expert:text" in outputs_text(driver) and not deep(driver, BUSY), 60, step=0.5)
         assert [line for line in outputs_text(driver).splitlines() if line.startswith("copd\t")] == first
+
+
+def test_the_token_inspector_follows_its_edge_and_the_map_button_draws_the_two_knob_map(tmp_path):
+    with marimo_server(tmp_path) as url, chromium() as driver:
+        driver.get(url + "/?cycles=2")
+        assert wait_for(lambda: settled(driver), 120)
+        eager = len(charts(driver))
+        for area in deep(driver, ".output-area"):  # bring each output into view: a lazy chart renders then
+            driver.execute_script("arguments[0].scrollIntoView()", area)
+            wait_for(lambda: not deep(driver, BUSY), 10)
+        assert wait_for(lambda: len(charts(driver)) >= eager + 5, 60), "the lazy charts did not render"
+        drawn = charts(driver)
+        chosen = driver.execute_script(DEEP_QUERY.replace("return found;", """
+            const select = found.find(s => [...s.options].some(o => o.text === 'image<-text'));
+            select.value = [...select.options].find(o => o.text === 'image<-text').value;
+            select.dispatchEvent(new Event('change', {bubbles: true}));
+            return true;"""), "select")
+        assert chosen and wait_for(lambda: charts(driver) != drawn and not deep(driver, BUSY), 60)  # a new strip
+        assert wait_for(lambda: click_button(driver, "map where CoPD wins"), 30)
+        assert wait_for(lambda: "CoPD minus the best other method" in outputs_text(driver) and not deep(driver, BUSY),
+                        180, step=0.5)
+        driver.save_screenshot(str(ARTIFACTS / "playground_bottom.png"))
