@@ -18,8 +18,10 @@ from typing import Any
 from copd_lab.config import ConfigError, ExperimentConfig
 from copd_lab.config_io import dump_toml, load_config
 from copd_lab.experiment import Comparison, run_comparison
+from copd_lab.policy import NonFiniteError
 
 DOMAIN_NAMES = ("text", "image", "video")  # then d3, d4, ...
+RUN_ERRORS = (ConfigError, NonFiniteError)  # what a run can stop with that a page should show as one line
 BASELINES = ("experts", "mixed", "static_opd:image->text", "static_opd:text->image", "mopd")
 
 

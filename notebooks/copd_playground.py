@@ -109,15 +109,18 @@ def _(cfg, mo, real_run):
 @app.cell
 def _(cfg, mo, playground, problem, real_run):
     mo.stop(cfg is None, mo.callout(mo.md(f"**Not a valid setting:** {problem}"), kind="danger"))
-    if cfg.world == "sim":
-        with mo.status.spinner(title="running the simulator"):
-            result = playground.run(cfg)
-    else:
-        mo.stop(not real_run.value, mo.md("_Press **run on the VLM** to train on the real model._"))
-        result = playground.saved_run(  # each finished seed's table is drawn while the next one runs
-            cfg, progress=lambda **bar: playground.MarimoBar(mo, **bar),
-            on_seed=lambda partial: mo.output.replace(mo.md(f"**{partial.config.seeds} of {cfg.seeds} seeds "
-                                                            f"done**\n\n{partial.table()}")))
+    mo.stop(cfg.world != "sim" and not real_run.value, mo.md("_Press **run on the VLM** to train on the real model._"))
+    try:
+        if cfg.world == "sim":
+            with mo.status.spinner(title="running the simulator"):
+                result = playground.run(cfg)
+        else:  # each finished seed's table is drawn while the next one runs
+            result = playground.saved_run(
+                cfg, progress=lambda **bar: playground.MarimoBar(mo, **bar),
+                on_seed=lambda partial: mo.output.replace(mo.md(f"**{partial.config.seeds} of {cfg.seeds} seeds "
+                                                                f"done**\n\n{partial.table()}")))
+    except playground.RUN_ERRORS as err:  # a missing extra, a model folder refused, a run that went non-finite
+        mo.stop(True, mo.callout(mo.md(f"**The run stopped:** {err}"), kind="danger"))
     return (result,)
 
 

@@ -107,3 +107,12 @@ def test_the_token_inspector_follows_its_edge_and_the_map_button_draws_the_two_k
         assert wait_for(lambda: "CoPD minus the best other method" in outputs_text(driver) and not deep(driver, BUSY),
                         180, step=0.5)
         driver.save_screenshot(str(ARTIFACTS / "playground_bottom.png"))
+
+
+def test_a_run_that_is_refused_is_one_line_in_the_page(tmp_path):
+    with marimo_server(tmp_path) as url, chromium() as driver:
+        driver.get(url + "/?world=vlm&model=" + str(tmp_path / "no-such-model"))
+        assert wait_for(lambda: click_button(driver, "run on the VLM"), 60)
+        assert wait_for(lambda: "The run stopped:" in outputs_text(driver), 60)
+        text = outputs_text(driver)
+        assert "vlm.model" in text and "no-such-model" in text and "Traceback" not in text
