@@ -90,10 +90,11 @@ def _make_vlm_world(cfg: ExperimentConfig) -> World:
 
 def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool | Callable = True,
                    world: World | None = None, out: str | Path | None = None, resume: bool = False,
-                   overwrite: bool = False) -> Comparison:
+                   overwrite: bool = False, on_eval: Callable[[list[dict], int], None] | None = None) -> Comparison:
     """Train and evaluate every method for `cfg.seeds` seeds (seed, seed+1, ...).
 
     progress: a tqdm bar per seed (True), none (False), or a factory of tqdm-like bars (a notebook's own).
+    on_eval(rows so far, tick): called after each evaluation during training of the seeds run one by one.
 
     out: run folder; each seed's state is checkpointed to out/checkpoints/seed<k>.pt (checkpoint.py). A
     folder that holds a run is refused unless `resume` or `overwrite` says what to do with it.
@@ -121,7 +122,8 @@ def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool | Cal
         elif state is not None and state["done"]:
             rows += unpack_rows(state["rows"])
         else:
-            trainer = Trainer(cfg, world, recipes, seed=seed, run=run, progress=progress, checkpoint=path)
+            trainer = Trainer(cfg, world, recipes, seed=seed, run=run, progress=progress, checkpoint=path,
+                              on_eval=on_eval)
             rows += trainer.run_all(resume=state)
             final = (world, trainer.slots)
     metrics = pd.DataFrame(rows, columns=list(ROW_COLUMNS))

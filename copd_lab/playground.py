@@ -165,11 +165,12 @@ def _items(text: str) -> list[str]:
 
 
 def saved_run(cfg: ExperimentConfig, root: str | Path = "runs/playground", progress=True,
-              on_seed=None) -> Comparison:
+              on_seed=None, on_eval=None) -> Comparison:
     """Run a comparison into its own folder under `root` (named by the config less its seeds), resuming what is
     there: a run stopped half-way (its checkpoints stay) continues where it stopped, a finished one is read back at
     once. Seeds run one at a time into that folder; on_seed(comparison of the seeds so far) is called after each, so
-    a notebook can draw results as they arrive. The last call gathers every seed from its checkpoint."""
+    a notebook can draw results as they arrive, and on_eval(rows, tick) after each evaluation during training
+    (run_comparison). The last call gathers every seed from its checkpoint."""
     import dataclasses
     import hashlib
     import json
@@ -179,10 +180,29 @@ def saved_run(cfg: ExperimentConfig, root: str | Path = "runs/playground", progr
     key = json.dumps(resume_key(cfg), sort_keys=True, default=str)
     out = Path(root) / hashlib.sha1(key.encode()).hexdigest()[:12]
     for i in range(cfg.seeds - 1 if cfg.seeds > 1 else 0):
-        partial = run_comparison(dataclasses.replace(cfg, seeds=i + 1), progress=progress, out=out, resume=True)
+        partial = run_comparison(dataclasses.replace(cfg, seeds=i + 1), progress=progress, out=out, resume=True,
+                                 on_eval=on_eval)
         if on_seed is not None:
             on_seed(partial)
-    return run_comparison(cfg, progress=progress, out=out, resume=True)
+    return run_comparison(cfg, progress=progress, out=out, resume=True, on_eval=on_eval)
+
+
+def live_accuracy(mo, cfg: ExperimentConfig, score: str = "acc_sampled"):
+    """An on_eval callback that redraws the accuracy over training so far in the running cell's output."""
+    import pandas as pd
+
+    from copd_lab import viz
+    from copd_lab.recipes import build_recipes
+    from copd_lab.rows import ROW_COLUMNS
+
+    recipes = build_recipes(cfg)
+
+    def draw(rows: list[dict], tick: int) -> None:
+        metrics = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
+        mo.output.replace(mo.vstack([mo.md(f"**Training: tick {tick}**"),
+                                     viz.accuracy_over_steps(metrics, recipes, score)]))
+
+    return draw
 
 
 class MarimoBar:

@@ -68,11 +68,14 @@ class Trainer:
     """Runs a list of recipes on a world for one seed and logs tidy metric rows."""
 
     def __init__(self, cfg: ExperimentConfig, world: World, recipes: list[Recipe], seed: int,
-                 run: str = "run", progress: bool | Callable = True, checkpoint: str | Path | None = None):
-        """checkpoint: file the run state is written to every cfg.checkpoint_every ticks and at the end."""
+                 run: str = "run", progress: bool | Callable = True, checkpoint: str | Path | None = None,
+                 on_eval: Callable[[list[dict], int], None] | None = None):
+        """checkpoint: file the run state is written to every cfg.checkpoint_every ticks and at the end.
+        on_eval(rows so far, tick): called after each evaluation during training (a notebook draws them)."""
         self.cfg, self.world, self.recipes, self.seed = cfg, world, recipes, seed
         self.run, self.progress = run, progress
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.on_eval = on_eval
         self.domain_index = {d: i for i, d in enumerate(world.domains)}
         self.slots = self._allocate_slots()
         self.cursors = {r.name: Cursor() for r in recipes}
@@ -167,6 +170,8 @@ class Trainer:
         """Measure what this tick's cadence asks for (unless `measured` already), then checkpoint on the cadence."""
         if not measured:
             self._guarded(tick, self._measure, tick)
+        if self.on_eval is not None and tick > 0 and tick % self.cfg.metrics.eval_every == 0:
+            self.on_eval(self.rows, tick)
         if tick < self.total:
             self._bar.update(1)
             every = self.cfg.checkpoint_every

@@ -116,7 +116,7 @@ def _(cfg, mo, playground, problem, real_run):
                 result = playground.run(cfg)
         else:  # each finished seed's table is drawn while the next one runs
             result = playground.saved_run(
-                cfg, progress=lambda **bar: playground.MarimoBar(mo, **bar),
+                cfg, progress=lambda **bar: playground.MarimoBar(mo, **bar), on_eval=playground.live_accuracy(mo, cfg),
                 on_seed=lambda partial: mo.output.replace(mo.md(f"**{partial.config.seeds} of {cfg.seeds} seeds "
                                                                 f"done**\n\n{partial.table()}")))
     except playground.RUN_ERRORS as err:  # a missing extra, a model folder refused, a run that went non-finite

@@ -175,3 +175,22 @@ def test_a_saved_run_draws_each_finished_seed_and_gathers_them_as_one_run(tmp_pa
     from copd_lab.experiment import run_comparison
 
     assert result.metrics.equals(run_comparison(cfg, progress=False).metrics)  # as one 3-seed run
+
+
+def test_on_eval_sees_each_evaluation_as_it_happens_and_live_accuracy_draws_it():
+    import marimo as mo
+
+    from copd_lab.experiment import run_comparison
+
+    cfg = pg.config({**pg.DEFAULTS, "baselines": "experts"})  # 200 ticks: evaluations at 100 and 200
+    seen = []
+    draw = pg.live_accuracy(mo, cfg, score="acc_exact")
+
+    def on_eval(rows, tick):
+        accuracy = [r for r in rows if "acc_exact/" in r["metric"] and r["step"] == tick]  # during or final
+        seen.append((tick, len(accuracy)))
+        draw(rows, tick)  # outside a marimo cell the drawing goes nowhere, but the chart is built
+
+    result = run_comparison(cfg, progress=False, on_eval=lambda rows, tick: on_eval(rows, tick))
+    assert [t for t, _ in seen] == [100, 200] and all(n > 0 for _, n in seen)
+    assert "copd" in result.results.index
