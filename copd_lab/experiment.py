@@ -18,6 +18,7 @@ from copd_lab.preflight import check_run, clear_run, model_folder
 from copd_lab.recipes import Recipe, build_recipes
 from copd_lab.results import format_table, results_table
 from copd_lab.rows import ROW_COLUMNS, unpack_rows
+from copd_lab.schedule import allocate_slots
 from copd_lab.trainer import STATE_FORMAT, Trainer, resume_key
 
 
@@ -135,7 +136,7 @@ def _side_by_side(cfg: ExperimentConfig, world: World, recipes: list[Recipe], se
                   states: dict, run: str, progress: bool | Callable) -> tuple[dict[int, list[dict]], tuple]:
     """The seeds' rows from one run of all of them side by side in `world` (copd_lab.lockstep): each seed draws
     and writes what it would alone, for about the time of one seed. Also the last seed's view and slots."""
-    n_slots = len(Trainer(cfg, world, recipes, seed=seeds[0]).slots)  # the same for every seed
+    n_slots = len(allocate_slots(recipes))
     trainers = [Trainer(cfg, SlotView(world, i, len(seeds), n_slots, seed), recipes, seed=seed, run=run,
                         progress=progress, checkpoint=paths[seed]) for i, seed in enumerate(seeds)]
     rows = dict(zip(seeds, run_side_by_side(trainers, [states[seed] for seed in seeds])))

@@ -104,7 +104,7 @@ def run_side_by_side(trainers: list[Trainer], states: list[dict | None]) -> list
 
     def log(label: str, *row) -> None:  # a row of the merged Meter goes to the trainer of its seed
         method, _, seed = label.rpartition("@")
-        by_seed[int(seed)]._log(method, *row)
+        by_seed[int(seed)].book.log(method, *row)
 
     def stream(label: str) -> str:
         method, _, seed = label.rpartition("@")
@@ -122,7 +122,7 @@ def run_side_by_side(trainers: list[Trainer], states: list[dict | None]) -> list
             at = 0
             for trainer, (rs, os) in zip(active, collected):
                 if rs:
-                    trainer._pending.append((tick, os, signal[at: at + len(rs)]))
+                    trainer.book.keep_signals(tick, os, signal[at: at + len(rs)])
                 at += len(rs)
         _measure_together(active, tick, meter)
         for trainer in active:
@@ -134,6 +134,11 @@ def _measure_together(trainers: list[Trainer], tick: int, meter: Meter) -> None:
     """The tick's measurements of every seed, each kind in one batch of world calls: each seed's rows come out as
     its own Meter writes them (labels carry the seed: `seeded(method, seed)`)."""
     plans = [t._guarded(tick, t.measurements, tick) for t in trainers]
+    if any([kind for kind, _ in plan] != [kind for kind, _ in plans[0]] for plan in plans):
+        for t, plan in zip(trainers, plans):  # schedules that differ (never at one tick today): each seed alone
+            for kind, args in plan:
+                t._guarded(tick, getattr(t.gap, kind), *args)
+        return
     try:
         for i, (kind, args) in enumerate(plans[0]):
             calls = [(t, plan[i][1]) for t, plan in zip(trainers, plans)]

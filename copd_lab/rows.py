@@ -1,4 +1,5 @@
-"""Tidy metric rows (run, method, seed, step, branch, pair, metric, value) and their compact checkpoint form."""
+"""Tidy metric rows (run, method, seed, step, branch, pair, metric, value), the book one seed keeps of them, and
+their compact checkpoint form."""
 
 from __future__ import annotations
 
@@ -28,3 +29,59 @@ def unpack_rows(packed: dict) -> list[dict]:
     columns = {col: (packed[col].tolist() if isinstance(packed[col], torch.Tensor)
                      else [packed[col]["names"][i] for i in packed[col]["codes"].tolist()]) for col in ROW_COLUMNS}
     return [dict(zip(ROW_COLUMNS, values)) for values in zip(*(columns[c] for c in ROW_COLUMNS))]
+
+
+class SeedRows:
+    """The rows one seed's run writes: measurement rows as they come; per-request training signals kept as tensors
+    until drained (one sync, at checkpoints and at the end), in rows of their own so the row order does not depend
+    on when that happens; and each branch's step and rollout counts, written at the end."""
+
+    def __init__(self, run: str, seed: int, branches: list[str], rollouts_per_request: int):
+        """branches: "<recipe>/<branch>" keys of the counts."""
+        self.run, self.seed, self.rollouts_per_request = run, seed, rollouts_per_request
+        self.rows: list[dict] = []
+        self.signal_rows: list[dict] = []  # drained training signals: they follow self.rows
+        self.pending: list[tuple[int, list[tuple[str, str, str]], torch.Tensor]] = []
+        self.steps_done = dict.fromkeys(branches, 0)
+        self.rollouts_done = dict.fromkeys(branches, 0)
+
+    def row(self, method: str, step: int, branch: str, pair: str, metric: str, value: float) -> dict:
+        return dict(run=self.run, method=method, seed=self.seed, step=step, branch=branch, pair=pair, metric=metric,
+                    value=value)
+
+    def log(self, method: str, step: int, branch: str, pair: str, metric: str, value: float) -> None:
+        self.rows.append(self.row(method, step, branch, pair, metric, value))
+
+    def keep_signals(self, tick: int, owners: list[tuple[str, str, str]], signal: torch.Tensor) -> None:
+        """A training step's signal per request (mean reward of a GRPO batch, reverse KL of an OPD batch), owned by
+        (method, branch, edge), not yet synced to Python."""
+        self.pending.append((tick, owners, signal))
+
+    def drain(self) -> None:
+        for tick, owners, signal in self.pending:
+            for method, branch, _ in owners:
+                self.rollouts_done[f"{method}/{branch}"] += self.rollouts_per_request
+            for (method, branch, edge), value in zip(owners, signal.tolist()):
+                self.signal_rows.append(self.row(method, tick, branch, edge,
+                                                 "opd_reverse_kl" if edge else "train_reward", value))
+        self.pending.clear()
+
+    def flush(self) -> list[dict]:
+        """Every row of the run: the measurements, then the training signals, then the counts."""
+        self.drain()
+        self.rows += self.signal_rows
+        self.signal_rows = []
+        for key, steps in self.steps_done.items():
+            method, branch = key.split("/", 1)
+            self.log(method, -1, branch, "", "steps", float(steps))
+            self.log(method, -1, branch, "", "rollouts", float(self.rollouts_done[key]))
+        return self.rows
+
+    def state_dict(self) -> dict:
+        self.drain()
+        return {"steps_done": dict(self.steps_done), "rollouts_done": dict(self.rollouts_done),
+                "rows": pack_rows(self.rows), "signal_rows": pack_rows(self.signal_rows)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps_done, self.rollouts_done = dict(state["steps_done"]), dict(state["rollouts_done"])
+        self.rows, self.signal_rows = unpack_rows(state["rows"]), unpack_rows(state["signal_rows"])

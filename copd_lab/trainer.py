@@ -27,8 +27,9 @@ from copd_lab.config import ExperimentConfig
 from copd_lab.config_io import to_dict
 from copd_lab.measure import Meter
 from copd_lab.policy import NonFiniteError, Request, World
-from copd_lab.recipes import BASE, OPDEdge, Recipe, Stage, is_active
-from copd_lab.rows import pack_rows, unpack_rows
+from copd_lab.recipes import OPDEdge, Recipe, Stage, is_active
+from copd_lab.rows import SeedRows
+from copd_lab.schedule import Cursor, allocate_slots, slot_of, teacher_slot_of, timeline
 
 STATE_FORMAT = 4  # 4: OPD signals from World.pair_logprobs, Dr.GRPO over the longest completion; 3: VLM rows draw
 # from their stream's generator; 2: a stream per method; 1: one per seed
@@ -44,26 +45,6 @@ def resume_key(cfg: ExperimentConfig | dict) -> dict:
     return data
 
 
-@dataclasses.dataclass
-class Cursor:
-    """Where a recipe is in its stages."""
-
-    stage: int = 0
-    tick: int = 0  # ticks done in the current stage
-    started: bool = False
-    done: bool = False
-    windows: dict[str, int] = dataclasses.field(default_factory=dict)  # adaptive: edge -> ticks left
-
-
-def timeline(recipes: list[Recipe]) -> dict[str, tuple[int, int]]:
-    """(start tick, end tick) of every recipe when each starts as soon as its requirements end."""
-    spans: dict[str, tuple[int, int]] = {}
-    for recipe in recipes:  # prerequisites come first
-        start = max((spans[r][1] for r in recipe.requires), default=0)
-        spans[recipe.name] = (start, start + sum(s.steps for s in recipe.stages))
-    return spans
-
-
 class Trainer:
     """Runs a list of recipes on a world for one seed and logs tidy metric rows."""
 
@@ -77,43 +58,26 @@ class Trainer:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.on_eval = on_eval
         self.domain_index = {d: i for i, d in enumerate(world.domains)}
-        self.slots = self._allocate_slots()
+        self.slots = allocate_slots(recipes)
         self.cursors = {r.name: Cursor() for r in recipes}
         self.spans = timeline(recipes)
-        self.rows: list[dict] = []
-        self.steps_done = {f"{r.name}/{b.name}": 0 for r in recipes for b in r.branches}
-        self.rollouts_done = dict.fromkeys(self.steps_done, 0)
-        self.gap = Meter(cfg, world, self._log)
+        self.book = SeedRows(run, seed, [f"{r.name}/{b.name}" for r in recipes for b in r.branches],
+                             cfg.grpo.prompts_per_step * cfg.grpo.group_size)
+        self.gap = Meter(cfg, world, self.book.log)
         self._boundary: set[str] = set()  # recipes that ended a phase this tick: their gap is measured
         self._requests: dict[tuple[str, int], list] = {}  # see _stage_requests
-        self._pending: list[tuple[int, list[tuple[str, str, str]], torch.Tensor]] = []
-        self.signal_rows: list[dict] = []  # training signals from drained _pending; they follow self.rows
+        self._bar = None  # the progress bar, from begin() to end()
 
-    # ------------------------------------------------------------------ slots
-
-    def _allocate_slots(self) -> dict[str, int]:
-        """slot 0 = base; one slot per branch, per merged model and per frozen snapshot of a teacher."""
-        slots = {BASE: 0}
-        for recipe in self.recipes:
-            for branch in recipe.branches:
-                slots[f"{recipe.name}/{branch.name}"] = len(slots)
-            if recipe.merge is not None:
-                slots[f"{recipe.name}/merged"] = len(slots)
-            for stage in recipe.stages:
-                for edge in stage.edges:
-                    if not edge.live and "/" not in edge.teacher:  # snapshot of an own, live branch
-                        slots.setdefault(f"{recipe.name}/{edge.teacher}#frozen", len(slots))
-        return slots
+    @property
+    def rows(self) -> list[dict]:
+        """The rows written so far (every row, once the run has ended)."""
+        return self.book.rows
 
     def slot(self, recipe: Recipe, name: str) -> int:
-        return 0 if name == BASE else self.slots[name if "/" in name else f"{recipe.name}/{name}"]
+        return slot_of(self.slots, recipe, name)
 
     def teacher_slot(self, recipe: Recipe, edge: OPDEdge) -> int:
-        if "/" in edge.teacher:
-            return self.slots[edge.teacher]
-        if edge.live:
-            return self.slot(recipe, edge.teacher)
-        return self.slots[f"{recipe.name}/{edge.teacher}#frozen"]
+        return teacher_slot_of(self.slots, recipe, edge)
 
     # ------------------------------------------------------------------ the loop
 
@@ -181,7 +145,7 @@ class Trainer:
     def end(self) -> list[dict]:
         """Flush the training signals into rows, write the finished checkpoint; every row of the run."""
         self._bar.close()
-        self._flush()
+        self.book.flush()
         if self.checkpoint is not None:
             self._save(self.total + 1, done=True)
         return self.rows
@@ -191,7 +155,7 @@ class Trainer:
         try:
             return work(*args)
         except NonFiniteError as err:
-            if hasattr(self, "_bar"):
+            if self._bar is not None:
                 self._bar.close()
             raise NonFiniteError(f"{err}, at tick {tick} (seed {self.seed}): training stopped and {self._kept()}. "
                                  f"{self._advice()}") from None
@@ -210,22 +174,16 @@ class Trainer:
 
     def state_dict(self, next_tick: int, done: bool = False) -> dict:
         """Everything needed to continue at `next_tick`, as plain data (loads with weights_only=True)."""
-        self._drain()
         return {
             "format": STATE_FORMAT, "seed": self.seed, "config": resume_key(self.cfg), "tick": next_tick, "done": done,
-            "cursors": {name: dataclasses.asdict(c) for name, c in self.cursors.items()},
-            "steps_done": dict(self.steps_done), "rollouts_done": dict(self.rollouts_done),
-            "rows": pack_rows(self.rows),
-            "signal_rows": pack_rows(self.signal_rows),
+            "cursors": {name: dataclasses.asdict(c) for name, c in self.cursors.items()}, **self.book.state_dict(),
             "boundary": sorted(self._boundary), "torch_rng": torch.get_rng_state(), "world": self.world.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> int:
         """Restore what `state_dict` saved (the world must be reset first); return the next tick."""
         self.cursors = {name: Cursor(**c) for name, c in state["cursors"].items()}
-        self.steps_done, self.rollouts_done = dict(state["steps_done"]), dict(state["rollouts_done"])
-        self.rows = unpack_rows(state["rows"])
-        self.signal_rows = unpack_rows(state["signal_rows"])
+        self.book.load_state_dict(state)
         self._boundary = set(state["boundary"])
         torch.set_rng_state(state["torch_rng"])
         self.world.load_state_dict(state["world"])
@@ -273,7 +231,7 @@ class Trainer:
         for name, step_rate, native, opd in self._stage_requests(recipe, cur.stage):
             if not is_active(cur.tick, step_rate):
                 continue
-            self.steps_done[f"{recipe.name}/{name}"] += 1
+            self.book.steps_done[f"{recipe.name}/{name}"] += 1
             if native is not None:
                 requests.append(native)
                 owners.append((recipe.name, name, ""))
@@ -321,7 +279,7 @@ class Trainer:
         benchmarks can time exactly the loop's step."""
         signal = update.train_step(self.world, self.cfg, requests,
                                    lambda row, what: self._non_finite(owners, row, what))
-        self._pending.append((tick, owners, signal))
+        self.book.keep_signals(tick, owners, signal)
 
     @staticmethod
     def _non_finite(owners: list, row: int, what: str) -> None:
@@ -388,36 +346,8 @@ class Trainer:
         for edge, value in zip(closed, overlap):
             if value < stage.adaptive_threshold:
                 cur.windows[edge.label] = stage.adaptive_window
-                self._log(recipe.name, tick, edge.student, edge.label, "opd_window_opened", float(value))
+                self.book.log(recipe.name, tick, edge.student, edge.label, "opd_window_opened", float(value))
 
     def _evaluate_outputs(self, method: str, outputs: list[tuple[str, int]], step: int) -> None:
         if outputs:
             self.gap.accuracy(method, outputs, step, final=True)
-
-    def _row(self, method: str, step: int, branch: str, pair: str, metric: str, value: float) -> dict:
-        return dict(run=self.run, method=method, seed=self.seed, step=step, branch=branch, pair=pair, metric=metric,
-                    value=value)
-
-    def _log(self, method: str, step: int, branch: str, pair: str, metric: str, value: float) -> None:
-        self.rows.append(self._row(method, step, branch, pair, metric, value))
-
-    def _drain(self) -> None:
-        """Pending per-row training signals become rows (one sync), kept apart so the row order does
-        not depend on when this happens (at checkpoints and at the end)."""
-        per_request = self.cfg.grpo.prompts_per_step * self.cfg.grpo.group_size
-        for tick, owners, signal in self._pending:
-            for method, branch, _ in owners:
-                self.rollouts_done[f"{method}/{branch}"] += per_request
-            for (method, branch, edge), value in zip(owners, signal.tolist()):
-                self.signal_rows.append(self._row(method, tick, branch, edge,
-                                                  "opd_reverse_kl" if edge else "train_reward", value))
-        self._pending.clear()
-
-    def _flush(self) -> None:
-        self._drain()
-        self.rows += self.signal_rows
-        self.signal_rows = []
-        for key, steps in self.steps_done.items():
-            method, branch = key.split("/", 1)
-            self._log(method, -1, branch, "", "steps", float(steps))
-            self._log(method, -1, branch, "", "rollouts", float(self.rollouts_done[key]))

@@ -13,7 +13,7 @@ import altair as alt
 import pandas as pd
 
 from copd_lab.recipes import Recipe
-from copd_lab.trainer import timeline
+from copd_lab.schedule import timeline
 
 PHASE_COLOURS = {"Phase I (RLVR)": "#f2f2f2", "Phase II (RLVR + OPD)": "#dbe9f6"}
 
