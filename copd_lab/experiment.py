@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,23 @@ def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool | Cal
     metrics = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
     listed = sorted(recipes, key=lambda r: cfg.methods.index(r.name) if r.name in cfg.methods else -1)
     return Comparison(cfg, recipes, metrics, results_table(metrics, listed, cfg.domains, cfg.metrics.score), final)
+
+
+_CACHED: OrderedDict[str, Comparison] = OrderedDict()  # config TOML -> its comparison, most recent last
+CACHE_SIZE = 32
+
+
+def cached_comparison(cfg: ExperimentConfig) -> Comparison:
+    """run_comparison without progress bars or a folder, cached by the config (its TOML): identical settings are
+    not run again (the playground's knobs, the mechanism table's shared runs). The CACHE_SIZE latest are kept."""
+    key = dump_toml(cfg)
+    if key in _CACHED:
+        _CACHED.move_to_end(key)
+    else:
+        _CACHED[key] = run_comparison(cfg, progress=False)
+        while len(_CACHED) > CACHE_SIZE:
+            _CACHED.popitem(last=False)
+    return _CACHED[key]
 
 
 def _side_by_side(cfg: ExperimentConfig, world: World, recipes: list[Recipe], seeds: list[int], paths: dict,

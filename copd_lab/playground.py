@@ -9,15 +9,14 @@ are not run again.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from copd_lab.config import ConfigError, ExperimentConfig
-from copd_lab.config_io import dump_toml, load_config
-from copd_lab.experiment import Comparison, run_comparison
+from copd_lab.config_io import load_config
+from copd_lab.experiment import Comparison, cached_comparison, run_comparison
 from copd_lab.policy import NonFiniteError
 
 DOMAIN_NAMES = ("text", "image", "video")  # then d3, d4, ...
@@ -265,20 +264,9 @@ def config(values: Mapping[str, Any]) -> ExperimentConfig:
     return cfg
 
 
-_RUNS: OrderedDict[str, Comparison] = OrderedDict()  # config TOML -> its comparison, most recent last
-CACHE_SIZE = 32
-
-
 def run(cfg: ExperimentConfig) -> Comparison:
     """Run a comparison, cached by its config (identical settings are not run again)."""
-    key = dump_toml(cfg)
-    if key in _RUNS:
-        _RUNS.move_to_end(key)
-    else:
-        _RUNS[key] = run_comparison(cfg, progress=False)
-        while len(_RUNS) > CACHE_SIZE:
-            _RUNS.popitem(last=False)
-    return _RUNS[key]
+    return cached_comparison(cfg)
 
 
 def controls(mo, values: Mapping[str, Any]):

@@ -24,7 +24,7 @@ import torch
 
 from copd_lab import update
 from copd_lab.config import ExperimentConfig, MergeConfig
-from copd_lab.experiment import make_world, run_comparison
+from copd_lab.experiment import cached_comparison, make_world
 from copd_lab.measure import Meter
 from copd_lab.policy import NonFiniteError, Request
 from copd_lab.sim.world import SimWorld
@@ -34,6 +34,12 @@ def with_sim(cfg: ExperimentConfig, **sim) -> ExperimentConfig:
     return dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, **sim))
 
 
+def _run(cfg: ExperimentConfig, *methods: str):
+    """The comparison of `methods` under cfg, cached: drift, transfer, the task-vector ratio and mixed RLVR's
+    deficit read the same experts' run (a method's rows do not depend on the methods beside it)."""
+    return cached_comparison(dataclasses.replace(cfg, methods=methods))
+
+
 def _off(domains: tuple[str, ...], domain: str) -> list[str]:
     return [d for d in domains if d != domain]
 
@@ -41,7 +47,7 @@ def _off(domains: tuple[str, ...], domain: str) -> list[str]:
 def drift(cfg: ExperimentConfig) -> dict[str, float]:
     """Independent experts: their top-k overlap with the base on their own rollouts (first and last measurement,
     mean over experts) and the symmetric KL between experts (first measurement after the start, and last)."""
-    m = run_comparison(dataclasses.replace(cfg, methods=("experts",)), progress=False).metrics
+    m = _run(cfg, "base", "experts").metrics
     gap = m[(m.method == "experts") & (m.pair != "")]
     to_base = gap[(gap.metric == "overlap") & gap.pair.str.endswith("<-base")].groupby("step").value.mean()
     between = gap[(gap.metric == "symmetric_kl") & ~gap.pair.str.endswith("<-base")].groupby("step").value.mean()
@@ -67,14 +73,14 @@ def base_gradient_cosine(cfg: ExperimentConfig) -> float:
 def mixed_deficit(cfg: ExperimentConfig) -> dict[str, float]:
     """Mixed RLVR against the experts: its worst-domain deficit (expert on its domain minus mixed there), and
     its mean accuracy minus the experts' mean own-domain accuracy."""
-    r = run_comparison(dataclasses.replace(cfg, methods=("experts", "mixed")), progress=False).results
-    deficits = [r.loc[f"expert:{d}", d] - r.loc["mixed", d] for d in cfg.domains]
+    experts, mixed = _run(cfg, "base", "experts").results, _run(cfg, "mixed").results
+    deficits = [experts.loc[f"expert:{d}", d] - mixed.loc["mixed", d] for d in cfg.domains]
     return {"worst_deficit": 100 * max(deficits), "mean_deficit": 100 * float(np.mean(deficits))}
 
 
 def transfer(cfg: ExperimentConfig) -> dict[str, float]:
     """Each expert's gain over the base on its own domain and, averaged, on the other domains (points)."""
-    r = run_comparison(dataclasses.replace(cfg, methods=("base", "experts")), progress=False).results
+    r = _run(cfg, "base", "experts").results
     own = [r.loc[f"expert:{d}", d] - r.loc["base", d] for d in cfg.domains]
     off = [(r.loc[f"expert:{d}", _off(cfg.domains, d)] - r.loc["base", _off(cfg.domains, d)]).mean()
            for d in cfg.domains]
@@ -83,7 +89,7 @@ def transfer(cfg: ExperimentConfig) -> dict[str, float]:
 
 def task_vector_ratio(cfg: ExperimentConfig) -> float:
     """The experts' task vector norm |θ_k − θ_0| over the base's norm |θ_0| at the end (mean over experts)."""
-    m = run_comparison(dataclasses.replace(cfg, methods=("experts",)), progress=False).metrics
+    m = _run(cfg, "base", "experts").metrics
     norms = m[(m.metric == "task_vector_norm")].groupby("branch").value.last()
     base = SimWorld(cfg.sim, cfg.domains, cfg.grpo.lr).base.norm().item()
     return float(norms.mean() / base)
@@ -151,8 +157,7 @@ def fit(x: list[float], y: list[float]) -> dict[str, float]:
 def merge_damage(cfg: ExperimentConfig) -> dict[str, float]:
     """CoPD's best branch minus its merged model (overall accuracy, points), and the branches' mean symmetric KL
     at their last measurement before the merge."""
-    c = run_comparison(dataclasses.replace(cfg, methods=("copd",),
-                                           copd=dataclasses.replace(cfg.copd, report_branches=True)), progress=False)
+    c = _run(dataclasses.replace(cfg, copd=dataclasses.replace(cfg.copd, report_branches=True)), "copd")
     branches = [f"copd[{d}]" for d in cfg.domains]
     damage = 100 * (c.results.loc[branches, "overall"].max() - c.results.loc["copd", "overall"])
     m = c.metrics
