@@ -13,10 +13,10 @@ def _():
 
 @app.cell
 def _():
-    from copd_lab import findings, inspector, playground, viz
+    from copd_lab import findings, inspector, playground, playground_ui, viz
     from copd_lab.config import ConfigError
 
-    return ConfigError, findings, inspector, playground, viz
+    return ConfigError, findings, inspector, playground, playground_ui, viz
 
 
 @app.cell(hide_code=True)
@@ -45,37 +45,37 @@ def _(mo, playground):
 
 
 @app.cell
-def _(initial, mo, playground, preset):
+def _(initial, mo, playground, playground_ui, preset):
     _values = playground.knobs_from_query(initial if preset.value == initial.get("preset", preset.value)
                                           else {}, preset.value)
-    knobs = playground.controls(mo, _values)
+    knobs = playground_ui.controls(mo, _values)
     return (knobs,)
 
 
 @app.cell
-def _(initial, knobs, mo, playground, preset):
+def _(initial, knobs, mo, playground, playground_ui, preset):
     # per-branch and per-edge knobs, for the branches and topology chosen above (from the URL at first)
-    _now = {**playground.knobs_from_query(initial), **playground.values_of(knobs.value)}
-    branch_knobs = playground.branch_controls(mo, _now)
+    _now = {**playground.knobs_from_query(initial), **playground_ui.values_of(knobs.value)}
+    branch_knobs = playground_ui.branch_controls(mo, _now)
     return (branch_knobs,)
 
 
 @app.cell
-def _(branch_knobs, initial, knobs, mo, playground, preset):
+def _(branch_knobs, initial, knobs, mo, playground_ui, preset):
     _edges = branch_knobs["edges"] if knobs.value["topology"] == "edges" else branch_knobs["drop"]
     _branches = mo.vstack([mo.md("**Branches and edges**"), branch_knobs["hub"], mo.md("step rates"),
                            branch_knobs["rates"].hstack(), _edges,
                            mo.accordion({"β per edge": branch_knobs["edge_beta"].hstack()})])
     _hidden = initial.get("hide", "").split(",")
-    mo.vstack([preset, playground.panel(mo, knobs, initial.get("hide", "")),
+    mo.vstack([preset, playground_ui.panel(mo, knobs, initial.get("hide", "")),
                *([] if "branches" in _hidden else [_branches])])
     return
 
 
 @app.cell
-def _(ConfigError, branch_knobs, knobs, mo, playground, preset):
-    values = {**playground.DEFAULTS, **playground.values_of(knobs.value),
-              **playground.branch_values(branch_knobs.value, float(knobs.value["beta"]))}
+def _(ConfigError, branch_knobs, knobs, mo, playground, playground_ui, preset):
+    values = {**playground.DEFAULTS, **playground_ui.values_of(knobs.value),
+              **playground_ui.branch_values(branch_knobs.value, float(knobs.value["beta"]))}
     problem = None
     try:
         cfg = playground.config(values)
@@ -107,7 +107,7 @@ def _(cfg, mo, real_run):
 
 
 @app.cell
-def _(cfg, mo, playground, problem, real_run):
+def _(cfg, mo, playground, playground_ui, problem, real_run):
     mo.stop(cfg is None, mo.callout(mo.md(f"**Not a valid setting:** {problem}"), kind="danger"))
     mo.stop(cfg.world != "sim" and not real_run.value, mo.md("_Press **run on the VLM** to train on the real model._"))
     try:
@@ -116,7 +116,8 @@ def _(cfg, mo, playground, problem, real_run):
                 result = playground.run(cfg)
         else:  # each finished seed's table is drawn while the next one runs
             result = playground.saved_run(
-                cfg, progress=lambda **bar: playground.MarimoBar(mo, **bar), on_eval=playground.live_accuracy(mo, cfg),
+                cfg, progress=lambda **bar: playground_ui.MarimoBar(mo, **bar),
+                on_eval=playground_ui.live_accuracy(mo, cfg),
                 on_seed=lambda partial: mo.output.replace(mo.md(f"**{partial.config.seeds} of {cfg.seeds} seeds "
                                                                 f"done**\n\n{partial.table()}")))
     except playground.RUN_ERRORS as err:  # a missing extra, a model folder refused, a run that went non-finite

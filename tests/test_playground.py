@@ -9,6 +9,7 @@ import pytest
 
 from copd_lab import findings
 from copd_lab import playground as pg
+from copd_lab import playground_ui as ui_elements
 from copd_lab.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,10 +100,10 @@ def test_branch_and_edge_knobs_reach_the_config_and_come_back_from_the_ui():
     cfg = pg.config(values)
     assert cfg.copd.step_rates == {"image": 0.5} and cfg.copd.beta_per_edge == {"image<-text": 0.2}
     assert cfg.copd.drop_edges == ("video<-text",) and cfg.copd.hub == "text"
-    ui = pg.branch_controls(mo, values).value  # the editors start at the URL's values
+    ui = ui_elements.branch_controls(mo, values).value  # the editors start at the URL's values
     assert ui["rates"] == {"text": 1.0, "image": 0.5, "video": 1.0} and ui["drop"] == ["video<-text"]
     assert ui["edge_beta"]["image<-text"] == 0.2 and ui["edge_beta"]["text<-image"] == values["beta"]
-    back = pg.branch_values(ui, values["beta"])  # and give the same knob strings back
+    back = ui_elements.branch_values(ui, values["beta"])  # and give the same knob strings back
     assert back == {"hub": "text", "rates": "image:0.5", "edges": "", "drop": "video<-text",
                     "edge_beta": "image<-text:0.2"}
     chosen = pg.config({**pg.DEFAULTS, "topology": "edges", "edges": "image<-text,video<-image"})
@@ -184,7 +185,7 @@ def test_on_eval_sees_each_evaluation_as_it_happens_and_live_accuracy_draws_it()
 
     cfg = pg.config({**pg.DEFAULTS, "baselines": "experts"})  # 200 ticks: evaluations at 100 and 200
     seen = []
-    draw = pg.live_accuracy(mo, cfg, score="acc_exact")
+    draw = ui_elements.live_accuracy(mo, cfg, score="acc_exact")
 
     def on_eval(rows, tick):
         accuracy = [r for r in rows if "acc_exact/" in r["metric"] and r["step"] == tick]  # during or final
