@@ -33,10 +33,12 @@ def phase_spans(recipes: list[Recipe], method: str) -> pd.DataFrame:
 
 
 def _shading(spans: pd.DataFrame) -> alt.Chart:
+    """The phases as background bands. They use the fill channel, so lines drawn over them keep a colour scale of
+    their own: one shared colour scale would hold only the phase names and leave the lines uncoloured."""
     return alt.Chart(spans).mark_rect(opacity=0.6).encode(
         x="start:Q", x2="end:Q",
-        color=alt.Color("phase:N", scale=alt.Scale(domain=list(PHASE_COLOURS), range=list(PHASE_COLOURS.values())),
-                        legend=alt.Legend(title="phase")))
+        fill=alt.Fill("phase:N", scale=alt.Scale(domain=list(PHASE_COLOURS), range=list(PHASE_COLOURS.values())),
+                      legend=alt.Legend(title="phase")))
 
 
 def model_labels(recipes: list[Recipe]) -> dict[tuple[str, str], str]:
@@ -81,8 +83,8 @@ def gap_over_time(metrics: pd.DataFrame, recipes: list[Recipe], method: str = "c
             x=alt.X("step:Q", title="tick"), y=alt.Y("value:Q", title=name),
             color=alt.Color("pair:N", title="student<-teacher"),
             tooltip=["pair", "step", alt.Tooltip("value:Q", format=".3f")])
-        panels.append((_shading(spans) + lines).properties(width=260, height=180, title=name))
-    return alt.hconcat(*panels).resolve_scale(color="independent")
+        panels.append((_shading(spans) + lines).properties(width=170, height=170, title=name))
+    return alt.hconcat(*panels).resolve_scale(color="shared", fill="shared")  # one legend for the pairs
 
 
 def measured_steps(metrics: pd.DataFrame, method: str, metric: str = "overlap") -> list[int]:

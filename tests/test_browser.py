@@ -53,6 +53,8 @@ def test_edit_renders_on_open_and_a_knob_redraws_and_goes_into_the_url(tmp_path)
         assert charts(driver) != drawn  # the charts are new elements: drawn again
         assert "hide=merge" in driver.current_url
         driver.save_screenshot(str(ARTIFACTS / "playground_after_knob.png"))
+        driver.execute_script("arguments[0].scrollIntoView()", charts(driver)[0])  # the redrawn charts themselves
+        driver.save_screenshot(str(ARTIFACTS / "playground_after_knob_charts.png"))
 
 
 def test_run_mode_shows_the_app_without_code(tmp_path):

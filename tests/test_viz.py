@@ -84,3 +84,14 @@ def test_the_timeline_marks_the_adaptive_windows_that_opened():
     assert len(opened) > 0  # at threshold 0.99 the overlap soon falls below it
     marks = next(t for t in datasets(viz.schedule_timeline(result.recipes, metrics=result.metrics)) if "edge" in t)
     assert sorted(zip(marks.step, marks.edge)) == sorted(zip(opened.step, opened.pair))
+
+
+def test_the_gap_lines_and_the_phase_bands_use_separate_scales(run):
+    """The bands colour by phase on the fill channel: on a colour scale shared with the lines (one per layered
+    panel), the scale would hold only the phase names and the lines would draw with no colour (seen in the
+    browser on 2026-12-01)."""
+    spec = viz.gap_over_time(run.metrics, run.recipes, "copd").to_dict()
+    for panel in spec["hconcat"]:
+        bands, lines = panel["layer"]
+        assert "color" not in bands["encoding"] and bands["encoding"]["fill"]["field"] == "phase"
+        assert lines["mark"]["type"] == "line" and lines["encoding"]["color"]["field"] == "pair"
