@@ -150,8 +150,9 @@ def knob_map(cells: pd.DataFrame, row: str, column: str, value: str = "copd_minu
 
 
 def topology_graph(metrics: pd.DataFrame, recipes: list[Recipe], method: str = "copd") -> alt.Chart:
-    """`method`'s branches on a circle and its OPD edges (student <- teacher) as arrows whose width is the edge's
-    mean OPD signal (the sampled reverse KL its student was trained on, over the run and the seeds)."""
+    """`method`'s branches on a circle and its OPD edges (student <- teacher) as arrows whose width is proportional
+    to the edge's mean OPD signal (the sampled reverse KL its student was trained on, over the run and the seeds;
+    the width scale starts at 0, so close signals draw close widths)."""
     recipe = next(r for r in recipes if r.name == method)
     names = [b.name for b in recipe.branches]
     where = {name: (math.cos(2 * math.pi * i / len(names)), math.sin(2 * math.pi * i / len(names)))
@@ -173,7 +174,7 @@ def topology_graph(metrics: pd.DataFrame, recipes: list[Recipe], method: str = "
     lines = alt.Chart(edge_data).mark_rule(color="#4c78a8", opacity=0.8).encode(
         x=alt.X("x:Q", axis=axis, scale=alt.Scale(domain=[-1.4, 1.4])), y=alt.Y("y:Q", axis=axis,
                                                                            scale=alt.Scale(domain=[-1.4, 1.4])),
-        x2="x2:Q", y2="y2:Q", strokeWidth=alt.StrokeWidth("signal:Q", scale=alt.Scale(range=[1, 8]),
+        x2="x2:Q", y2="y2:Q", strokeWidth=alt.StrokeWidth("signal:Q", scale=alt.Scale(range=[0.5, 8], zero=True),
                                                          title="OPD signal (nats)"),
         tooltip=["edge", alt.Tooltip("signal:Q", format=".3f")])
     heads = alt.Chart(edge_data).mark_point(shape="triangle", filled=True, size=60, color="#4c78a8").encode(
