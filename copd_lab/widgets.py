@@ -21,7 +21,8 @@ from copd_lab.config import ConfigError
 
 
 class Playground(widgets.VBox):
-    """A VBox of knob widgets and an output area; `result` is the last run's Comparison (None before it)."""
+    """A VBox of knob widgets and an output area; `result` is the run of the current setting (None before it, or
+    while a VLM setting waits for its button)."""
 
     def __init__(self, values: dict[str, Any] | None = None):
         values = {**pg.DEFAULTS, **(values or {})}
@@ -49,10 +50,29 @@ class Playground(widgets.VBox):
                 self.error, self.result = str(err), None
                 display(Markdown(f"**Not a valid setting:** {err}"))
                 return
-            self.error, self.result = None, pg.run(cfg)
+            if cfg.world != "sim":  # minutes of training: only from the button, saved and resumable
+                button = widgets.Button(description="run on the VLM")
+                button.on_click(lambda _: self.show(cfg, saved=True))
+                self.error, self.result = None, None
+                display(Markdown("The VLM world runs from this button, into runs/playground/ (resumed there)."),
+                        button)
+                return
+        self.show(cfg)
+
+    def show(self, cfg, saved: bool = False) -> None:
+        """Run `cfg` (cached, or saved under runs/playground/) and draw its checks, table and charts."""
+        self.output.clear_output(wait=True)
+        with self.output:
+            try:
+                self.error, self.result = None, pg.saved_run(cfg) if saved else pg.run(cfg)
+            except pg.RUN_ERRORS as err:
+                self.error, self.result = str(err), None
+                display(Markdown(f"**The run stopped:** {err}"))
+                return
             display(Markdown(findings.checks_markdown(findings.paper_checks(self.result))))
             display(Markdown(self.result.table()))
-            for chart in (viz.accuracy_over_steps(self.result.metrics, self.result.recipes),
+            score = "acc_exact" if cfg.world == "sim" else "acc_sampled"
+            for chart in (viz.accuracy_over_steps(self.result.metrics, self.result.recipes, score),
                           viz.gap_over_time(self.result.metrics, self.result.recipes, "copd"),
                           viz.overlap_heatmap(self.result.metrics, "copd"), viz.schedule_timeline(self.result.recipes),
                           viz.topology_graph(self.result.metrics, self.result.recipes, "copd")):
