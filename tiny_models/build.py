@@ -91,8 +91,8 @@ class TinySizes:
     hidden_size: int = 160  # text width; head_dim = hidden_size / num_attention_heads
     intermediate_size: int = 640  # SwiGLU width of the text MLP
     num_hidden_layers: int = 4  # text decoder layers
-    num_attention_heads: int = 4  # text query heads
-    num_key_value_heads: int = 2  # text key/value heads (GQA, as in Qwen2-VL-2B)
+    num_attention_heads: int = 5  # text query heads: 5 of 32 dims, a head size vLLM's CPU attention takes
+    num_key_value_heads: int = 5  # text key/value heads (fewer is GQA, as in Qwen2-VL-2B)
     vision_embed_dim: int = 64  # width of the vision tower
     vision_depth: int = 2  # vision transformer blocks
     vision_num_heads: int = 4  # vision attention heads
@@ -197,11 +197,19 @@ def build_config(tokenizer: PreTrainedTokenizerFast, sizes: TinySizes) -> Qwen2V
     )
 
 
+# Pixels scaled to 0..1 and not shifted: a black pixel is 0. With CLIP's mean and std (Qwen2-VL's default)
+# the black background is a large constant in every patch, the squares a small change on it, and the tiny
+# model trained from scratch learnt to ignore its images (tiny_models/README.md, "How the recipe was chosen").
+PIXEL_MEAN, PIXEL_STD = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+
+
 def build_processor(tokenizer: PreTrainedTokenizerFast, sizes: TinySizes) -> Qwen2VLProcessorNoTorchvision:
-    """Processor whose pixel budget keeps a 32x32 image at 32x32 (the default would upscale it 3.5x)."""
+    """Processor whose pixel budget keeps a 32x32 image at 32x32 (the default would upscale it 3.5x)
+    and whose normalisation keeps black at 0 (`PIXEL_MEAN`)."""
     pixels = sizes.image_side**2
     image_processor = Qwen2VLImageProcessorPil(
-        patch_size=sizes.patch_size, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels
+        patch_size=sizes.patch_size, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels,
+        image_mean=PIXEL_MEAN, image_std=PIXEL_STD,
     )
     return Qwen2VLProcessorNoTorchvision(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
 
@@ -246,9 +254,10 @@ def build_llava_config(tokenizer: PreTrainedTokenizerFast, sizes: TinySizes) -> 
 
 
 def build_llava_processor(tokenizer: PreTrainedTokenizerFast, sizes: TinySizes) -> LlavaProcessor:
-    """LlavaProcessor with a PIL CLIP image processor that keeps a 32x32 image at 32x32."""
+    """LlavaProcessor with a PIL CLIP image processor that keeps a 32x32 image at 32x32, black at 0."""
     side = sizes.image_side
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                            image_mean=PIXEL_MEAN, image_std=PIXEL_STD)
     return LlavaProcessor(image_processor, tokenizer, patch_size=sizes.patch_size,
                           vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
                           image_token=IMAGE_PAD, num_additional_image_tokens=1)  # CLIP's CLS
@@ -314,7 +323,7 @@ def main() -> None:
         "--seed", type=int, default=0, help="seed of the tokenizer corpus and the random init"
     )
     parser.add_argument(
-        "--warm-steps", type=int, default=1000, help="supervised warm-start steps (0: save random weights)"
+        "--warm-steps", type=int, default=2000, help="supervised warm-start steps (0: save random weights)"
     )
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: as the shipped checkpoint; other counts sum in another order)")

@@ -2,11 +2,13 @@
 
 A randomly initialised model never writes `<answer>N</answer>`, so every reward would be 0 and RL
 would have no signal; a base that knows only the format and the answer prior gives RL no skill to
-sharpen (the first recipe, 60 steps, was that: RLVR then did not learn in 100 steps); a fully
-trained one would leave RL nothing to do. The shipped recipe (1000 steps) ends between: the format
-always, some skills well (text addition, video counting), the 0/1 choices at chance, and sampled
-accuracy well below greedy. `noise` can replace a fraction of the targets by other training rows'
-answers (keeping the answer distribution) to cap what the labels teach; the shipped recipe uses none.
+sharpen; a fully trained one would leave RL nothing to do. The shipped recipe (2000 steps, pixels
+normalised so that black is 0, see build.py) ends between: the format always, skills that read the
+picture learnt (image addition and counting, video counting and motion), the ones that match a colour
+word in the options against the picture (image compare and order, video order) still at chance, and
+sampled accuracy below greedy. `tiny_models/probe.py` measures all of it, skill by skill.
+`noise` can replace a fraction of the targets by other training rows' answers (keeping the answer
+distribution) to cap what the labels teach; the shipped recipe uses none.
 
 Targets are `<answer>{answer}</answer>` followed by the EOS token; the loss is the mean
 cross-entropy over those completion tokens only, prompt tokens carry none.
@@ -73,7 +75,7 @@ def warm_start(
     model,
     processor,
     suites: Mapping[str, TaskSuite],
-    steps: int = 1000,
+    steps: int = 2000,
     lr: float = 1e-3,
     batch_size: int = 16,
     seed: int = 0,

@@ -123,11 +123,12 @@ def test_a_streams_rollouts_do_not_depend_on_the_other_rows_of_the_call(world):
     assert alone.mask.sum() > 0
 
 
-@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("temperature", [2.0, 3.0])
 def test_dropping_finished_rows_changes_no_rollout(temperature, monkeypatch):
     """Rows that have finished leave the batch (CachedEngine.drop_finished_at): the same tokens and log-probs as
     a loop that keeps every row to the end, with each row's noise drawn as before. On the shipped warm-started
-    model, whose completions end at different lengths."""
+    model, at temperatures where its completions end at different lengths (at 1 it writes every one of these
+    48 in the 4 tokens of `<answer>d</answer>` EOS, and the drop path would not run)."""
     model, processor = load_vlm(SHIPPED)
     suites = build_suites(("text", "image", "video"), n_train=8, n_eval=2, seed=0)
     world = VLMWorld(model, processor, suites, LoraSettings(r=4, alpha=8.0), max_new_tokens=16, eval_prompts=2)

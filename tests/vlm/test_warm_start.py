@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 from copd_lab.tasks import build_suites
 from copd_lab.vlm.model_io import load_vlm
 from tiny_models.build import build_tiny
+from tiny_models.probe import generated_answers
 from tiny_models.warm_start import (
     DOMAINS,
     completion_loss,
@@ -81,11 +83,21 @@ def test_evaluate_returns_rates(suites, greedy):
 
 
 @pytest.mark.skipif(not (SHIPPED / "model.safetensors").exists(), reason="no shipped checkpoint")
-def test_shipped_checkpoint_has_room_above_its_base():
-    """README: greedy accuracy 0.3-0.65 per domain, format rate 1.0; loose bounds for 32 rows (a random
-    init scores 0, a fully trained model near 1)."""
+def test_shipped_checkpoint_reads_its_images():
+    """tiny_models/README.md: the shipped base always writes the format, and answers the skills that read the
+    picture from the picture, not from the answer prior (the previous checkpoint answered image addition at
+    0.25 and video motion at 0.48, near chance). 32 held-out rows a skill."""
     model, processor = load_vlm(SHIPPED)
-    for domain, suite in warm_start_suites(seed=0, n_train=0, n_eval=32).items():
-        accuracy, format_rate = evaluate(model, processor, suite, n=32)
-        assert 0.05 <= accuracy <= 0.85, (domain, accuracy)
-        assert format_rate > 0.8, (domain, format_rate)
+    suites = warm_start_suites(seed=0, n_train=0, n_eval=128)
+    for suite in suites.values():
+        assert evaluate(model, processor, suite, n=128)[1] > 0.95, suite.domain
+    floors = {("image", "add"): 0.6, ("image", "count"): 0.3, ("video", "count"): 0.9, ("video", "compare"): 0.9}
+    for (domain, skill), floor in floors.items():
+        rows = suites[domain].eval.filter(lambda s, skill=skill: s == skill, input_columns="skill")
+        answers = generated_answers(model, processor, suites[domain], rows, greedy=True)
+        accuracy = sum(a == t for a, t in zip(answers, rows["answer"], strict=True)) / len(rows)
+        assert accuracy >= floor, (domain, skill, accuracy)
+        if skill != "count" or domain != "image":  # image counting still answers "2" on over half the rows
+            # No answer on more than half the rows, unless the truth itself has one (a perfect model's share).
+            most = max(len(rows) / 2, Counter(rows["answer"]).most_common(1)[0][1])
+            assert Counter(answers).most_common(1)[0][1] <= most, (domain, skill, Counter(answers))
