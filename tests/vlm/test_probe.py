@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -18,6 +21,7 @@ from copd_lab.tasks.drawing import COLOURS, WHITE, blank, cell_origin, draw_squa
 from tiny_models.build import build_tiny
 from tiny_models.probe import COLUMNS, answer_entropy, fit_probe, markdown, probe, square_counts
 
+ROOT = Path(__file__).resolve().parents[2]
 SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
              num_key_value_heads=1, vision_embed_dim=32, vision_depth=1, vision_num_heads=2)
 
@@ -92,3 +96,17 @@ def test_prior_is_entropy_over_completion_tokens(table):
     answers = [a for a, s in zip(suite.train["answer"], suite.train["skill"], strict=True) if s == "count"]
     assert results["image"]["count"]["prior"] == pytest.approx(answer_entropy(answers) / 4)
     assert np.isfinite(results["image"]["count"]["loss_train"])
+
+
+def test_screen_runs_a_variant_on_a_tiny_budget(tmp_path):
+    """tiny_models/screen.py end to end (its own process: its prompt variants patch the suites' format)."""
+    sizes = ",".join(f"{k}={v}" for k, v in SIZES.items())
+    out = subprocess.run(
+        [sys.executable, "-m", "tiny_models.screen", "--sizes", sizes, "--steps", "3", "--batch", "4",
+         "--domains", "image", "--skills", "count,order", "--options", "colon", "--aux", "names",
+         "--n-train", "64", "--n-eval", "16"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "step 3: window loss {'image':" in out.stdout and "'names':" in out.stdout
+    assert "| image | count |" in out.stdout and "| image | order |" in out.stdout
+    assert "| image | add |" not in out.stdout  # the skill filter held
