@@ -14,6 +14,7 @@ import torch
 from copd_lab.experiment import Comparison
 from copd_lab.policy import Batch, Request
 from copd_lab.recipes import OPDEdge
+from copd_lab.schedule import slot_of, teacher_slot_of
 
 
 def opd_edges(comparison: Comparison, method: str = "copd") -> list[OPDEdge]:
@@ -39,9 +40,10 @@ def sample_edge(comparison: Comparison, edge: str, method: str = "copd", rollout
     if chosen is None:
         raise ValueError(f"edge = {edge!r} is not an OPD edge of {method}: one of "
                          f"{[e.label for e in opd_edges(comparison, method)]}")
-    student = slots[f"{method}/{chosen.student}"]
-    teacher = slots[chosen.teacher] if "/" in chosen.teacher else slots[f"{method}/{chosen.teacher}"]
-    request = Request(student, (list(world.domains).index(chosen.domain),), teacher=teacher, beta=chosen.beta,
+    recipe = next(r for r in comparison.recipes if r.name == method)
+    # the trainer's slot rules: a static (frozen) teacher is scored by its snapshot, not its live branch
+    request = Request(slot_of(slots, recipe, chosen.student), (list(world.domains).index(chosen.domain),),
+                      teacher=teacher_slot_of(slots, recipe, chosen), beta=chosen.beta,
                       stream=stream)
     with torch.no_grad():
         return world, world.sample([request], rollouts, 1, comparison.config.grpo.temperature), chosen

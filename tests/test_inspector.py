@@ -35,3 +35,17 @@ def test_an_unknown_edge_is_refused_by_name_and_the_strip_draws(run):
         inspector.opd_tokens(run, "video<-image")
     chart = viz.token_strip(inspector.opd_tokens(run, "text<-video"), "text<-video")
     assert chart.to_dict()["title"] == "OPD advantage per token, edge text<-video"
+
+
+def test_a_frozen_teacher_is_read_from_its_snapshot():
+    """With opd.teacher = frozen the trainer scores a teacher by its snapshot slot, and so does the inspector."""
+    small = ["methods=['copd']", "copd.rl_steps=3", "copd.opd_steps=2", "copd.cycles=2", "opd.teacher='frozen'"]
+    frozen = run_comparison(load_config(None, small), progress=False)
+    world, batch, edge = inspector.sample_edge(frozen, "image<-text", rollouts=3)
+    _, slots = frozen.final
+    tokens = inspector.token_table(world, batch, edge)
+    snapshot = world.token_logprobs(batch, [slots["copd/text#frozen"]], grad=False)[0]
+    live = world.token_logprobs(batch, [slots["copd/text"]], grad=False)[0]
+    assert (snapshot - live).abs().max() > 1e-4  # the branch moved after its last snapshot
+    for row in tokens.itertuples():
+        assert abs(row.teacher_logp - float(snapshot[row.rollout, row.position])) < 1e-6
