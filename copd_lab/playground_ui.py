@@ -7,18 +7,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import pandas as pd
+
+from copd_lab import viz
 from copd_lab.config import ExperimentConfig
 from copd_lab.playground import BASELINES, DEFAULTS, KNOBS, SECTIONS, domains, edges_of, parse_pairs, split_items
+from copd_lab.recipes import build_recipes
+from copd_lab.rows import ROW_COLUMNS
 
 
-def live_accuracy(mo, cfg: ExperimentConfig, score: str = "acc_sampled"):
+def live_accuracy(mo, cfg: ExperimentConfig, score: str = "auto"):
     """An on_eval callback that redraws the accuracy over training so far in the running cell's output."""
-    import pandas as pd
-
-    from copd_lab import viz
-    from copd_lab.recipes import build_recipes
-    from copd_lab.rows import ROW_COLUMNS
-
     recipes = build_recipes(cfg)
 
     def draw(rows: list[dict], tick: int) -> None:

@@ -42,13 +42,19 @@ def budgets(metrics: pd.DataFrame, recipes: list[Recipe]) -> dict[str, dict[str,
     return out
 
 
+def score_of(metrics: pd.DataFrame) -> str:
+    """The accuracy a run reports: acc_exact where the world logged it (the simulator's exact expectation), else
+    acc_sampled (the VLM's sampled pass@1)."""
+    return "acc_exact" if metrics.metric.str.match(r"^(final_)?acc_exact/").any() else "acc_sampled"
+
+
 def results_table(metrics: pd.DataFrame, recipes: list[Recipe], domains: tuple[str, ...],
                   score: str = "auto") -> pd.DataFrame:
     """One row per reported model: `<domain>` and `overall` means (and `_std` over seeds), `delta`
     (overall minus the base's), and the budgets. score "auto": acc_exact where the world logged it, else
     acc_sampled."""
     if score == "auto":
-        score = "acc_exact" if metrics.metric.str.startswith("final_acc_exact/").any() else "acc_sampled"
+        score = score_of(metrics)
     final = metrics[metrics.metric.str.startswith(f"final_{score}/")].copy()
     final["domain"] = final.metric.str.split("/").str[1]
     per_seed = final.pivot_table(index=["branch", "seed"], columns="domain", values="value")[list(domains)]

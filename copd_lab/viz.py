@@ -13,6 +13,7 @@ import altair as alt
 import pandas as pd
 
 from copd_lab.recipes import Recipe
+from copd_lab.results import score_of
 from copd_lab.schedule import timeline
 
 PHASE_COLOURS = {"Phase I (RLVR)": "#f2f2f2", "Phase II (RLVR + OPD)": "#dbe9f6"}
@@ -52,9 +53,10 @@ def model_labels(recipes: list[Recipe]) -> dict[tuple[str, str], str]:
     return labels
 
 
-def accuracy_over_steps(metrics: pd.DataFrame, recipes: list[Recipe], score: str = "acc_exact") -> alt.Chart:
+def accuracy_over_steps(metrics: pd.DataFrame, recipes: list[Recipe], score: str = "auto") -> alt.Chart:
     """Per-domain accuracy (%) of every branch and output over the run's ticks, one panel per domain: the
-    evaluations during training and each output's final one (mean over seeds)."""
+    evaluations during training and each output's final one (mean over seeds). score "auto": results.score_of."""
+    score = score_of(metrics) if score == "auto" else score
     rows = metrics[metrics.metric.str.match(rf"^(final_)?{score}/")].copy()
     labels = model_labels(recipes)
     rows["domain"] = rows.metric.str.split("/").str[1]

@@ -71,8 +71,7 @@ class Playground(widgets.VBox):
                 return
             display(Markdown(findings.checks_markdown(findings.paper_checks(self.result))))
             display(Markdown(self.result.table()))
-            score = "acc_exact" if cfg.world == "sim" else "acc_sampled"
-            for chart in (viz.accuracy_over_steps(self.result.metrics, self.result.recipes, score),
+            for chart in (viz.accuracy_over_steps(self.result.metrics, self.result.recipes),
                           viz.gap_over_time(self.result.metrics, self.result.recipes, "copd"),
                           viz.overlap_heatmap(self.result.metrics, "copd"), viz.schedule_timeline(self.result.recipes),
                           viz.topology_graph(self.result.metrics, self.result.recipes, "copd")):

@@ -160,8 +160,7 @@ def _(mo):
 
 @app.cell
 def _(mo, result, viz):
-    _score = "acc_exact" if result.config.world == "sim" else "acc_sampled"
-    mo.vstack([mo.md("## Accuracy over training"), viz.accuracy_over_steps(result.metrics, result.recipes, _score)])
+    mo.vstack([mo.md("## Accuracy over training"), viz.accuracy_over_steps(result.metrics, result.recipes)])
     return
 
 
