@@ -9,15 +9,23 @@ are not run again.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from copd_lab.config import ConfigError, ExperimentConfig
 from copd_lab.config_io import load_config
 from copd_lab.experiment import Comparison, cached_comparison, run_comparison
 from copd_lab.policy import NonFiniteError
+from copd_lab.recipes import build_recipes
+from copd_lab.topology import build_edges, format_edge
+from copd_lab.trainer import resume_key
 
 DOMAIN_NAMES = ("text", "image", "video")  # then d3, d4, ...
 RUN_ERRORS = (ConfigError, NonFiniteError)  # what a run can stop with that a page should show as one line
@@ -170,12 +178,6 @@ def saved_run(cfg: ExperimentConfig, root: str | Path = "runs/playground", progr
     once. Seeds run one at a time into that folder; on_seed(comparison of the seeds so far) is called after each, so
     a notebook can draw results as they arrive, and on_eval(rows, tick) after each evaluation during training
     (run_comparison). The last call gathers every seed from its checkpoint."""
-    import dataclasses
-    import hashlib
-    import json
-
-    from copd_lab.trainer import resume_key
-
     key = json.dumps(resume_key(cfg), sort_keys=True, default=str)
     out = Path(root) / hashlib.sha1(key.encode()).hexdigest()[:12]
     for i in range(cfg.seeds - 1 if cfg.seeds > 1 else 0):
@@ -207,8 +209,6 @@ def parse_pairs(text: str, kind) -> dict:
 
 def edges_of(values: Mapping[str, Any]) -> list[str]:
     """The labels of every edge the topology has (before any is dropped): the choices of the edge editors."""
-    from copd_lab.topology import build_edges, format_edge
-
     names = domains(int(values["branches"]))
     topology = values["topology"]
     if topology == "edges":  # every ordered pair can be picked
@@ -223,8 +223,6 @@ def edges_of(values: Mapping[str, Any]) -> list[str]:
 def config(values: Mapping[str, Any]) -> ExperimentConfig:
     """The validated experiment config of these knob values, its recipes checked too (a ConfigError names a
     knob's field and value, before any run)."""
-    from copd_lab.recipes import build_recipes
-
     cfg = load_config(None, overrides(values))
     build_recipes(cfg)
     return cfg
@@ -240,8 +238,6 @@ def knob_map(values: Mapping[str, Any], row: str, row_values: list, column: str,
     """Where in a two-knob plane CoPD beats the best other method of the setting: one row per cell with the knob
     values, each method's overall exact accuracy (mean over seeds, %) and `copd_minus_best` (points).
     progress: an iterable wrapper (e.g. mo.status.progress_bar) shown over the cells."""
-    import pandas as pd
-
     cells = [(r, c) for r in row_values for c in column_values]
     rows = []
     for r, c in (progress(cells) if progress is not None else cells):
