@@ -31,12 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from copd_lab.tasks import TaskSuite, build_suites, parse_answer
+from copd_lab.tasks import TaskSuite, build_suites
 from copd_lab.tasks.base import SKILLS
 from copd_lab.tasks.drawing import COLOURS, SQUARE, WHITE
 from copd_lab.vlm.families import family_of
-from copd_lab.vlm.processing import extend_for_completion, placeholder_token_ids, prepare_batch
-from tiny_models.warm_start import DOMAINS, completion_ids
+from copd_lab.vlm.model_io import load_vlm
+from copd_lab.vlm.processing import extend_for_completion, prepare_batch
+from tiny_models.build import build_tiny
+from tiny_models.warm_start import DOMAINS, completion_ids, generated_answers
 
 PALETTE = (*COLOURS.values(), WHITE)
 COLUMNS = ("prior", "loss_train", "loss", "chance", "majority", "greedy", "sampled", "top",
@@ -119,21 +121,10 @@ def features(model, processor, suite: TaskSuite, rows, batch_size: int = 32) -> 
     return Features(torch.cat(towers) if towers else None, torch.cat(lms), torch.cat(losses), torch.cat(counts))
 
 
-@torch.no_grad()
-def generated_answers(model, processor, suite: TaskSuite, rows, greedy: bool, batch_size: int = 32,
-                      seed: int = 0) -> list[str | None]:
-    """The answer parsed from each row's generated completion (None where it has no well-formed one)."""
-    torch.manual_seed(seed)
-    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
-    out_answers = []
-    for begin in range(0, len(rows), batch_size):
-        chunk = rows.select(range(begin, min(begin + batch_size, len(rows))))
-        inputs = prepare_batch(processor, chunk["prompt"], chunk["images"], suite.modality)
-        out = model.generate(**inputs, **sampling, max_new_tokens=12,
-                             suppress_tokens=placeholder_token_ids(processor))
-        texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        out_answers += [None if (a := parse_answer(text)) is None else str(a) for text in texts]
-    return out_answers
+def _answers(model, processor, suite: TaskSuite, rows, greedy: bool, seed: int = 0) -> list[str | None]:
+    """Each row's generated answer as text (the answer column's form), None where it is not well-formed."""
+    torch.manual_seed(seed)  # sampling draws from torch's global RNG
+    return [None if a is None else str(a) for a in generated_answers(model, processor, suite, rows, greedy)]
 
 
 def _token_sums(tower: torch.Tensor, model) -> torch.Tensor:
@@ -156,8 +147,12 @@ def probe_suite(model, processor, suite: TaskSuite, n_eval: int, n_probe: int, s
     held_out = suite.eval.select(range(min(n_eval, len(suite.eval))))
     train = suite.train.select(range(min(n_probe, len(suite.train))))
     f_train, f_test = features(model, processor, suite, train), features(model, processor, suite, held_out)
-    greedy = generated_answers(model, processor, suite, held_out, greedy=True)
-    sampled = generated_answers(model, processor, suite, held_out, greedy=False, seed=seed)
+    greedy = _answers(model, processor, suite, held_out, greedy=True)
+    sampled = _answers(model, processor, suite, held_out, greedy=False, seed=seed)
+    # columns read once (a Dataset builds a column's list on every access)
+    train_skill, train_answer, test_skill, test_answer = (train["skill"], train["answer"], held_out["skill"],
+                                                          held_out["answer"])
+    suite_skill, suite_answer = suite.train["skill"], suite.train["answer"]
     if suite.modality != "text":
         words_train = _question_words(processor, train["prompt"])
         words_test = _question_words(processor, held_out["prompt"])
@@ -165,10 +160,10 @@ def probe_suite(model, processor, suite: TaskSuite, n_eval: int, n_probe: int, s
         pixels_test = np.array([square_counts(images) for images in held_out["images"]])
     table = {}
     for skill in SKILLS:
-        tr = [i for i, s in enumerate(train["skill"]) if s == skill]
-        te = [i for i, s in enumerate(held_out["skill"]) if s == skill]
-        all_train = [a for a, s in zip(suite.train["answer"], suite.train["skill"], strict=True) if s == skill]
-        truth = [held_out["answer"][i] for i in te]
+        tr = [i for i, s in enumerate(train_skill) if s == skill]
+        te = [i for i, s in enumerate(test_skill) if s == skill]
+        all_train = [a for a, s in zip(suite_answer, suite_skill, strict=True) if s == skill]
+        truth = [test_answer[i] for i in te]
         if not te or not all_train:
             continue
         prior_nats = answer_entropy(all_train)
@@ -184,8 +179,8 @@ def probe_suite(model, processor, suite: TaskSuite, n_eval: int, n_probe: int, s
             "sampled": float(np.mean([sampled[i] == t for i, t in zip(te, truth, strict=True)])),
             "top": Counter(mine).most_common(1)[0][1] / len(mine),
         }
-        enough = len(tr) >= 8 and len({train["answer"][i] for i in tr}) > 1
-        train_y = [train["answer"][i] for i in tr]
+        train_y = [train_answer[i] for i in tr]
+        enough = len(tr) >= 8 and len(set(train_y)) > 1
         row["lm>ans"] = fit_probe(f_train.lm[tr], train_y, f_test.lm[te], truth) if enough else math.nan
         if suite.modality != "text" and enough:
             x_train = torch.cat([f_train.tower[tr], words_train[tr]], 1)
@@ -250,14 +245,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.random_init:
-        from tiny_models.build import build_tiny
-
-        model, processor = build_tiny(args.seed)
-    else:
-        from copd_lab.vlm.model_io import load_vlm
-
-        model, processor = load_vlm(args.model)
+    model, processor = build_tiny(args.seed) if args.random_init else load_vlm(args.model)
     domains = [d for d in args.domains.split(",") if d]
     suites = build_suites(domains, n_train=4096, n_eval=max(args.n_eval, 1), seed=args.seed,
                           difficulty=args.difficulty)

@@ -19,6 +19,7 @@ import random
 import time
 
 import torch
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from copd_lab.tasks import TaskSuite, build_suites
 from copd_lab.tasks import image as image_tasks
@@ -31,7 +32,6 @@ from tiny_models.build import build_tiny
 from tiny_models.probe import markdown, probe, square_counts
 from tiny_models.warm_start import completion_loss, lr_factor
 
-CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 OPTIONS = {
     "index": lambda labels: " ".join(f"{i}={label}" for i, label in enumerate(labels)),  # the suites' own
     "colon": lambda labels: " ".join(f"{i}: {label}" for i, label in enumerate(labels)),  # "0: red": the " red" token
@@ -102,7 +102,7 @@ def main() -> None:
     sizes = {k: int(v) for k, v in (item.split("=") for item in args.sizes.split(",") if item)}
     model, processor = build_tiny(args.seed, **sizes)
     if args.pixels == "clip":
-        processor.image_processor.image_mean, processor.image_processor.image_std = CLIP_MEAN, CLIP_STD
+        processor.image_processor.image_mean, processor.image_processor.image_std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     with torch.no_grad():
         model.model.visual.merger.mlp[-1].weight.mul_(args.merger_scale)
     if args.one_colour:

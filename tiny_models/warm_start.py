@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from copd_lab.tasks import TaskSuite, build_suites, is_correct, parse_answer
+from copd_lab.tasks import TaskSuite, build_suites, parse_answer
 from copd_lab.vlm.processing import extend_for_completion, placeholder_token_ids, prepare_batch
 
 DOMAINS = ("text", "image", "video")
@@ -124,26 +124,28 @@ def warm_start(
 
 
 @torch.no_grad()
+def generated_answers(model, processor, suite: TaskSuite, rows, greedy: bool = True, batch_size: int = 32,
+                      max_new_tokens: int = 12) -> list[int | None]:
+    """The answer parsed from each row's generated completion (None where it has none well-formed); sampling is
+    from the full distribution (temperature 1, top_k 0, top_p 1), as the RL rollouts sample."""
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+    model.eval()
+    answers = []
+    for begin in range(0, len(rows), batch_size):
+        inputs = _batch(suite, rows.select(range(begin, min(begin + batch_size, len(rows)))), processor)
+        out = model.generate(**inputs, **sampling, max_new_tokens=max_new_tokens,
+                             suppress_tokens=placeholder_token_ids(processor))
+        texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        answers += [parse_answer(text) for text in texts]
+    return answers
+
+
 def evaluate(
     model, processor, suite: TaskSuite, n: int, greedy: bool = True, batch_size: int = 32, max_new_tokens: int = 12
 ) -> tuple[float, float]:
     """(accuracy, well-formed rate) of generated completions on the first n held-out rows."""
     rows = suite.eval.select(range(min(n, len(suite.eval))))
-    correct = well_formed = 0
-    model.eval()
-    for begin in range(0, len(rows), batch_size):
-        chunk = rows.select(range(begin, min(begin + batch_size, len(rows))))
-        inputs = _batch(suite, chunk, processor)
-        # Sampling from the full distribution (top_k=0, top_p=1), as the RL rollouts do.
-        sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
-        out = model.generate(
-            **inputs,
-            **sampling,
-            max_new_tokens=max_new_tokens,
-            suppress_tokens=placeholder_token_ids(processor),
-        )
-        texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        for text, row in zip(texts, chunk, strict=True):
-            correct += is_correct(text, row)
-            well_formed += parse_answer(text) is not None
-    return correct / len(rows), well_formed / len(rows)
+    answers = generated_answers(model, processor, suite, rows, greedy, batch_size, max_new_tokens)
+    truth = [int(a) for a in rows["answer"]]
+    correct = sum(a == t for a, t in zip(answers, truth, strict=True))
+    return correct / len(rows), sum(a is not None for a in answers) / len(rows)
