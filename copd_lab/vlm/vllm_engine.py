@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -153,6 +154,7 @@ class VLLMEngine(_Sampling):
                              enable_chunked_prefill=not on_cpu)
         self.llm = self.push = None
         self.root = Path(tempfile.mkdtemp(prefix="copd_vllm_adapters_"))
+        weakref.finalize(self, shutil.rmtree, self.root, True)  # the folders go with the engine, closed or not
 
     def reserve(self, adapters: int) -> None:
         """Serve at least this many adapters in one batch: (re)starts vLLM when it serves fewer (a world calls it
