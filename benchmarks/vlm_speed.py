@@ -4,6 +4,8 @@
     python benchmarks/vlm_speed.py --device cuda      # the same on a GPU (bf16), then a ~0.5B Qwen2-VL-shaped
                                                       # model built from a config (random weights, no hub)
 
+    PYTHONPATH=tests/with_vllm/shim .venv-vllm/bin/python benchmarks/vlm_speed.py   # with the vLLM engine (README)
+
 Each row times one piece of a tick both ways, side by side in this process (median of --repeats):
 the work a group's rollouts share (vision features, the prompt's prefill) done once per rollout or
 once per prompt, and scoring OPD batches under several teachers one adapter at a time or in one
@@ -11,11 +13,16 @@ mixed-adapter forward. Target (DESIGN.md section 6): a 3-branch CoPD run with 10
 on the default tiny VLM in <= 180 s on 2 CPU cores (its defaults: 8 prompts x 8 rollouts per batch,
 16 new tokens, gap metrics every 20 ticks, evaluations every 100 ticks and of the base and the merged
 model at the end, 32 samples per eval prompt: `copd-lab run`'s defaults).
+
+Then the rollout engines side by side on the same three GRPO batches (rollouts per second, under three
+LoRA adapters and under the base alone), and a whole CoPD cycle per engine (seconds per tick); the vLLM
+engine is in both tables when vLLM is installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -111,6 +118,30 @@ def tick_rows(overrides: list[str], repeats: int, device: str) -> list[tuple[str
     return rows
 
 
+def engine_rows(overrides: list[str], repeats: int, device: str, engines: list[str]) -> list[tuple]:
+    """(engine, slots, rollouts, seconds) of sampling the same 3 GRPO batches with each engine."""
+    cfg = load_config(None, overrides, defaults={"world": "vlm"})
+    world, g = make_world(cfg), cfg.grpo
+    world.reset(4, 0)  # base + 3 branches
+    built = {"cached": world.engine, "hf_generate": HFGenerateEngine(world.placeholders, world.eos, world.pad_id)}
+    if "vllm" in engines:
+        start = time.perf_counter()
+        built["vllm"] = world._vllm_engine(world.hf_model, world.slots.lora, cfg.vlm.device)
+        built["vllm"].reserve(5)
+        print(f"vLLM engine start: {time.perf_counter() - start:.1f} s")
+    rows = []
+    for slots, label in (([1, 2, 3], "3 LoRA adapters"), ([0, 0, 0], "base, no adapter")):
+        requests = [Request(s, (k,)) for k, s in enumerate(slots)]
+        for name in engines:
+            world.engine = built[name]
+            seconds = timed(lambda r=requests: world.sample(r, g.prompts_per_step, g.group_size, g.temperature),
+                            repeats, device)
+            rows.append((name, label, 3 * g.prompts_per_step * g.group_size, seconds))
+    if "vllm" in built:
+        built["vllm"].close()
+    return rows
+
+
 def copd_run(overrides: list[str], steps: int) -> float:
     """Seconds of `copd-lab run` for CoPD alone, 3 branches, `steps` steps per branch (S_RL:S_OPD 12:8)."""
     cycles = max(1, steps // 20)
@@ -128,6 +159,17 @@ def report(title: str, rows: list) -> None:
         print(f"{piece:<44}{unit:<42}{repeated:>11.3f}{once:>9.3f}{repeated / once:>8.1f}x")
 
 
+def report_engines(rows: list, ticks: dict[str, float], steps: int) -> None:
+    print("\nrollout engines, the same 3 GRPO batches")
+    print(f"{'engine':<14}{'slots':<20}{'rollouts':>9}{'s':>9}{'rollouts/s':>12}")
+    for name, label, rollouts, seconds in rows:
+        print(f"{name:<14}{label:<20}{rollouts:>9}{seconds:>9.3f}{rollouts / seconds:>12.0f}")
+    print(f"\nCoPD 3 branches x {steps} steps (one cycle, run defaults), per engine")
+    print(f"{'engine':<14}{'run s':>9}{'s per tick':>12}")
+    for name, seconds in ticks.items():
+        print(f"{name:<14}{seconds:>9.1f}{seconds / steps:>12.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
@@ -135,6 +177,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="CoPD steps per branch of the end-to-end run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--tick-steps", type=int, default=20, help="CoPD steps per engine in the engines' table")
     args = parser.parse_args()
     overrides = [f"vlm.device='{args.device}'"] + ([f"vlm.model='{args.model}'"] if args.model else []) + args.set
     print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -154,6 +197,12 @@ def main() -> None:
             seconds = copd_run(big, big_steps)
             print(f"\nCoPD 3 branches x {big_steps} steps on the {n_params / 1e6:.0f}M model: {seconds:.1f} s "
                   f"({seconds / big_steps:.2f} s per tick)")
+    engines = ["hf_generate", "cached"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
+    if "vllm" not in engines:
+        print("\nvLLM is not installed here: the engines' tables leave it out (README: the vLLM engine)")
+    rows = engine_rows(overrides, args.repeats, args.device, engines)
+    ticks = {name: copd_run(overrides + [f"vlm.engine='{name}'"], args.tick_steps) for name in engines}
+    report_engines(rows, ticks, args.tick_steps)
     seconds = copd_run(overrides, args.steps)
     print(f"\nCoPD 3 branches x {args.steps} steps per branch on the default tiny VLM "
           f"(copd-lab run's defaults): {seconds:.1f} s")

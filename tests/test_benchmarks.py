@@ -37,12 +37,17 @@ def test_vlm_speed_prints_every_shared_work_row_and_the_run_seconds_last(tmp_pat
     small = ["grpo.prompts_per_step=2", "grpo.group_size=2", "vlm.max_new_tokens=4", "vlm.n_train=8",
              "vlm.n_eval=2", "metrics.eval_samples=2", "metrics.gap_prompts=2"]
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vlm_speed.py"), "--model", str(model),
-                           "--steps", "20", "--repeats", "1", *[a for s in small for a in ("--set", s)]],
+                           "--steps", "20", "--repeats", "1", "--tick-steps", "20",
+                           *[a for s in small for a in ("--set", s)]],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     for row in ("sample 3 GRPO batches", "score 3 batches with grad", "teacher-score 4 OPD batches",
                 "teacher-score 1 batch under 3 teachers", "encode image prompts", "encode video prompts"):
         assert row in done.stdout, done.stdout
+    engines = done.stdout.split("rollout engines, the same 3 GRPO batches")[1]
+    for engine in ("hf_generate", "cached"):  # vLLM's rows: tests/with_vllm/test_vllm_benchmark.py
+        assert sum(line.startswith(engine) for line in engines.splitlines()) == 3, engines  # 2 samples, 1 run
+    assert "vLLM is not installed here" in done.stdout
     name, _, value = done.stdout.strip().splitlines()[-1].partition("=")
     assert name == "copd_3x20_s" and float(value) > 0
 

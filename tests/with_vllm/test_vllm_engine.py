@@ -230,3 +230,10 @@ def test_base_rows_beside_adapter_rows_score_as_the_base(world):
     base = world.token_logprobs(batch.take([0]), [0], grad=False)
     torch.testing.assert_close(base * batch.mask[:1], batch.sample_logprobs[:1], rtol=0, atol=TOLERANCE)
     assert BASE_ADAPTER in world.engine.push.pushed
+
+
+def test_a_call_of_base_rows_alone_goes_without_adapters(world):
+    batch = world.sample([Request(0, (0, 1, 2), stream="a"), Request(0, (2,), stream="b")], prompts=3, group=4,
+                         temperature=1.0)
+    assert world.engine._lora_requests(world.slots.model, [BASE_ADAPTER] * 2) is None
+    torch.testing.assert_close(rescored(world, batch) * batch.mask, batch.sample_logprobs, rtol=0, atol=TOLERANCE)
