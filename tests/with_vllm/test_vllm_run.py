@@ -44,3 +44,15 @@ def test_every_method_runs_on_vllm_and_greedy_base_rows_equal_the_cached_engines
         return rows.set_index(["branch", "metric"]).value.sort_index()
 
     pd.testing.assert_series_equal(greedy_base(metrics), greedy_base(cached))
+
+
+def test_a_model_vllms_cpu_attention_cannot_take_is_refused_in_one_line(tmp_path, capsys):
+    from tests.vlm.test_run import SIZES
+    from tiny_models.build import build_tiny_qwen2vl
+
+    model = build_tiny_qwen2vl(tmp_path / "head16", seed=0, **SIZES)  # head size 32 / 2 = 16
+    argv = ["run", "--quiet", "--out", str(tmp_path / "out"), "--set", f"vlm.model='{model}'", "--set",
+            "vlm.engine='vllm'", "--set", "methods=['base']"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vlm.engine = 'vllm' on CPU is not allowed" in err and "head size 16" in err, err
