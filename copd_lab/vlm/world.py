@@ -109,9 +109,11 @@ class VLMWorld:
                 items = [len(row) for split in (suite.train, suite.eval) for row in split["images"]]
                 media[suite.modality] = max([media.get(suite.modality, 1)] + items)
         expanded = {kind: self.family.placeholder_id(model, kind) for kind in self.family.pixels}
+        # the task prompts are short: 4096 tokens keep a 7B model's KV cache for one sequence under 1 GiB
+        longest = min(getattr(model.config.get_text_config(), "max_position_embeddings", 4096), 4096)
         return VLLMEngine(self.placeholders, self.eos, self.pad_id, model_path=model.name_or_path,
                           expanded=expanded, max_rank=lora.r * len(self.domains), max_loras=len(self.domains) + 2,
-                          media=media or {"image": 1}, device=device)
+                          media=media or {"image": 1}, device=device, max_model_len=longest)
 
     # ---------------------------------------------------------------- slots (slots.py)
 

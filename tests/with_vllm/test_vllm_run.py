@@ -51,8 +51,10 @@ def test_a_model_vllms_cpu_attention_cannot_take_is_refused_in_one_line(tmp_path
     from tiny_models.build import build_tiny_qwen2vl
 
     model = build_tiny_qwen2vl(tmp_path / "head16", seed=0, **SIZES)  # head size 32 / 2 = 16
+    capsys.readouterr()
     argv = ["run", "--quiet", "--out", str(tmp_path / "out"), "--set", f"vlm.model='{model}'", "--set",
             "vlm.engine='vllm'", "--set", "methods=['base']"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "vlm.engine = 'vllm' on CPU is not allowed" in err and "head size 16" in err, err
+    assert not (tmp_path / "out").exists()  # refused by the preflight, before the model is loaded
