@@ -12,7 +12,8 @@ rows in the batch, up to float rounding); transformers' generate draws every row
   (decoding.py), then a plain sampling loop over all rows.
 * `HFGenerateEngine`: transformers' `generate` on one row per rollout (the prompt prefill repeated G
   times): the reference the cached engine is tested against, and the baseline in benchmarks/vlm_speed.py.
-A vLLM engine (multi-LoRA serving, GPU only) would implement the same `generate`.
+* `VLLMEngine` (vllm_engine.py, `engine = "vllm"`): one vLLM engine serving every slot as a LoRA adapter;
+  sampled from vLLM's seeded generators, one seed per prompt from its request's stream.
 """
 
 from __future__ import annotations
