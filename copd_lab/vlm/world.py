@@ -93,8 +93,8 @@ class VLMWorld:
             self.slots = FullSlots(model, self.family, lr, weight_decay)
 
     def _vllm_engine(self, model, lora: LoraSettings, device: str) -> RolloutEngine:
-        """A VLLMEngine for this model's folder: adapters up to the rank of a merge of every domain's expert, and
-        as many vision items per prompt as the suites' rows hold."""
+        """A VLLMEngine for this model's folder, serving adapters of the experts' rank (raised when a merged one
+        is first sampled) and as many vision items per prompt as the suites' rows hold."""
         from copd_lab.vlm.vllm_engine import VLLMEngine
 
         if self.family.name != "qwen2_vl":
@@ -112,7 +112,7 @@ class VLMWorld:
         # the task prompts are short: 4096 tokens keep a 7B model's KV cache for one sequence under 1 GiB
         longest = min(getattr(model.config.get_text_config(), "max_position_embeddings", 4096), 4096)
         return VLLMEngine(self.placeholders, self.eos, self.pad_id, model_path=model.name_or_path,
-                          expanded=expanded, max_rank=lora.r * len(self.domains), max_loras=len(self.domains) + 2,
+                          expanded=expanded, max_rank=lora.r, max_loras=len(self.domains) + 2,
                           media=media or {"image": 1}, device=device, max_model_len=longest)
 
     # ---------------------------------------------------------------- slots (slots.py)

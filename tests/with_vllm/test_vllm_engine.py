@@ -237,3 +237,14 @@ def test_a_call_of_base_rows_alone_goes_without_adapters(world):
                          temperature=1.0)
     assert world.engine._lora_requests(world.slots.model, [BASE_ADAPTER] * 2) is None
     torch.testing.assert_close(rescored(world, batch) * batch.mask, batch.sample_logprobs, rtol=0, atol=TOLERANCE)
+
+
+def test_a_merged_adapter_above_the_served_rank_restarts_vllm_with_room_for_it(world):
+    """Slots 1, 2 (rank 4) and 3 (their merge, rank 8) fit vLLM's rank 8; merging all three gives rank 16: vLLM
+    restarts at 16 (every adapter pushed again) and serves it with HF + peft's log-probs."""
+    assert world.engine.max_rank == 8
+    world.merge([1, 2, 3], 4, MergeConfig())
+    assert world.slots.peft.peft_config["slot4"].r == 16
+    batch = world.sample(REQUESTS + [Request(4, (0, 1, 2), stream="e")], prompts=2, group=2, temperature=1.0)
+    assert world.engine.max_rank == 16 and world.engine.push.writes == 5  # base, slots 1-4
+    torch.testing.assert_close(rescored(world, batch) * batch.mask, batch.sample_logprobs, rtol=0, atol=TOLERANCE)
