@@ -8,41 +8,28 @@ rows differ only in how the new weights reach vLLM:
 * in place + prefix-cache reset: rewrite one folder per adapter, reload it under its id (`load_inplace`), then
   `reset_prefix_cache()` (without the reset, prompts longer than a KV block keep the old weights' cache);
 * unchanged: the same weights every round, nothing pushed (the floor).
-Median of --rounds; the push's share is the difference to the floor.
+Median of --rounds; the push's share is the difference to the floor. Then the floor again with vLLM restarted at
+max_lora_rank 32 (what a merge of three rank-8 experts needs): vLLM computes every adapter at max_lora_rank.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import time
 
 import torch
-from safetensors.torch import save_file
 
 from copd_lab.config_io import load_config
 from copd_lab.experiment import make_world
 from copd_lab.policy import Request
-from copd_lab.vlm.vllm_engine import AdapterPush
+from copd_lab.vlm.vllm_engine import InPlacePush
 
 
-class InPlacePush(AdapterPush):
-    """One folder per adapter, rewritten and reloaded under its first id; the prefix cache reset after."""
-
-    def request(self, name, tensors, config):
-        from vllm.lora.request import LoRARequest
-
-        folder = self.root / f"inplace-{name}"
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        save_file(tensors, str(folder / "adapter_model.safetensors"))
-        config.save_pretrained(str(folder))
-        first = self.pushed.setdefault(name, (self.next_id, None))[0]
-        self.next_id += 1
-        self.llm.reset_prefix_cache()
-        self.writes += 1
-        return LoRARequest(name, first, str(folder), load_inplace=True)
+def timed_round(world, requests, g) -> float:
+    start = time.perf_counter()
+    world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -55,8 +42,8 @@ def main() -> None:
     world.reset(4, 0)
     engine = world.engine
     requests = [Request(k + 1, (k,)) for k in range(3)]
-    pushes = {"new folder, new id": engine.push, "in place + prefix reset": InPlacePush(engine.llm, engine.root)}
-    pushes["in place + prefix reset"].next_id = 10_000  # ids of its own beside the engine's
+    pushes = {"new folder, new id": engine.push,
+              "in place + prefix reset": InPlacePush(engine.llm, engine.root, reset_prefix_cache=True)}
     rows = []
     for label, change in (("unchanged (floor)", False), ("new folder, new id", True),
                           ("in place + prefix reset", True)):
@@ -68,17 +55,23 @@ def main() -> None:
                     for slot in (1, 2, 3):
                         for p in world.slots.params(slot):
                             p.add_(1e-4)
-            start = time.perf_counter()
-            world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
-            times.append(time.perf_counter() - start)
+            times.append(timed_round(world, requests, g))
         rows.append((label, statistics.median(times[1:]), engine.push.writes - writes))
     engine.push = pushes["new folder, new id"]
+    ranks = {engine.max_rank: rows[0][1]}
+    engine.reserve(engine.max_loras, rank=32)  # a restart; the adapters are pushed again on the first round
+    world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
+    ranks[engine.max_rank] = statistics.median(
+        timed_round(world, requests, g) for _ in range(args.rounds))
     floor = rows[0][1]
     print(f"\n3 GRPO batches of {g.prompts_per_step} x {g.group_size} rollouts, 3 adapters changed per round, "
           f"median of {args.rounds}")
     print(f"{'weights reach vLLM by':<28}{'s per round':>12}{'push ms':>9}{'folders':>9}")
     for label, seconds, writes in rows:
         print(f"{label:<28}{seconds:>12.3f}{(seconds - floor) * 1000:>9.0f}{writes:>9}")
+    print(f"\n{'max_lora_rank':<28}{'s per round':>12}   (rank-8 adapters, unchanged)")
+    for rank, seconds in ranks.items():
+        print(f"{rank:<28}{seconds:>12.3f}")
     engine.close()
 
 

@@ -115,6 +115,33 @@ class AdapterPush:
         return request
 
 
+class InPlacePush(AdapterPush):
+    """The push AdapterPush is measured against: one folder per adapter, rewritten and reloaded under its first id
+    (`load_inplace`). Correct only with `reset_prefix_cache` after it, which drops every adapter's cached prompts;
+    without, a prompt longer than a KV block keeps the old weights' cache. benchmarks/vllm_push.py times both
+    pushes; tests/with_vllm shows the stale cache."""
+
+    def __init__(self, llm, root: Path, reset_prefix_cache: bool, first_id: int = 10_000):
+        super().__init__(llm, root)
+        self.reset, self.next_id = reset_prefix_cache, first_id  # ids apart from another push's on the same engine
+
+    def request(self, name: str, tensors: dict[str, torch.Tensor], config) -> object:
+        from vllm.lora.request import LoRARequest
+
+        folder = self.root / f"inplace-{name}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        config.save_pretrained(str(folder))
+        if name not in self.pushed:
+            self.pushed[name] = (LoRARequest(name, self.next_id, str(folder), load_inplace=True), tensors)
+            self.next_id += 1
+        self.writes += 1
+        if self.reset:
+            self.llm.reset_prefix_cache()
+        return self.pushed[name][0]
+
+
 def adapter_tensors(model, name: str) -> dict[str, torch.Tensor]:
     """peft's saved form of one adapter (keys without the adapter's name), as CPU copies."""
     state = get_peft_model_state_dict(model, adapter_name=name)

@@ -7,13 +7,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-from vllm.lora.request import LoRARequest
 
 from copd_lab.config import MergeConfig
 from copd_lab.policy import Request
@@ -25,7 +22,7 @@ from copd_lab.vlm.engine import CachedEngine
 from copd_lab.vlm.model_io import load_vlm
 from copd_lab.vlm.processing import prepare_batch
 from copd_lab.vlm.prompts import PromptSet
-from copd_lab.vlm.vllm_engine import AdapterPush, vllm_rank
+from copd_lab.vlm.vllm_engine import InPlacePush, vllm_rank
 from copd_lab.vlm.world import VLMWorld
 from tests.vlm.test_world import SIZES, perturb
 from tiny_models.build import build_tiny_qwen2vl
@@ -145,20 +142,6 @@ def test_unchanged_adapters_are_not_pushed_again_and_changed_ones_are(world):
     assert len(folders) == len(world.engine.push.pushed)  # replaced folders are removed
 
 
-class InPlacePush(AdapterPush):
-    """The tempting push: rewrite one folder per adapter and reload it in place under its first id."""
-
-    def request(self, name, tensors, config):
-        folder = self.root / f"inplace-{name}"
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        save_file(tensors, str(folder / "adapter_model.safetensors"))
-        config.save_pretrained(str(folder))
-        first = self.pushed.setdefault(name, (self.next_id, None))[0]
-        self.next_id += 1
-        return LoRARequest(name, first, str(folder), load_inplace=True)
-
-
 def long_prompt(world) -> PromptSet:
     """A text prompt of about 300 tokens: longer than vLLM's 128-token KV block, so its prefix is cached."""
     text = "Count the words in this sentence and then add three. " * 24
@@ -191,8 +174,7 @@ def test_new_weights_reach_a_long_cached_prompt(world):
     try:
         for push in ("engine", "in place"):
             if push == "in place":
-                world.engine.push = InPlacePush(world.engine.llm, world.engine.root)
-                world.engine.push.next_id = 10_000  # ids of its own: the engine's stay loaded as they are
+                world.engine.push = InPlacePush(world.engine.llm, world.engine.root, reset_prefix_cache=False)
             for p, value in zip(world.slots.params(1), original):
                 p.data.copy_(value)
             assert sample_and_score() < TOLERANCE
