@@ -3,6 +3,7 @@
     python benchmarks/vlm_speed.py                    # tiny Qwen2-VL on the CPU; last line copd_3x100_s=<s>
     python benchmarks/vlm_speed.py --device cuda      # the same on a GPU (bf16), then a ~0.5B Qwen2-VL-shaped
                                                       # model built from a config (random weights, no hub)
+    python benchmarks/vlm_speed.py --device cuda --set "vlm.engine='vllm'"   # its CoPD runs rolled out by vLLM
 
     PYTHONPATH=tests/with_vllm/shim .venv-vllm/bin/python benchmarks/vlm_speed.py   # with the vLLM engine (README)
 
@@ -64,7 +65,7 @@ def per_rollout(batch):
 
 def tick_rows(overrides: list[str], repeats: int, device: str) -> list[tuple[str, str, float, float]]:
     """(piece, unit, shared-work-repeated seconds, shared-work-once seconds) for one tick's pieces."""
-    cfg = load_config(None, overrides, defaults={"world": "vlm"})
+    cfg = load_config(None, overrides + ["vlm.engine='cached'"], defaults={"world": "vlm"})
     world, g = make_world(cfg), cfg.grpo
     world.reset(4, 0)  # base + 3 branches
     grpo = [Request(k + 1, (k,)) for k in range(3)]
@@ -120,7 +121,7 @@ def tick_rows(overrides: list[str], repeats: int, device: str) -> list[tuple[str
 
 def engine_rows(overrides: list[str], repeats: int, device: str, engines: list[str]) -> list[tuple]:
     """(engine, slots, rollouts, seconds) of sampling the same 3 GRPO batches with each engine."""
-    cfg = load_config(None, overrides, defaults={"world": "vlm"})
+    cfg = load_config(None, overrides + ["vlm.engine='cached'"], defaults={"world": "vlm"})
     world, g = make_world(cfg), cfg.grpo
     world.reset(4, 0)  # base + 3 branches
     built = {"cached": world.engine, "hf_generate": HFGenerateEngine(world.placeholders, world.eos, world.pad_id)}
