@@ -34,8 +34,15 @@ from copd_lab.vlm.engine import RowNoise, _Sampling
 from copd_lab.vlm.prompts import PromptSet
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's max_lora_rank takes
-# vLLM talks to its engine process over sockets: loopback only, and no usage reports
-LOOPBACK_ENV = dict(VLLM_HOST_IP="127.0.0.1", GLOO_SOCKET_IFNAME="lo", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+# vLLM talks to its engine process over sockets: loopback only, no usage reports, and warnings only in a run's
+# output (each unless the user set it)
+VLLM_ENV = dict(VLLM_HOST_IP="127.0.0.1", GLOO_SOCKET_IFNAME="lo", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
+                VLLM_LOGGING_LEVEL="WARNING")
+
+
+def set_vllm_env() -> None:
+    """VLLM_ENV where the user has not set them; before vLLM is first imported (it reads them then)."""
+    os.environ.update({k: os.environ.get(k, v) for k, v in VLLM_ENV.items()})
 
 
 def vllm_rank(rank: int) -> int:
@@ -50,6 +57,8 @@ def check_cpu_head_dim(model_path: str | Path) -> None:
     """vLLM's CPU attention takes some head sizes only (not 40, the head size of copd_lab's tiny models before
     issue 12): refuse another before vLLM starts, rather than at its first generate."""
     from transformers import AutoConfig
+
+    set_vllm_env()
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
     config = AutoConfig.from_pretrained(model_path).get_text_config()
@@ -167,7 +176,7 @@ class VLLMEngine(_Sampling):
         seed: vLLM's own seed (every request brings its own, so nothing here depends on it).
         """
         super().__init__(suppress, eos, pad)
-        os.environ.update({k: os.environ.get(k, v) for k, v in LOOPBACK_ENV.items()})
+        set_vllm_env()
         if device == "cpu":
             check_cpu_head_dim(model_path)
         self.expanded, self.bias = expanded, {i: -1e9 for i in suppress}
