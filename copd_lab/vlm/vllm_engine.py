@@ -200,8 +200,8 @@ class VLLMEngine(_Sampling):
         """Serve at least this many adapters in one batch, of up to this rank: (re)starts vLLM when it serves
         fewer or smaller ones. A world calls it at reset with its slot count, so that every slot of a call is in
         one batch; the rank grows when a merged adapter (the sum of its sources' ranks) is first sampled, since
-        vLLM computes every adapter at its max_lora_rank (measured on CPU, 3 GRPO batches under 3 rank-8
-        adapters: 1.7 s at max_lora_rank 8, 8.6 s at 32)."""
+        vLLM computes every adapter at its max_lora_rank (benchmarks/vllm_push.py on CPU, 3 GRPO batches
+        under 3 rank-8 adapters: 2.0 s at max_lora_rank 8, 8.8 s at 32)."""
         rank = vllm_rank(rank)
         if self.llm is not None and adapters <= self.max_loras and rank <= self.max_rank:
             return
