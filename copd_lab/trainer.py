@@ -31,8 +31,9 @@ from copd_lab.recipes import OPDEdge, Recipe, Stage, is_active
 from copd_lab.rows import SeedRows
 from copd_lab.schedule import Cursor, allocate_slots, slot_of, teacher_slot_of, timeline
 
-STATE_FORMAT = 4  # 4: OPD signals from World.pair_logprobs, Dr.GRPO over the longest completion; 3: VLM rows draw
-# from their stream's generator; 2: a stream per method; 1: one per seed
+STATE_FORMAT = 5  # 5: a VLM request draws its own sampling seed (a sharded world splits calls); 4: OPD signals
+# from World.pair_logprobs, Dr.GRPO over the longest completion; 3: VLM rows draw from their stream's generator;
+# 2: a stream per method; 1: one per seed
 
 
 def resume_key(cfg: ExperimentConfig | dict) -> dict:

@@ -23,7 +23,7 @@ from copd_lab.merge import merge_state_dicts
 from copd_lab.policy import Batch, NonFiniteError, Request
 from copd_lab.sim import net
 from copd_lab.sim.base import base_weights
-from copd_lab.sim.batch import Layout, Scored, SimPayload, SlotWeights
+from copd_lab.sim.batch import Layout, Scored, SimDraws, SimPayload, SlotWeights
 from copd_lab.sim.tasks import SimTasks
 from copd_lab.streams import Streams
 
@@ -114,6 +114,27 @@ class SimWorld:
         (grad,) = torch.autograd.grad(loss, graded.weights, retain_graph=True)
         return grad[[graded.slots[s] for s in slots]]
 
+    def get_slot(self, slot: int) -> torch.Tensor:
+        """A slot's weights (its flat row), to copy into another world (a shard of copd_lab.sharded)."""
+        return self.flat[slot].detach().clone()
+
+    def set_slot(self, slot: int, weights: torch.Tensor) -> None:
+        """Slot's weights become `weights` (from get_slot), with fresh Adam moments, as copy() gives them."""
+        with torch.no_grad():
+            self.flat[slot] = weights
+            self.m[slot], self.v[slot], self.t[slot] = 0.0, 0.0, 0.0
+        self._cache = None
+
+    def export_payload(self, payload: SimPayload) -> list[tuple]:
+        """Per request row, what re-scores its rollouts in another world: prompt ids and previous tokens."""
+        return [(payload.content[r], payload.prompt[r], payload.prev[r], payload.group, payload.temperature)
+                for r in range(payload.prompt.shape[0])]
+
+    def import_payload(self, rows: list[tuple]) -> SimPayload:
+        """The payload of rows from export_payload (of this world or another)."""
+        return SimPayload(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]),
+                          torch.stack([r[2] for r in rows]), rows[0][3], rows[0][4])
+
     def state_dict(self, rows: slice | None = None, seed: int | None = None) -> dict:
         """The world's state; or, given rows and a seed, that of the slots `rows` and of the seed's streams (one
         seed of several run side by side, see copd_lab.lockstep), as a world of those slots alone would hold it."""
@@ -177,14 +198,27 @@ class SimWorld:
             self._layouts[key] = Layout(domain.repeat_interleave(group, 1), first, content, mask)
         return self._layouts[key]
 
+    def draw(self, requests: list[Request], prompts: int, group: int, greedy: bool = False,
+             every_prompt: bool = False) -> SimDraws:
+        """The random draws of a sample call, from the requests' streams: its prompts (unless every eval prompt is
+        visited) and one uniform per token (unless greedy). A sharded world draws here and hands each shard its rows."""
+        n = (self.cfg.eval_prompts if every_prompt and not 0 < prompts < self.cfg.eval_prompts else prompts) * group
+        if every_prompt:
+            n *= len(requests[0].domains)
+        content = None if every_prompt else self._per_stream(requests, 1, 0, lambda gen, rows: torch.randint(
+            self.cfg.train_prompts, (rows, prompts), generator=gen))
+        uniform = None if greedy else self._per_stream(requests, n, 1, lambda gen, rows: torch.rand(
+            (self.cfg.answer_len, rows, 1), generator=gen))
+        return SimDraws(content, uniform, n)
+
     def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
-               greedy: bool = False, every_prompt: bool = False) -> Batch:
+               greedy: bool = False, every_prompt: bool = False, draws: SimDraws | None = None) -> Batch:
         layout = self._prompt_layout(requests, prompts, group, every_prompt)
         domain, content = layout.domain, layout.content
         n_rows, n = domain.shape
+        draws = draws or self.draw(requests, prompts, group, greedy, every_prompt)
         if content is None:
-            content = self._per_stream(requests, 1, 0, lambda gen, rows: torch.randint(
-                self.cfg.train_prompts, (rows, prompts), generator=gen))
+            content = draws.content
         prompt = layout.first_prompt + content  # [R, P]
         v, length = self.vocab_size, self.cfg.answer_len
         # the teachers that will score these rollouts join the cache now, rather than take their weights then
@@ -201,8 +235,7 @@ class SimWorld:
             # inverse-CDF sampling: one uniform u per token (Gumbel-max needs V of them, and drawing them was the
             # dearest part of a tick); the token is the first id whose cumulative probability exceeds u
             if not greedy:
-                uniform = self._per_stream(requests, n, 1, lambda gen, rows: torch.rand(
-                    (length, rows, 1), generator=gen)).unbind(0)
+                uniform = draws.uniform.unbind(0)
             steps, logits = [start], []  # the token before position 0: the start token
             for t, hidden_t in enumerate(hidden_loop.unbind(1)):
                 logits.append(hidden_t + bigram.index_select(

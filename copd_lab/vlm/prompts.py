@@ -79,9 +79,12 @@ class VLMPayload:
     prompts: list[PromptSet]  # per request, its P distinct prompts (rollout n uses prompt n // group)
     group: int
     temperature: float
+    layouts: list[tuple] = ()  # per request, (domain, row) of each distinct prompt: what encodes them again elsewhere
+    split: str = "train"  # the suites' split the rows index
 
     def take(self, rows: list[int]) -> VLMPayload:
-        return VLMPayload([self.prompts[i] for i in rows], self.group, self.temperature)
+        layouts = [self.layouts[i] for i in rows] if self.layouts else ()
+        return VLMPayload([self.prompts[i] for i in rows], self.group, self.temperature, layouts, self.split)
 
     def expanded(self, r: int) -> PromptSet:
         """Request r's prompts, one row per rollout."""

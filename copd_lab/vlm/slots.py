@@ -163,6 +163,17 @@ class LoraSlots(Slots):
                 target.copy_(value) if value is not None else target.zero_()
         self._new_optimizer(dst)
 
+    def get_slot(self, slot: int) -> dict:
+        config = self.peft.peft_config[f"slot{slot}"]
+        return {"rank": (config.r, config.lora_alpha), "tensors": [p.detach().cpu().clone() for p in self.params(slot)]}
+
+    def set_slot(self, slot: int, weights: dict) -> None:
+        self._ensure_adapter(slot, *weights["rank"])
+        with torch.no_grad():
+            for target, value in zip(self.params(slot), weights["tensors"]):
+                target.copy_(value)
+        self._new_optimizer(slot)
+
     def merge(self, sources: list[int], dst: int, spec: MergeConfig) -> None:
         """peft's add_weighted_adapter into a scratch adapter, then copied into dst (see adapters.py)."""
         names = [f"slot{s}" for s in sources]
@@ -280,6 +291,12 @@ class FullSlots(Slots):
 
     def copy(self, src: int, dst: int) -> None:
         self._write(dst, self.base if src == 0 else self.weights[src])
+
+    def get_slot(self, slot: int) -> dict:
+        return {name: value.detach().cpu().clone() for name, value in self.weights[slot].items()}
+
+    def set_slot(self, slot: int, weights: dict) -> None:
+        self._write(slot, weights)
 
     def merge(self, sources: list[int], dst: int, spec: MergeConfig) -> None:
         """merge_state_dicts of the sources' weights, task vectors against slot 0 (the base may be a source)."""

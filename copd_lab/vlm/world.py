@@ -120,6 +120,14 @@ class VLMWorld:
     def flat_grads(self, loss: torch.Tensor, slots: list[int]) -> torch.Tensor:
         return self.slots.flat_grads(loss, slots)
 
+    def get_slot(self, slot: int) -> dict:
+        """A slot's weights (adapter tensors and rank, or full weights), to copy into another world's slot."""
+        return self.slots.get_slot(slot)
+
+    def set_slot(self, slot: int, weights: dict) -> None:
+        """Slot's weights become `weights` (from get_slot), with a fresh optimizer, as copy() gives them."""
+        self.slots.set_slot(slot, weights)
+
     def state_dict(self) -> dict:
         return {**self.slots.state_dict(), "gen": self.gen.get_state(), "streams": self.streams.state_dict()}
 
@@ -169,39 +177,62 @@ class VLMWorld:
                                token_inputs, item_inputs, features)
         return prompt_set, rows_as_dicts
 
-    def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
-               greedy: bool = False, every_prompt: bool = False) -> Batch:
-        split = "eval" if every_prompt else "train"
-        encoded, data_rows, domains = [], [], []
-        seen = {}  # layout -> (prompt set, data rows): identical layouts (eval prompts) are encoded once
+    def draw(self, requests: list[Request], prompts: int, group: int, greedy: bool = False,
+             every_prompt: bool = False) -> list[tuple[tuple, int]]:
+        """The random draws of a sample call, per request from its stream: its prompts' (domain, row) and the seed
+        of its sampling noise. One seed per request, so that a request's tokens do not depend on the requests
+        beside it in the call (a sharded world draws here and sends each shard its requests' draws)."""
+        out = []
         for request in requests:
-            layout = self._prompt_rows(request, prompts, every_prompt)
-            key = tuple(layout)
-            if key not in seen:
+            layout = tuple(self._prompt_rows(request, prompts, every_prompt))
+            out.append((layout, int(torch.randint(2**62, (1,), generator=self.streams(request.stream)))))
+        return out
+
+    def _encode_layouts(self, layouts: list[tuple], split: str, group: int) -> tuple[list[PromptSet], list]:
+        """Each request's prompt set and the (domain, data row) of each of its rollouts; identical layouts (eval
+        prompts) are encoded once."""
+        encoded, data_rows, seen = [], [], {}
+        for layout in layouts:
+            if layout not in seen:
                 sets, rows_here = [], []
                 for d in dict.fromkeys(dom for dom, _ in layout):
                     prompt_set, rows = self._encode(d, [i for dom, i in layout if dom == d], split)
                     sets.append(prompt_set)
                     rows_here += [(d, row) for row in rows for _ in range(group)]
-                seen[key] = (PromptSet.cat(sets, self.pad_id), rows_here)
-            encoded.append(seen[key][0])
-            data_rows += seen[key][1]
-            domains.append(torch.tensor([dom for dom, _ in layout]).repeat_interleave(group))
+                seen[layout] = (PromptSet.cat(sets, self.pad_id), rows_here)
+            encoded.append(seen[layout][0])
+            data_rows += seen[layout][1]
+        return encoded, data_rows
+
+    def export_payload(self, payload: VLMPayload) -> list[tuple]:
+        """Per request row, what re-scores its rollouts in another world: its prompts' (domain, row), not their
+        features (the other world's vision tower encodes them again, to the same numbers)."""
+        return [(layout, payload.split, payload.group, payload.temperature) for layout in payload.layouts]
+
+    def import_payload(self, rows: list[tuple]) -> VLMPayload:
+        layouts, (_, split, group, temperature) = [r[0] for r in rows], rows[0]
+        return VLMPayload(self._encode_layouts(layouts, split, group)[0], group, temperature, layouts, split)
+
+    def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
+               greedy: bool = False, every_prompt: bool = False, draws: list | None = None) -> Batch:
+        split = "eval" if every_prompt else "train"
+        draws = draws or self.draw(requests, prompts, group, greedy, every_prompt)
+        layouts = [layout for layout, _ in draws]
+        encoded, data_rows = self._encode_layouts(layouts, split, group)
+        domains = [torch.tensor([dom for dom, _ in layout]).repeat_interleave(group) for layout in layouts]
         if len({len(d) for d in domains}) > 1:
             raise ValueError(f"requests of one sample() call must have the same number of rollouts, got "
                              f"{[len(d) for d in domains]}: with every_prompt, give each request as many domains")
-        payload = VLMPayload(encoded, group, temperature)
+        payload = VLMPayload(encoded, group, temperature, layouts, split)
         adapters = [adapter_name(r.slot) for r, p in zip(requests, encoded) for _ in range(p.input_ids.shape[0])]
         rng_devices = [self.device] if self.device.type == "cuda" else []
-        # each stream advances by one draw per call, which seeds the generator of its rows' sampling noise, so a
-        # method's tokens do not depend on the other rows of the call; an engine that samples from torch's global
-        # RNG (transformers' generate) gets it seeded from all the draws
-        draws = {name: int(torch.randint(2**62, (1,), generator=self.streams(name)))
-                 for name in dict.fromkeys(r.stream for r in requests)}
-        generators = {name: torch.Generator(self.device).manual_seed(draw) for name, draw in draws.items()}
-        noise = [(p.input_ids.shape[0] * group, generators[r.stream]) for r, p in zip(requests, encoded)]
+        # each request's seed seeds the generator of its rows' sampling noise, so its tokens do not depend on the
+        # other rows of the call; an engine that samples from torch's global RNG (transformers' generate) gets it
+        # seeded from all the seeds
+        noise = [(p.input_ids.shape[0] * group, torch.Generator(self.device).manual_seed(seed))
+                 for p, (_, seed) in zip(encoded, draws)]
         with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
-            torch.manual_seed(sum(draws.values()) % 2**62)
+            torch.manual_seed(sum(seed for _, seed in draws) % 2**62)
             ids, logprobs = self.engine.generate(self.slots.model, PromptSet.cat(encoded, self.pad_id),
                                                  adapters, group, temperature=temperature, greedy=greedy,
                                                  max_new_tokens=self.max_new_tokens, noise=noise)
