@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<{width}}  {text}")
         return 0
     from copd_lab.experiment import run_comparison
-    from copd_lab.policy import NonFiniteError
+    from copd_lab.policy import NonFiniteError, WorldLost
     from copd_lab.recipes import build_recipes
 
     try:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"copd-lab: error: {err}", file=sys.stderr)
         return 2
-    except NonFiniteError as err:
+    except (NonFiniteError, WorldLost) as err:
         print(f"copd-lab: error: {err}", file=sys.stderr)
         return 1
     out = comparison.save(args.out)

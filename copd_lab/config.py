@@ -306,6 +306,27 @@ class MetricsConfig:
         require(self.eval_samples <= 1024, "eval_samples", self.eval_samples, "an integer in [1, 1024]")
 
 
+PLACEMENT_ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    """Where the experts run: all in this process, or each in a Ray actor of its own (copd_lab.ray_cluster)."""
+
+    engine: str = "local"  # local: one world in this process | ray: one actor per expert, in a placement group each
+    address: str = ""  # ray: a running cluster to join ("auto", "ray://host:10001", "host:6379"); empty: start a
+    # local one on loopback
+    num_cpus: float = 1.0  # ray: CPUs of each expert's placement group (a local cluster gets enough logical CPUs)
+    num_gpus: float = 0.0  # ray: GPUs of each expert's placement group; fractions pack tiny experts on one GPU
+
+    def __post_init__(self) -> None:
+        require_finite(self)
+        require(self.engine in PLACEMENT_ENGINES, "engine", self.engine, f"one of {PLACEMENT_ENGINES}")
+        require(self.num_cpus > 0, "num_cpus", self.num_cpus, "a number > 0 (fractions allowed)")
+        require(self.num_gpus >= 0, "num_gpus", self.num_gpus, "a number >= 0 (fractions allowed)")
+        require(not self.address or self.engine == "ray", "address", self.address, "empty unless engine = 'ray'")
+
+
 DEFAULT_METHODS = (
     "base", "experts", "mixed", "static_opd:image->text", "static_opd:text->image", "mopd", "copd",
 )
@@ -332,6 +353,7 @@ class ExperimentConfig:
     sim: SimConfig = field(default_factory=SimConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
 
     def __post_init__(self) -> None:
         require_finite(self)
@@ -366,5 +388,8 @@ class ExperimentConfig:
             require(self.metrics.topk < self.sim.vocab_size, "metrics.topk", self.metrics.topk,
                     f"an integer below the simulator's vocabulary of {self.sim.vocab_size} tokens (sim.digits x "
                     f"sim.styles + sim.filler): at k >= the vocabulary every pair's top-k overlap is 1")
+        require(not (self.placement.engine == "ray" and self.world == "vlm" and self.vlm.engine == "vllm"),
+                "placement.engine", self.placement.engine, "'local' with vlm.engine = 'vllm' (one vLLM engine per "
+                "expert's actor is not built yet)")
         require(not self.merge.weights or len(self.merge.weights) == len(self.domains), "merge.weights",
                  self.merge.weights, f"empty (uniform) or one weight per domain ({len(self.domains)})")

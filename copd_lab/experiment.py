@@ -47,7 +47,10 @@ class Comparison:
 
 
 def make_world(cfg: ExperimentConfig) -> World:
-    """The world `cfg.world` names: the simulator (cfg.sim) or LoRA or full experts on a VLM (cfg.vlm)."""
+    """The world `cfg.world` names: the simulator (cfg.sim) or LoRA or full experts on a VLM (cfg.vlm); with
+    placement.engine = "ray", the same world sharded over one Ray actor per expert (copd_lab.ray_cluster)."""
+    if cfg.placement.engine == "ray":
+        return _make_ray_world(cfg)
     if cfg.world == "sim":
         from copd_lab.sim.world import SimWorld
 
@@ -57,6 +60,19 @@ def make_world(cfg: ExperimentConfig) -> World:
     if cfg.world == "vlm":
         return _make_vlm_world(cfg)
     raise NotImplementedError(f"world = {cfg.world!r} is not available yet")
+
+
+def _make_ray_world(cfg: ExperimentConfig) -> World:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("placement.engine = 'ray' is not allowed here: Ray is not installed (pip install -e "
+                          "'.[ray]')")
+    from copd_lab.ray_cluster import ray_sharded_world
+    from copd_lab.sharded import experts_of_slots
+
+    owner = experts_of_slots(build_recipes(cfg))
+    return ray_sharded_world(cfg, list(dict.fromkeys(owner.values())), owner)
 
 
 def _make_vlm_world(cfg: ExperimentConfig) -> World:

@@ -21,6 +21,11 @@ class NonFiniteError(RuntimeError):
     kept. Worlds raise it with what went wrong; the trainer adds where (method, branch, tick, seed)."""
 
 
+class WorldLost(RuntimeError):
+    """A part of a distributed world died (a Ray actor, or the node it ran on); the run stops, its last checkpoint
+    kept. Worlds raise it naming the expert; the trainer adds where."""
+
+
 @dataclass(frozen=True)
 class Request:
     """One batch to sample this tick: rollouts of `slot` on prompts from `domains`."""

@@ -26,7 +26,7 @@ from copd_lab.checkpoint import first_non_finite, save_checkpoint
 from copd_lab.config import ExperimentConfig
 from copd_lab.config_io import to_dict
 from copd_lab.measure import Meter
-from copd_lab.policy import NonFiniteError, Request, World
+from copd_lab.policy import NonFiniteError, Request, World, WorldLost
 from copd_lab.recipes import OPDEdge, Recipe, Stage, is_active
 from copd_lab.rows import SeedRows
 from copd_lab.schedule import Cursor, allocate_slots, slot_of, teacher_slot_of, timeline
@@ -43,6 +43,8 @@ def resume_key(cfg: ExperimentConfig | dict) -> dict:
     data = dict(cfg) if isinstance(cfg, dict) else to_dict(cfg)
     for name in ("seed", "seeds", "checkpoint_every"):
         data.pop(name, None)
+    if "placement" in data:  # where the experts ran may change (another cluster); the state's layout may not
+        data["placement"] = {"engine": data["placement"].get("engine", "local")}
     return data
 
 
@@ -160,6 +162,12 @@ class Trainer:
                 self._bar.close()
             raise NonFiniteError(f"{err}, at tick {tick} (seed {self.seed}): training stopped and {self._kept()}. "
                                  f"{self._advice()}") from None
+        except WorldLost as err:
+            if self._bar is not None:
+                self._bar.close()
+            again = " Run the same command with --resume to continue from it." if self.checkpoint else ""
+            raise WorldLost(f"{err}, at tick {tick} (seed {self.seed}): training stopped and {self._kept()}."
+                            f"{again}") from None
 
     # ------------------------------------------------------------------ checkpoints
 
