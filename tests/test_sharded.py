@@ -1,0 +1,79 @@
+"""The sharded world (copd_lab.sharded) with its shards in this process: the same rows as one world, and what
+crosses between shards (no Ray here; tests/with_ray runs the same world on Ray actors)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from copd_lab.config import ExperimentConfig, MetricsConfig, OPDConfig
+from copd_lab.config_io import to_dict
+from copd_lab.experiment import run_comparison
+from copd_lab.policy import Request
+from copd_lab.recipes import build_recipes
+from copd_lab.shard import from_wire, to_wire, wire_bytes
+from copd_lab.sharded import experts_of_slots, local_sharded_world
+from copd_lab.sim.batch import SimDraws
+
+KEYS = ["run", "method", "seed", "step", "branch", "pair", "metric"]
+METHODS = ("base", "experts", "mixed", "static_opd:image->text", "mopd", "copd", "copd_frozen")
+
+
+def small(**changes) -> ExperimentConfig:
+    cfg = ExperimentConfig(expert_steps=20, distill_steps=6, methods=METHODS, checkpoint_every=0,
+                           metrics=MetricsConfig(gap_every=5, eval_every=10))
+    return dataclasses.replace(cfg, **changes)
+
+
+def sharded(cfg: ExperimentConfig):
+    owner = experts_of_slots(build_recipes(cfg))
+    return local_sharded_world(to_dict(cfg), list(dict.fromkeys(owner.values())), owner)
+
+
+def assert_same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert len(a) == len(b) > 0
+    merged = a.merge(b, on=KEYS, how="outer", suffixes=("_one", "_sharded"), validate="one_to_one")
+    assert merged.value_one.notna().all() and merged.value_sharded.notna().all()
+    assert (merged.value_one == merged.value_sharded).all(), merged[merged.value_one != merged.value_sharded].head()
+
+
+@pytest.mark.parametrize("opd", [OPDConfig(), OPDConfig(estimator="topk")], ids=["sampled", "topk"])
+def test_sharded_sim_gives_the_rows_of_one_world(opd):
+    cfg = small(opd=opd)
+    world = sharded(cfg)
+    assert_same_rows(run_comparison(cfg, progress=False).metrics, run_comparison(cfg, progress=False,
+                                                                                world=world).metrics)
+    # CoPD's students sampled on their shards and were graded on their teachers' shards
+    assert world.traffic["rollouts to teachers"] > 0 and world.traffic["gradients out"] > 0
+
+
+def test_experts_own_their_branches_snapshots_and_merge():
+    cfg = small(methods=("experts", "copd", "copd_frozen", "mopd"))
+    recipes = build_recipes(cfg)
+    owner = experts_of_slots(recipes)
+    from copd_lab.schedule import allocate_slots
+
+    slots = allocate_slots(recipes)
+    assert owner[slots["copd/image"]] == "image" and owner[slots["experts/video"]] == "video"
+    assert owner[slots["copd/merged"]] == "text"  # where the method's first branch lives
+    assert owner[slots["copd_frozen/image#frozen"]] == "image"  # a snapshot lives with the branch it freezes
+    assert owner[slots["mopd/student"]] == "student" and 0 not in owner
+
+
+def test_wire_round_trip_keeps_values_and_counts_bytes():
+    draws = SimDraws(torch.arange(6).view(2, 3), torch.rand(2, 8, 1), 4)
+    obj = {"a": [torch.ones(3, dtype=torch.float64), (torch.tensor([True, False]), 5)], "d": draws,
+           "r": Request(1, (0, 2), teacher=3, beta=0.5, stream="copd")}
+    wire = to_wire(obj)
+    assert isinstance(wire["a"][0], np.ndarray) and isinstance(wire["d"].uniform, np.ndarray)
+    assert wire_bytes(wire) == 3 * 8 + 2 + 6 * 8 + 16 * 4
+    back = from_wire(wire)
+    assert torch.equal(back["a"][0], obj["a"][0]) and torch.equal(back["d"].uniform, draws.uniform)
+    assert back["r"] == obj["r"] and back["a"][1][1] == 5
+    # a request's share of a call's draws is what that request draws alone
+    part = draws.take([1])
+    assert torch.equal(part.content, draws.content[1:]) and torch.equal(part.uniform, draws.uniform[:, 4:])
