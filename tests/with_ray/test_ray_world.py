@@ -139,3 +139,17 @@ def test_killed_actor_stops_the_run_naming_its_expert_and_resume_finishes_it(tmp
     assert done.returncode == 0, done.stderr
     rows = [pd.read_parquet(folder / "metrics.parquet").assign(run="") for folder in (alone, out)]  # run: its --out
     assert_same_rows(*rows)
+
+
+def test_ray_overhead_benchmark_prints_both_tables(ray_cluster):
+    done = subprocess.run([sys.executable, "benchmarks/ray_overhead.py", "--quick", "--sizes", "3", "--no-vlm"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    rows = [line for line in lines if line.startswith("| sim | 3 |")]
+    assert [row.split(" | ")[2] for row in rows] == ["hub", "all_pairs"]
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[3]) > 0 and float(cells[4]) > 0 and float(cells[7]) > 0  # rollouts reached teachers
+    assert any(line.startswith("| empty call, round trip |") for line in lines)
