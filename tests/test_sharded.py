@@ -77,3 +77,32 @@ def test_wire_round_trip_keeps_values_and_counts_bytes():
     # a request's share of a call's draws is what that request draws alone
     part = draws.take([1])
     assert torch.equal(part.content, draws.content[1:]) and torch.equal(part.uniform, draws.uniform[:, 4:])
+
+
+def test_the_example_ray_config_loads_and_placement_refusals_name_the_field():
+    from copd_lab.config import ConfigError
+    from copd_lab.config_io import load_config
+
+    cfg = load_config("configs/ray_cluster.toml")
+    assert cfg.placement.engine == "ray" and cfg.placement.num_cpus == 1.0 and cfg.checkpoint_every == 20
+    for override, message in [("placement.num_cpus=0", "placement.num_cpus = 0.0 is not allowed: a number > 0"),
+                              ("placement.engine='slurm'", "placement.engine = 'slurm' is not allowed: one of"),
+                              ("placement.address='auto'", "placement.address = 'auto' is not allowed: empty unless"),
+                              ("placement.num_gpus=-1", "placement.num_gpus = -1.0 is not allowed")]:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+            load_config(None, [override])
+    with pytest.raises(ConfigError, match="placement.engine = 'ray' is not allowed: 'local' with vlm.engine = 'vllm'"):
+        load_config(None, ["placement.engine='ray'", "world='vlm'", "vlm.engine='vllm'"])
+
+
+def test_ray_engine_without_ray_installed_is_refused_in_one_line(monkeypatch):
+    import importlib.util
+
+    from copd_lab.config import ConfigError, PlacementConfig
+    from copd_lab.experiment import make_world
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"placement.engine = 'ray' is not allowed here: Ray is not installed "
+                                          r"\(pip install -e '.\[ray\]'\)"):
+        make_world(small(placement=PlacementConfig(engine="ray")))
