@@ -87,14 +87,17 @@ def config(world: str, k: int, topology: str, quick: bool, model: str):
 
 
 def run_once(cfg, ray: bool, cpus: float):
-    """(seconds per tick, seconds by phase per tick, bytes by kind per tick) of one run; the world built apart."""
+    """(seconds per tick, seconds by phase per tick, bytes by kind per tick, seconds to build the world) of one
+    run; the world is built apart from the timed run (on Ray: placement groups, actors, a world in each)."""
     from dataclasses import replace
 
     from copd_lab.config import PlacementConfig
 
     if ray:
         cfg = replace(cfg, placement=PlacementConfig(engine="ray", num_cpus=cpus))
+    start = time.perf_counter()
     world = make_world(cfg)
+    built = time.perf_counter() - start
     ticks = max(end for _, end in timeline(build_recipes(cfg)).values())
     _seconds.clear()
     start = time.perf_counter()
@@ -103,7 +106,8 @@ def run_once(cfg, ray: bool, cpus: float):
     traffic = Counter(getattr(world, "traffic", {}))
     if ray:
         world.close()
-    return seconds / ticks, {k: v / ticks for k, v in _seconds.items()}, {k: v / ticks for k, v in traffic.items()}
+    return (seconds / ticks, {k: v / ticks for k, v in _seconds.items()}, {k: v / ticks for k, v in traffic.items()},
+            built)
 
 
 KINDS = [("rollouts to teachers", ["rollouts to teachers"]), ("scores back", ["scores back"]),
@@ -153,19 +157,20 @@ def main() -> None:
     if not args.no_vlm:
         runs += [("vlm", 3, t) for t in ("hub", "all_pairs")]
     connect(PlacementConfig(engine="ray", num_cpus=args.cpus), max(k for _, k, _ in runs))
-    head = ("| world | K | topology | one process s/tick | Ray s/tick | Ray / one | Ray: rollout, teacher scoring, "
-            "update, measurements s/tick | " + " | ".join(f"{name} KB/tick" for name, _ in KINDS) + " |")
+    head = ("| world | K | topology | one process s/tick | Ray s/tick | Ray / one | Ray start s | Ray: rollout, "
+            "teacher scoring, update, measurements s/tick | "
+            + " | ".join(f"{name} KB/tick" for name, _ in KINDS) + " |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for world, k, topology in runs:
         cfg = config(world, k, topology, args.quick, args.model)
-        one, _, _ = run_once(cfg, ray=False, cpus=args.cpus)
-        far, phases, traffic = run_once(cfg, ray=True, cpus=args.cpus)
+        one, _, _, _ = run_once(cfg, ray=False, cpus=args.cpus)
+        far, phases, traffic, start = run_once(cfg, ray=True, cpus=args.cpus)
         split = ", ".join(f"{phases.get(p, 0.0):.3f}" for p in ("rollout", "teacher scoring", "update",
                                                                "measurements"))
         kb = " | ".join(f"{sum(traffic.get(x, 0.0) for x in keys) / 1024:.1f}" for _, keys in KINDS)
-        print(f"| {world} | {k} | {topology} | {one:.4f} | {far:.4f} | {far / one:.1f}x | {split} | {kb} |",
-              flush=True)
+        print(f"| {world} | {k} | {topology} | {one:.4f} | {far:.4f} | {far / one:.1f}x | {start:.1f} | {split} "
+              f"| {kb} |", flush=True)
     print()
     print("| one Ray call (2 CPU cores, loopback) | value |")
     print("|---|---|")

@@ -151,5 +151,5 @@ def test_ray_overhead_benchmark_prints_both_tables(ray_cluster):
     assert [row.split(" | ")[2] for row in rows] == ["hub", "all_pairs"]
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert float(cells[3]) > 0 and float(cells[4]) > 0 and float(cells[7]) > 0  # rollouts reached teachers
+        assert float(cells[3]) > 0 and float(cells[4]) > 0 and float(cells[8]) > 0  # rollouts reached teachers
     assert any(line.startswith("| empty call, round trip |") for line in lines)
