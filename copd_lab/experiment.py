@@ -68,8 +68,8 @@ def _make_ray_world(cfg: ExperimentConfig) -> World:
     if importlib.util.find_spec("ray") is None:
         raise ConfigError("placement.engine = 'ray' is not allowed here: Ray is not installed (pip install -e "
                           "'.[ray]')")
+    from copd_lab.placement import experts_of_slots
     from copd_lab.ray_cluster import ray_sharded_world
-    from copd_lab.sharded import experts_of_slots
 
     owner = experts_of_slots(build_recipes(cfg))
     return ray_sharded_world(cfg, list(dict.fromkeys(owner.values())), owner)

@@ -1,6 +1,6 @@
 """A World (copd_lab.policy) whose slots live in shards, one per expert: the algorithm never learns it.
 
-Every slot has one owner, the shard of its expert (`experts_of_slots`: a method's branch of that name,
+Every slot has one owner, the shard of its expert (copd_lab.placement.experts_of_slots: a method's branch of that name,
 its frozen snapshots, and the merged model of a method whose first branch it is); slot 0, the base,
 is in every shard. A call's requests go to their owners at once and their answers are gathered:
 
@@ -13,7 +13,8 @@ is in every shard. A call's requests go to their owners at once and their answer
   loss to them and send each shard dL/d(log-probs), which it backprops through the graph it kept;
 * copies and merges across experts move the slot's weights (`get_slot` / `set_slot`).
 
-`transport` is how calls reach shards: Ray actors (copd_lab.ray_cluster) or shards in this process.
+`transport` is how calls reach shards: Ray actors (copd_lab.ray_cluster) or shards in this process
+(copd_lab.placement.LocalTransport).
 `traffic` counts the bytes of arrays moved, by kind, for benchmarks/ray_overhead.py.
 """
 
@@ -22,45 +23,13 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from copd_lab.config import MergeConfig
 from copd_lab.policy import Batch, Request
-from copd_lab.recipes import Recipe
-from copd_lab.schedule import allocate_slots
-from copd_lab.shard import Shard, from_wire, local_copy, to_wire, wire_bytes
-
-
-def experts_of_slots(recipes: list[Recipe]) -> dict[int, str]:
-    """Slot -> the expert (a branch name) whose shard owns it; slot 0 (the base) is in every shard."""
-    by_name = {r.name: r for r in recipes}
-    owner = {}
-    for name, slot in allocate_slots(recipes).items():
-        if slot == 0:
-            continue
-        method, _, branch = name.partition("/")
-        branch = branch.removesuffix("#frozen")
-        owner[slot] = by_name[method].branches[0].name if branch == "merged" else branch
-    return owner
-
-
-class LocalTransport:
-    """Shards in this process; each call's arguments and answer are copied as a process boundary would."""
-
-    def __init__(self, shards: dict[str, Shard]):
-        self.shards = shards
-
-    def submit(self, name: str, method: str, *args):
-        return local_copy(getattr(self.shards[name], method)(*local_copy(args)))
-
-    def gather(self, futures: list[tuple[str, object]]) -> list:
-        return [value for _, value in futures]
-
-    def close(self) -> None:
-        self.shards.clear()
+from copd_lab.shard import from_wire, to_wire, wire_bytes
 
 
 @dataclass
@@ -245,7 +214,7 @@ class ShardedWorld:
         answers = self._call(calls, "scores") if calls else []
         outs = []
         for batch, _ in jobs:
-            shape = batch.tokens.shape + ((self._vocab(answers),) if full and answers else ())
+            shape = batch.tokens.shape + ((answers[0].shape[-1],) if full and answers else ())
             outs.append([torch.zeros(shape), []])
         for (j, target, rows, key), answer in zip(places, answers):
             value = from_wire(answer)
@@ -264,10 +233,6 @@ class ShardedWorld:
                 out = out.index_put((index,), value)
             results.append(out)
         return results
-
-    @staticmethod
-    def _vocab(answers: list) -> int:
-        return answers[0].shape[-1]
 
     def token_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         if grad:
@@ -333,10 +298,3 @@ class _Anchor:
 
     def __init__(self, released: list, name: str, batch_id: int):
         weakref.finalize(self, released.append, (name, batch_id))
-
-
-def local_sharded_world(cfg_dict: dict, experts: list[str], owner: dict[int, str],
-                        build: Callable[[str], Shard] | None = None) -> ShardedWorld:
-    """A ShardedWorld of shards in this process (no Ray): the same calls and copies, one process."""
-    shards = {name: (build(name) if build else Shard(name, cfg_dict)) for name in experts}
-    return ShardedWorld(LocalTransport(shards), experts, owner)

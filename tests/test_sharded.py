@@ -13,10 +13,10 @@ import torch
 from copd_lab.config import ExperimentConfig, MetricsConfig, OPDConfig
 from copd_lab.config_io import to_dict
 from copd_lab.experiment import run_comparison
+from copd_lab.placement import experts_of_slots, local_sharded_world
 from copd_lab.policy import Request
 from copd_lab.recipes import build_recipes
 from copd_lab.shard import from_wire, to_wire, wire_bytes
-from copd_lab.sharded import experts_of_slots, local_sharded_world
 from copd_lab.sim.batch import SimDraws
 
 KEYS = ["run", "method", "seed", "step", "branch", "pair", "metric"]
