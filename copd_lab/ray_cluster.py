@@ -7,9 +7,10 @@ from the run's config: on a VLM run, each loads its own model. Calls to all acto
 any answer is awaited, so the experts of a tick work at once. A dead actor (killed, out of memory, its
 node lost) surfaces as WorldLost naming the expert; the trainer adds the tick and the checkpoint kept.
 
-A local cluster binds loopback only: Ray binds the machine's interface and probes cloud metadata
-addresses unless started with the variables of LOOPBACK_ENV and HOME holding a ray_bootstrap_config.yaml
-of `{}` (measured: only 127.0.0.1 and ::1 are then used).
+A local cluster binds loopback only: Ray probes cloud metadata addresses unless started with the variables of
+LOOPBACK_ENV and HOME holding a ray_bootstrap_config.yaml of `{}`, which must be set before Ray is imported (it
+reads them then), and its node address is 127.0.0.1. Every listener is then on 127.0.0.1 (tests/with_ray checks
+it); with the variables set after Ray's import, its servers listened on every interface (measured, `ss -ltnp`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from copd_lab.shard import Shard
 from copd_lab.sharded import ShardedWorld
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+LOOPBACK = "127.0.0.1"  # the node address of a local cluster: every Ray server listens there only
 READY_TIMEOUT_S = 300  # placement groups and actors (a VLM actor loads its model) must be up by then
 
 
@@ -46,6 +48,8 @@ def loopback_env() -> None:
 def connect(placement: PlacementConfig, n_experts: int) -> None:
     """Join placement.address, or start a local loopback cluster with a logical CPU per expert's share (Ray's
     CPUs are scheduling units; the experts share the cores there are). A process already connected stays so."""
+    if not placement.address:
+        loopback_env()  # before Ray is imported: it reads its settings then
     import ray
 
     if ray.is_initialized():
@@ -53,9 +57,9 @@ def connect(placement: PlacementConfig, n_experts: int) -> None:
     if placement.address:
         ray.init(address=placement.address, logging_level="WARNING", log_to_driver=False)
         return
-    loopback_env()
     cpus = max(os.cpu_count() or 1, math.ceil(placement.num_cpus * n_experts))
-    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             _node_ip_address=LOOPBACK)
 
 
 class RayTransport:

@@ -10,13 +10,14 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    import ray
-
-    from copd_lab.ray_cluster import loopback_env
+    from copd_lab.ray_cluster import LOOPBACK, loopback_env
 
     saved = dict(os.environ)
-    loopback_env()
-    ray.init(num_cpus=16, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    loopback_env()  # before Ray is imported: it reads its settings then
+    import ray
+
+    ray.init(num_cpus=16, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             _node_ip_address=LOOPBACK)
     os.environ.clear()
     os.environ.update(saved)
     yield ray

@@ -104,6 +104,39 @@ def _shard_actors(pid: int) -> list[int]:
     return found
 
 
+def _listening(pids: list[int]) -> list[str]:
+    """The local addresses (hex, as /proc/net/tcp writes them) of the TCP sockets these processes listen on."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            pass
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            cells = line.split()
+            if cells[3] == "0A" and cells[9] in inodes:  # 0A: LISTEN
+                found.append(cells[1].split(":")[0])
+    return found
+
+
+LOOPBACK_HEX = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+def test_a_local_cluster_listens_on_loopback_only(ray_cluster):
+    world = make_world(on_ray(small(methods=("experts",))))
+    try:
+        addresses = _listening([os.getpid(), *_descendants(os.getpid())])
+        assert len(addresses) >= 5  # the GCS, the raylet, the driver and the actors all serve
+        assert set(addresses) <= LOOPBACK_HEX, addresses
+    finally:
+        world.close()
+
+
 def test_killed_actor_stops_the_run_naming_its_expert_and_resume_finishes_it(tmp_path):
     settings = ["placement.engine='ray'", "placement.num_cpus=0.5", "methods=['experts','copd']",
                 "expert_steps=120", "checkpoint_every=10", "metrics.gap_every=10", "metrics.eval_every=40"]
