@@ -17,7 +17,7 @@ from copd_lab.placement import experts_of_slots, local_sharded_world
 from copd_lab.policy import Request
 from copd_lab.recipes import build_recipes
 from copd_lab.shard import from_wire, to_wire, wire_bytes
-from copd_lab.sim.batch import SimDraws
+from copd_lab.sim.draws import SimDraws
 
 KEYS = ["run", "method", "seed", "step", "branch", "pair", "metric"]
 METHODS = ("base", "experts", "mixed", "static_opd:image->text", "mopd", "copd", "copd_frozen")

@@ -25,25 +25,6 @@ class SimPayload:
 
 
 @dataclass(frozen=True)
-class SimDraws:
-    """The random draws of one sample call (SimWorld.draw): prompts [R, P] (None: every eval prompt, in order) and
-    uniforms [T, R * N, 1] (None: greedy), N rollouts per request."""
-
-    content: torch.Tensor | None
-    uniform: torch.Tensor | None
-    n: int
-
-    def take(self, rows: list[int]) -> SimDraws:
-        """The draws of these request rows, as a call of those requests alone would use them."""
-        index = torch.tensor(rows, dtype=torch.long)
-        uniform = None
-        if self.uniform is not None:
-            cols = (index[:, None] * self.n + torch.arange(self.n)).view(-1)
-            uniform = self.uniform.index_select(1, cols)
-        return SimDraws(None if self.content is None else self.content[index], uniform, self.n)
-
-
-@dataclass(frozen=True)
 class Scored:
     """Full log-probs [R, N, T, V] of a batch under its samplers' slots, with their graph to `weights`.
 

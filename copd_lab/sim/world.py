@@ -14,8 +14,6 @@ over fewer flops, with the float ops of the plain computation, so that none of t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from copd_lab.config import MergeConfig, SimConfig
@@ -23,7 +21,8 @@ from copd_lab.merge import merge_state_dicts
 from copd_lab.policy import Batch, NonFiniteError, Request
 from copd_lab.sim import net
 from copd_lab.sim.base import base_weights
-from copd_lab.sim.batch import Layout, Scored, SimDraws, SimPayload, SlotWeights
+from copd_lab.sim.batch import Layout, Scored, SimPayload, SlotWeights
+from copd_lab.sim.draws import CallDraws, SimDraws
 from copd_lab.sim.tasks import SimTasks
 from copd_lab.streams import Streams
 
@@ -45,7 +44,7 @@ class SimWorld:
         self.base = base_weights(cfg, len(domains))
         self._layouts: dict[tuple, Layout] = {}
         self._first: dict[tuple, tuple[torch.Tensor, ...]] = {}  # see _first_rows, _rollout_rows
-        self._plans: dict[tuple, tuple[list[tuple[str, int]], torch.Tensor | None]] = {}
+        self._draws = CallDraws(cfg)
         self._cache: SlotWeights | None = None
         self._graded: SlotWeights | None = None  # the weights the last gradient caller got (see step)
 
@@ -200,16 +199,8 @@ class SimWorld:
 
     def draw(self, requests: list[Request], prompts: int, group: int, greedy: bool = False,
              every_prompt: bool = False) -> SimDraws:
-        """The random draws of a sample call, from the requests' streams: its prompts (unless every eval prompt is
-        visited) and one uniform per token (unless greedy). A sharded world draws here and hands each shard its rows."""
-        n = (self.cfg.eval_prompts if every_prompt and not 0 < prompts < self.cfg.eval_prompts else prompts) * group
-        if every_prompt:
-            n *= len(requests[0].domains)
-        content = None if every_prompt else self._per_stream(requests, 1, 0, lambda gen, rows: torch.randint(
-            self.cfg.train_prompts, (rows, prompts), generator=gen))
-        uniform = None if greedy else self._per_stream(requests, n, 1, lambda gen, rows: torch.rand(
-            (self.cfg.answer_len, rows, 1), generator=gen))
-        return SimDraws(content, uniform, n)
+        """The random draws of a sample call from the requests' streams (copd_lab.sim.draws)."""
+        return self._draws.draw(self.streams, requests, prompts, group, greedy, every_prompt)
 
     def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
                greedy: bool = False, every_prompt: bool = False, draws: SimDraws | None = None) -> Batch:
@@ -261,31 +252,6 @@ class SimWorld:
             reward, correct = self.tasks.score_prompts(prompt.repeat_interleave(group, 1), tokens)
         return Batch(list(requests), domain, tokens, layout.mask, reward, correct, logps,
                      SimPayload(content, prompt, prev, group, temperature, scored))
-
-    def _per_stream(self, requests: list[Request], per_request: int, dim: int,
-                    draw: Callable[[torch.Generator, int], torch.Tensor]) -> torch.Tensor:
-        """Random draws of a call, `per_request` rows each along `dim`, in request order: draw(generator, rows)
-        makes the rows of each stream's requests from that stream (see copd_lab.streams), so a method's
-        rollouts do not depend on the other methods' requests beside it."""
-        counts, order = self._stream_plan(tuple(r.stream for r in requests), per_request)
-        parts = [draw(self.streams(name), count * per_request) for name, count in counts]
-        drawn = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
-        return drawn if order is None else drawn.index_select(dim, order)
-
-    def _stream_plan(self, streams: tuple[str, ...], per_request: int) -> tuple[list[tuple[str, int]],
-                                                                                   torch.Tensor | None]:
-        """(stream, its request count) in order of first use, and where each request's rows are in the
-        draws grouped by stream (None: already in request order, as when a method's requests are adjacent)."""
-        key = (streams, per_request)
-        if key not in self._plans:
-            names = list(dict.fromkeys(streams))
-            grouped = [i for name in names for i, s in enumerate(streams) if s == name]
-            order = None
-            if grouped != sorted(grouped):
-                position = torch.tensor(grouped).argsort()  # request i's place among the grouped draws
-                order = (position[:, None] * per_request + torch.arange(per_request)).view(-1)
-            self._plans[key] = [(name, streams.count(name)) for name in names], order
-        return self._plans[key]
 
     def _first_rows(self, weights: SlotWeights, slots: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each request's slot: its row [R] in the weights' blocks, and [R, 1] its first row in their flat table of U

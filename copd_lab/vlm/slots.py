@@ -155,17 +155,18 @@ class LoraSlots(Slots):
             self._ensure_adapter(dst, self.lora.r, self.lora.alpha)
             values = [v for a in self.init_a for v in (a, None)]
         else:
-            config = self.peft.peft_config[f"slot{src}"]
-            self._ensure_adapter(dst, config.r, config.lora_alpha)
-            values = [p.detach() for p in self.params(src)]
+            self.set_slot(dst, self.get_slot(src, copy=False))
+            return
         with torch.no_grad():
             for target, value in zip(self.params(dst), values):
                 target.copy_(value) if value is not None else target.zero_()
         self._new_optimizer(dst)
 
-    def get_slot(self, slot: int) -> dict:
+    def get_slot(self, slot: int, copy: bool = True) -> dict:
+        """Slot's rank and adapter tensors (copies on the CPU, or with copy=False the live tensors, detached)."""
         config = self.peft.peft_config[f"slot{slot}"]
-        return {"rank": (config.r, config.lora_alpha), "tensors": [p.detach().cpu().clone() for p in self.params(slot)]}
+        tensors = [p.detach().cpu().clone() if copy else p.detach() for p in self.params(slot)]
+        return {"rank": (config.r, config.lora_alpha), "tensors": tensors}
 
     def set_slot(self, slot: int, weights: dict) -> None:
         self._ensure_adapter(slot, *weights["rank"])
