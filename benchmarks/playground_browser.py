@@ -1,6 +1,6 @@
 """Drive the playground in a real browser: a marimo server on loopback and headless Debian Chromium (Selenium).
 
-Used by tests/test_browser.py and benchmarks/playground_latency.py. marimo's UI elements live in shadow
+Used by tests/playground/test_browser.py and benchmarks/playground_latency.py. marimo's UI elements live in shadow
 roots, so every query here walks them (DEEP_QUERY). The server and its files (marimo's ~/.config and
 ~/.cache) live in a temporary folder and the server is stopped by its PID.
 """

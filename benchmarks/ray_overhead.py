@@ -25,11 +25,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 
+from copd_lab.algorithm.recipes import build_recipes
+from copd_lab.algorithm.schedule import timeline
 from copd_lab.config_io import load_config
-from copd_lab.experiment import make_world, run_comparison
-from copd_lab.measure import Meter
-from copd_lab.recipes import build_recipes
-from copd_lab.schedule import timeline
+from copd_lab.experiment import run_comparison
+from copd_lab.local_world import make_world
+from copd_lab.records.measure import Meter
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = {"sample": "rollout", "pair_logprobs": "teacher scoring", "token_logprobs": "update", "step": "update",
@@ -151,7 +152,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "tiny_models" / "qwen2vl-tiny"))
     args = parser.parse_args()
     from copd_lab.config import PlacementConfig
-    from copd_lab.ray_cluster import connect
+    from copd_lab.distributed.ray_cluster import connect
 
     runs = [("sim", int(k), t) for k in args.sizes.split(",") for t in ("hub", "all_pairs")]
     if not args.no_vlm:

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from copd_lab.config_io import load_config
-from copd_lab.policy import Request
-from copd_lab.sim import mechanisms as mech
 from copd_lab.sim.world import SimWorld
+from copd_lab.studies import mechanisms as mech
+from copd_lab.world import Request
 
 
 def spread(values: list[float], digits: int = 3) -> str:

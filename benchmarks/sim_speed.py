@@ -17,10 +17,10 @@ import argparse
 import statistics
 import time
 
+from copd_lab.algorithm.recipes import build_recipe
 from copd_lab.config_io import load_config
 from copd_lab.experiment import run_comparison
-from copd_lab.measure import Meter
-from copd_lab.recipes import build_recipe
+from copd_lab.records.measure import Meter
 
 _gap_seconds = [0.0]
 _measure_groups = Meter.measure_groups

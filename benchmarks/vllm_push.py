@@ -21,9 +21,9 @@ import time
 import torch
 
 from copd_lab.config_io import load_config
-from copd_lab.experiment import make_world
-from copd_lab.policy import Request
+from copd_lab.local_world import make_world
 from copd_lab.vlm.vllm_engine import InPlacePush
+from copd_lab.world import Request
 
 
 def timed_round(world, requests, g) -> float:

@@ -31,10 +31,11 @@ import time
 import torch
 
 from copd_lab.config_io import RUN_DEFAULTS, load_config
-from copd_lab.experiment import make_world, run_comparison
-from copd_lab.policy import Request
+from copd_lab.experiment import run_comparison
+from copd_lab.local_world import make_world
 from copd_lab.vlm.engine import CachedEngine, HFGenerateEngine
 from copd_lab.vlm.prompts import VLMPayload
+from copd_lab.world import Request
 
 # about 0.5B parameters in Qwen2-VL's layout: a Qwen2-0.5B-like decoder and a 12-block vision tower
 HALF_B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,

@@ -51,16 +51,16 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
+from copd_lab.algorithm.recipes import build_recipe
+from copd_lab.algorithm.trainer import Trainer
 from copd_lab.config import CoPDConfig, ExperimentConfig, VLMConfig
 from copd_lab.config import GRPOConfig as CopdGRPOConfig
-from copd_lab.experiment import make_world
-from copd_lab.policy import Request
-from copd_lab.recipes import build_recipe
+from copd_lab.local_world import make_world
 from copd_lab.tasks import TaskSuite
-from copd_lab.trainer import Trainer
 from copd_lab.vlm.adapters import LoraSettings
 from copd_lab.vlm.model_io import load_vlm
 from copd_lab.vlm.processing import placeholder_token_ids
+from copd_lab.world import Request
 
 LR = 1e-3  # AdamW, both sides (copd_lab's vlm.lr default for tiny models)
 LORA = LoraSettings(r=8, alpha=16.0)  # rank 8, alpha 16, dropout 0, text decoder linears only (TEXT_DECODER)

@@ -8,9 +8,9 @@ import sys
 import time
 from dataclasses import replace
 
+from copd_lab.algorithm.recipes import METHODS
 from copd_lab.config import ConfigError
 from copd_lab.config_io import RUN_DEFAULTS, load_config
-from copd_lab.recipes import METHODS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, text in METHODS.items():
             print(f"{name:<{width}}  {text}")
         return 0
+    from copd_lab.algorithm.recipes import build_recipes
     from copd_lab.experiment import run_comparison
-    from copd_lab.policy import NonFiniteError, WorldLost
-    from copd_lab.recipes import build_recipes
+    from copd_lab.world import NonFiniteError, WorldLost
 
     try:
         overrides = list(args.set) + ([f"seeds={args.seeds}"] if args.seeds is not None else [])

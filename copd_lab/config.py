@@ -311,7 +311,7 @@ PLACEMENT_ENGINES = ("local", "ray")
 
 @dataclass(frozen=True)
 class PlacementConfig:
-    """Where the experts run: all in this process, or each in a Ray actor of its own (copd_lab.ray_cluster)."""
+    """Where the experts run: all in this process, or each in a Ray actor of its own (copd_lab.distributed.ray_cluster)."""
 
     engine: str = "local"  # local: one world in this process | ray: one actor per expert, in a placement group each
     address: str = ""  # ray: a running cluster to join ("auto", "ray://host:10001", "host:6379"); empty: start a

@@ -8,19 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from copd_lab.checkpoint import checkpoint_path, load_checkpoint
+from copd_lab.algorithm.recipes import Recipe, build_recipes
+from copd_lab.algorithm.schedule import allocate_slots
+from copd_lab.algorithm.side_by_side import SlotView, run_side_by_side
+from copd_lab.algorithm.trainer import STATE_FORMAT, Trainer, resume_key
 from copd_lab.config import ConfigError, ExperimentConfig
 from copd_lab.config_io import dump_toml
-from copd_lab.lockstep import SlotView, run_side_by_side
-from copd_lab.policy import World
-from copd_lab.preflight import check_run, clear_run, model_folder
-from copd_lab.recipes import Recipe, build_recipes
+from copd_lab.local_world import make_world
+from copd_lab.preflight import check_run, clear_run
+from copd_lab.records.checkpoint import checkpoint_path, load_checkpoint
+from copd_lab.records.rows import ROW_COLUMNS, unpack_rows
 from copd_lab.results import format_table, results_table
-from copd_lab.rows import ROW_COLUMNS, unpack_rows
-from copd_lab.schedule import allocate_slots
-from copd_lab.trainer import STATE_FORMAT, Trainer, resume_key
+from copd_lab.world import World
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Comparison:
     metrics: pd.DataFrame  # tidy rows: run, method, seed, step, branch, pair, metric, value
     results: pd.DataFrame  # one row per reported model (see results.results_table)
     final: tuple[World, dict[str, int]] | None = None  # the last seed run here: its world (or its view of the
-    # shared one) and slots ("<recipe>/<branch>" -> slot), holding the final weights (copd_lab.inspector reads them)
+    # shared one) and slots ("<recipe>/<branch>" -> slot), holding the final weights (copd_lab.studies.inspector reads them)
 
     def table(self) -> str:
         return format_table(self.results, self.config.domains, self.config.seeds)
@@ -44,70 +44,6 @@ class Comparison:
         (out / "results.md").write_text(self.table())
         (out / "config.toml").write_text(dump_toml(self.config))
         return out
-
-
-def make_world(cfg: ExperimentConfig) -> World:
-    """The world `cfg.world` names: the simulator (cfg.sim) or LoRA or full experts on a VLM (cfg.vlm); with
-    placement.engine = "ray", the same world sharded over one Ray actor per expert (copd_lab.ray_cluster)."""
-    if cfg.placement.engine == "ray":
-        return _make_ray_world(cfg)
-    if cfg.world == "sim":
-        from copd_lab.sim.world import SimWorld
-
-        # the simulator's tensors are tiny: one thread avoids thread start-up and oversubscription
-        torch.set_num_threads(1)
-        return SimWorld(cfg.sim, cfg.domains, cfg.grpo.lr)
-    if cfg.world == "vlm":
-        return _make_vlm_world(cfg)
-    raise NotImplementedError(f"world = {cfg.world!r} is not available yet")
-
-
-def _make_ray_world(cfg: ExperimentConfig) -> World:
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        raise ConfigError("placement.engine = 'ray' is not allowed here: Ray is not installed (pip install -e "
-                          "'.[ray]')")
-    from copd_lab.placement import experts_of_slots
-    from copd_lab.ray_cluster import ray_sharded_world
-
-    owner = experts_of_slots(build_recipes(cfg))
-    return ray_sharded_world(cfg, list(dict.fromkeys(owner.values())), owner)
-
-
-def _make_vlm_world(cfg: ExperimentConfig) -> World:
-    from copd_lab.tasks import build_suites
-    from copd_lab.vlm.adapters import LoraSettings
-    from copd_lab.vlm.families import UnsupportedFamily
-    from copd_lab.vlm.model_io import load_vlm
-    from copd_lab.vlm.world import VLMWorld
-
-    v = cfg.vlm
-    dtype = None if v.dtype == "auto" else getattr(torch, v.dtype)
-    if dtype is None and v.device != "cpu":
-        dtype = torch.bfloat16  # load straight into the dtype the world runs the base in
-    try:
-        suites = build_suites(cfg.domains, v.n_train, v.n_eval, v.task_seed, v.difficulty)
-    except (ValueError, TypeError) as err:  # a user's suite builder refused these settings
-        raise ConfigError(f"domains = {list(cfg.domains)} with vlm.difficulty = {v.difficulty} is not allowed: "
-                          f"{err}") from None
-    try:
-        model, processor = load_vlm(model_folder(v.model) or v.model, v.device, dtype,
-                                    trust_remote_code=v.trust_remote_code)
-    except Exception as err:  # preflight checked the folder; whatever transformers still refuses is named here
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ConfigError(f"vlm.model = {v.model!r} is not allowed: transformers could not load it "
-                          f"({type(err).__name__}: {first[:300]})") from None
-    try:
-        return VLMWorld(model, processor, suites, LoraSettings(v.lora_r, v.lora_alpha),
-                        max_new_tokens=v.max_new_tokens, device=v.device, lr=v.lr, eval_prompts=v.n_eval,
-                        experts=v.experts, engine=v.engine)
-    except UnsupportedFamily as err:
-        raise ConfigError(f"vlm.model = {v.model!r} with domains = {list(cfg.domains)} is not allowed: {err}") from None
-    except ValueError as err:  # the vLLM engine refused the model (vllm_engine.check_cpu_head_dim)
-        if v.engine == "vllm":
-            raise ConfigError(f"vlm.{err}") from None
-        raise
 
 
 def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool | Callable = True,
@@ -172,7 +108,7 @@ def cached_comparison(cfg: ExperimentConfig) -> Comparison:
 
 def _side_by_side(cfg: ExperimentConfig, world: World, recipes: list[Recipe], seeds: list[int], paths: dict,
                   states: dict, run: str, progress: bool | Callable) -> tuple[dict[int, list[dict]], tuple]:
-    """The seeds' rows from one run of all of them side by side in `world` (copd_lab.lockstep): each seed draws
+    """The seeds' rows from one run of all of them side by side in `world` (copd_lab.algorithm.side_by_side): each seed draws
     and writes what it would alone, for about the time of one seed. Also the last seed's view and slots."""
     n_slots = len(allocate_slots(recipes))
     trainers = [Trainer(cfg, SlotView(world, i, len(seeds), n_slots, seed), recipes, seed=seed, run=run,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from copd_lab.recipes import Recipe
+from copd_lab.algorithm.recipes import Recipe
 
 
 def budgets(metrics: pd.DataFrame, recipes: list[Recipe]) -> dict[str, dict[str, float]]:

@@ -13,10 +13,13 @@ def _():
 
 @app.cell
 def _():
-    from copd_lab import findings, inspector, playground, playground_ui, viz
     from copd_lab.config import ConfigError
+    from copd_lab.playground import knobs as playground
+    from copd_lab.playground import marimo_ui as playground_ui
+    from copd_lab.playground import viz
+    from copd_lab.studies import inspector, paper_checks
 
-    return ConfigError, findings, inspector, playground, playground_ui, viz
+    return ConfigError, inspector, paper_checks, playground, playground_ui, viz
 
 
 @app.cell(hide_code=True)
@@ -126,8 +129,8 @@ def _(cfg, mo, playground, playground_ui, problem, real_run):
 
 
 @app.cell
-def _(findings, mo, result):
-    mo.md("## Does this run agree with the paper?\n\n" + findings.checks_markdown(findings.paper_checks(result)))
+def _(mo, paper_checks, result):
+    mo.md("## Does this run agree with the paper?\n\n" + paper_checks.checks_markdown(paper_checks.paper_checks(result)))
     return
 
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from copd_lab.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from copd_lab.algorithm.trainer import Trainer
 from copd_lab.cli import main
-from copd_lab.trainer import Trainer
+from copd_lab.records.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 
 TINY = ["--set", "methods=['base','experts','copd']", "--set", "expert_steps=4", "--set", "copd.cycles=1",
         "--set", "copd.rl_steps=2", "--set", "copd.opd_steps=2", "--set", "metrics.gap_every=100"]

@@ -1,6 +1,6 @@
 """The random draws of a simulator sample call, from its requests' streams (copd_lab.streams).
 
-Drawn apart from the sampling itself, so that a sharded world (copd_lab.sharded) draws a call once and hands each
+Drawn apart from the sampling itself, so that a sharded world (copd_lab.distributed.sharded) draws a call once and hands each
 shard its requests' share (`SimDraws.take`): a request then samples what it samples in one world. A stream's rows
 are drawn in one call per stream, in order of the stream's first request, and put back in request order.
 """
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from copd_lab.config import SimConfig
-from copd_lab.policy import Request
 from copd_lab.streams import Streams
+from copd_lab.world import Request
 
 
 @dataclass(frozen=True)

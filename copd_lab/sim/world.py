@@ -17,20 +17,20 @@ from __future__ import annotations
 import torch
 
 from copd_lab.config import MergeConfig, SimConfig
-from copd_lab.merge import merge_state_dicts
-from copd_lab.policy import Batch, NonFiniteError, Request
+from copd_lab.math.merge import merge_state_dicts
 from copd_lab.sim import net
 from copd_lab.sim.base import base_weights
 from copd_lab.sim.batch import Layout, Scored, SimPayload, SlotWeights
 from copd_lab.sim.draws import CallDraws, SimDraws
 from copd_lab.sim.tasks import SimTasks
 from copd_lab.streams import Streams
+from copd_lab.world import Batch, NonFiniteError, Request
 
 
 class SimWorld:
-    """A World (see copd_lab.policy) of toy policies on SimTasks, all starting from the warm-started base."""
+    """A World (see copd_lab.world) of toy policies on SimTasks, all starting from the warm-started base."""
 
-    runs_seeds_side_by_side = True  # experiment.run_comparison runs its seeds in one world (copd_lab.lockstep)
+    runs_seeds_side_by_side = True  # experiment.run_comparison runs its seeds in one world (copd_lab.algorithm.side_by_side)
 
     def __init__(self, cfg: SimConfig, domains: tuple[str, ...], lr: float):
         self.cfg, self.domains, self.lr = cfg, tuple(domains), lr
@@ -114,7 +114,7 @@ class SimWorld:
         return grad[[graded.slots[s] for s in slots]]
 
     def get_slot(self, slot: int) -> torch.Tensor:
-        """A slot's weights (its flat row), to copy into another world (a shard of copd_lab.sharded)."""
+        """A slot's weights (its flat row), to copy into another world (a shard of copd_lab.distributed.sharded)."""
         return self.flat[slot].detach().clone()
 
     def set_slot(self, slot: int, weights: torch.Tensor) -> None:
@@ -136,7 +136,7 @@ class SimWorld:
 
     def state_dict(self, rows: slice | None = None, seed: int | None = None) -> dict:
         """The world's state; or, given rows and a seed, that of the slots `rows` and of the seed's streams (one
-        seed of several run side by side, see copd_lab.lockstep), as a world of those slots alone would hold it."""
+        seed of several run side by side, see copd_lab.algorithm.side_by_side), as a world of those slots alone would hold it."""
         rows = slice(None) if rows is None else rows
         return {"flat": self.flat[rows].clone(), "m": self.m[rows].clone(), "v": self.v[rows].clone(),
                 "t": self.t[rows].clone(), "streams": self.streams.state_dict(seed)}

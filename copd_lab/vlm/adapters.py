@@ -11,8 +11,8 @@ so its features can be computed once per prompt for all experts). Merging goes t
   full deltas ΔW_k, then factors the result back by SVD at rank Σ ranks. DARE stays exact up to the
   random drop (a sum of K rank-r deltas has rank <= K r); TIES trims and sign-elects entry-wise, so
   its result is generally full rank and the SVD keeps its best rank-Σr approximation. peft's TIES
-  divides the agreeing sum by the count, not the weight sum (copd_lab.merge): we pass
-  scale * K w_k / Σw, which agrees with copd_lab.merge for uniform weights.
+  divides the agreeing sum by the count, not the weight sum (copd_lab.math.merge): we pass
+  scale * K w_k / Σw, which agrees with copd_lab.math.merge for uniform weights.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ so vision features are computed once per prompt for every slot.
 
 * `LoraSlots`: peft LoRA adapters on one model (memory: about one model); merged through peft.
 * `FullSlots`: full float32 copies of the language model and LM head (memory: K models, plus AdamW's
-  two moments each); merged with copd_lab.merge.merge_state_dicts, as the paper's "simple parameter
+  two moments each); merged with copd_lab.math.merge.merge_state_dicts, as the paper's "simple parameter
   merging" of full models reads.
 """
 
@@ -18,7 +18,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from copd_lab.config import MergeConfig
-from copd_lab.merge import merge_state_dicts
+from copd_lab.math.merge import merge_state_dicts
 from copd_lab.vlm.adapters import LoraSettings, peft_merge_args
 from copd_lab.vlm.decoding import BASE_ADAPTER
 from copd_lab.vlm.families import Family

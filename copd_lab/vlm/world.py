@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from copd_lab.config import VLM_EXPERTS, MergeConfig
-from copd_lab.policy import Batch, Request
 from copd_lab.streams import Streams
 from copd_lab.tasks import TaskSuite, is_correct
 from copd_lab.vlm.adapters import LoraSettings
@@ -27,10 +26,11 @@ from copd_lab.vlm.families import family_of
 from copd_lab.vlm.processing import completion_mask, placeholder_token_ids, prepare_batch
 from copd_lab.vlm.prompts import PromptSet, VLMPayload
 from copd_lab.vlm.slots import FullSlots, LoraSlots, adapter_name
+from copd_lab.world import Batch, Request
 
 
 class VLMWorld:
-    """A World (see copd_lab.policy) of LoRA or full-weight experts on one HF VLM (a family in
+    """A World (see copd_lab.world) of LoRA or full-weight experts on one HF VLM (a family in
     copd_lab.vlm.families) and task suites."""
 
     def __init__(self, model, processor, suites: dict[str, TaskSuite], lora: LoraSettings | None = None,

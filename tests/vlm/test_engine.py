@@ -11,13 +11,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from copd_lab.policy import Request
 from copd_lab.streams import Streams
 from copd_lab.tasks import build_suites
 from copd_lab.vlm.adapters import LoraSettings
 from copd_lab.vlm.engine import CachedEngine, HFGenerateEngine, gumbel_sample
 from copd_lab.vlm.model_io import load_vlm
 from copd_lab.vlm.world import VLMWorld
+from copd_lab.world import Request
 from tests.vlm.test_world import make_world, perturb
 
 SHIPPED = Path(__file__).resolve().parents[2] / "tiny_models" / "qwen2vl-tiny"

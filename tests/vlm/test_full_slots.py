@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from copd_lab.checkpoint import checkpoint_path, load_checkpoint
 from copd_lab.cli import main
 from copd_lab.config import MergeConfig
-from copd_lab.merge import merge_state_dicts
-from copd_lab.policy import Request
+from copd_lab.math.merge import merge_state_dicts
+from copd_lab.records.checkpoint import checkpoint_path, load_checkpoint
 from copd_lab.tasks import build_suites
 from copd_lab.vlm.engine import HFGenerateEngine
 from copd_lab.vlm.processing import extend_for_completion, prepare_batch
 from copd_lab.vlm.world import VLMWorld
+from copd_lab.world import Request
 from tests.vlm.test_engine import _shared_prompts_score_like_separate_calls
 from tests.vlm.test_run import run_args
 from tests.vlm.test_world import DOMAINS, REQUESTS, SIZES

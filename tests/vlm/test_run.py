@@ -11,9 +11,9 @@ import time
 import pandas as pd
 import pytest
 
-from copd_lab.checkpoint import checkpoint_path, load_checkpoint
+from copd_lab.algorithm.trainer import Trainer
 from copd_lab.cli import main
-from copd_lab.trainer import Trainer
+from copd_lab.records.checkpoint import checkpoint_path, load_checkpoint
 from tiny_models.build import build_tiny_qwen2vl
 
 SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,

@@ -20,13 +20,13 @@ from transformers import (
 
 from copd_lab.cli import main
 from copd_lab.config import MergeConfig
-from copd_lab.policy import Request
 from copd_lab.tasks import build_suites
 from copd_lab.vlm.adapters import LoraSettings
 from copd_lab.vlm.families import UnsupportedFamily, family_of
 from copd_lab.vlm.model_io import load_vlm
 from copd_lab.vlm.processing import extend_for_completion, prepare_batch
 from copd_lab.vlm.world import VLMWorld
+from copd_lab.world import Request
 from tests.vlm.test_run import run_args
 from tests.vlm.test_world import explicit_delta, perturb
 from tiny_models.build import build_tiny, build_tiny_llava

@@ -11,13 +11,13 @@ import time
 import pytest
 import torch
 
+from copd_lab.algorithm.recipes import build_recipes
+from copd_lab.algorithm.trainer import Trainer
 from copd_lab.config import CoPDConfig, ExperimentConfig, GRPOConfig, MergeConfig, MetricsConfig
-from copd_lab.policy import Request
-from copd_lab.recipes import build_recipes
 from copd_lab.tasks import build_suites, is_correct
-from copd_lab.trainer import Trainer
 from copd_lab.vlm.adapters import LoraSettings
 from copd_lab.vlm.world import VLMWorld
+from copd_lab.world import Request
 from tiny_models.build import build_tiny
 
 SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,

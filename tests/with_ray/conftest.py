@@ -1,4 +1,4 @@
-"""One local Ray cluster for the whole session, on loopback (copd_lab.ray_cluster.loopback_env), with logical CPUs
+"""One local Ray cluster for the whole session, on loopback (copd_lab.distributed.ray_cluster.loopback_env), with logical CPUs
 for every expert of a test; the test process's own HOME is given back once Ray has started."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    from copd_lab.ray_cluster import LOOPBACK, loopback_env
+    from copd_lab.distributed.ray_cluster import LOOPBACK, loopback_env
 
     saved = dict(os.environ)
     loopback_env()  # before Ray is imported: it reads its settings then

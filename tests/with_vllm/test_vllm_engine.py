@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from copd_lab.config import MergeConfig
-from copd_lab.policy import Request
 from copd_lab.streams import Streams
 from copd_lab.tasks import build_suites
 from copd_lab.vlm.adapters import LoraSettings
@@ -24,6 +23,7 @@ from copd_lab.vlm.processing import prepare_batch
 from copd_lab.vlm.prompts import PromptSet
 from copd_lab.vlm.vllm_engine import InPlacePush, vllm_rank
 from copd_lab.vlm.world import VLMWorld
+from copd_lab.world import Request
 from tests.vlm.test_world import SIZES, perturb
 from tiny_models.build import build_tiny_qwen2vl
 

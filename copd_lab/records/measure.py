@@ -1,0 +1,162 @@
+"""Measurements taken during a run: per-domain accuracy, behavioural gap between branches, conflict.
+
+Every measurement is a batch of world requests plus the pure functions of `metrics`, logged as tidy
+rows (run, method, seed, step, branch, pair, metric, value). Per-domain metrics are named
+``<metric>/<domain>``; directional pair metrics use ``student<-teacher`` in the pair column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from copd_lab.config import ExperimentConfig
+from copd_lab.math import losses, metrics
+from copd_lab.math.losses import TopK
+from copd_lab.world import NonFiniteError, Request, World
+
+Log = Callable[[str, int, str, str, str, float], None]  # method, step, branch, pair, metric, value
+QUICK_METRICS = ("overlap", "symmetric_kl", "sampled_reverse_kl", "top1_overlap", "student_overlap_mass",
+                 "teacher_overlap_mass")  # every gap_every ticks (overlap is top-k, k = metrics.topk)
+GAP_METRICS = QUICK_METRICS + ("entropy_gap", "overlap_token_advantage")  # also at every eval
+
+
+def measure_stream(method: str) -> str:
+    """The random stream of a method's measurements: apart from its training stream, so that how often a
+    method is measured does not change how it trains (see copd_lab.streams)."""
+    return f"{method}/measure"
+
+
+class Meter:
+    """Measures slots of a world and logs rows through `log`; a method's measurements draw from stream(method)."""
+
+    def __init__(self, cfg: ExperimentConfig, world: World, log: Log, stream: Callable[[str], str] = measure_stream):
+        self.cfg, self.world, self.log, self.stream = cfg, world, log, stream
+        self.all_domains = tuple(range(len(world.domains)))
+
+    def _student_rollouts(self, slots: list[int], methods: dict[int, str]):
+        """One sampled rollout per eval prompt of every domain, for each student slot (of methods[slot])."""
+        requests = [Request(s, self.all_domains, stream=self.stream(methods[s])) for s in slots]
+        return self.world.sample(requests, self.cfg.metrics.gap_prompts, 1, self.cfg.grpo.temperature,
+                                 every_prompt=True)
+
+    def gap(self, pairs: list[tuple[int, int]], methods: dict[int, str], full: bool = True) -> torch.Tensor:
+        """[len(pairs), M] gap metrics of (student, teacher) slot pairs on the student's visited prefixes
+        (the paper's μ_θ): all GAP_METRICS if `full`, else QUICK_METRICS, in their order.
+        methods: student slot -> the method it belongs to (whose stream its rollouts draw from)."""
+        students = sorted({s for s, _ in pairs})
+        rows = torch.tensor([students.index(s) for s, _ in pairs])
+        k = self.cfg.metrics.topk
+        with torch.no_grad():
+            batch = self._student_rollouts(students, methods)
+            # students on their own rollouts and teachers on the students' in one call: a world may then run
+            # a prompt once per slot however many pairs share it (VLMWorld does)
+            n = len(students)
+            scored = self.world.full_logprobs(batch.take(list(range(n)) + rows.tolist()),
+                                              students + [t for _, t in pairs], grad=False)
+            if bool(scored.isnan().any()):  # -inf is a suppressed token; NaN is logits that overflowed
+                raise NonFiniteError(f"the log-probs of slot(s) {sorted(set(students) | {t for _, t in pairs})} are "
+                                     f"NaN in a gap measurement (finite weights so large that their logits overflow)")
+            # a student's top-k sets serve all its pairs: one torch.topk per student, not per pair
+            p_top = TopK(scored[:n], k).take(rows)
+            pair_batch = batch.take(rows.tolist())
+            p_full, q_full = p_top.logp, scored[n:]
+            tops = p_top, TopK(q_full, k)
+            mask, tokens = pair_batch.mask, pair_batch.tokens[..., None]
+            p_tok, q_tok = p_full.gather(-1, tokens).squeeze(-1), q_full.gather(-1, tokens).squeeze(-1)
+            values = [metrics.topk_overlap(p_full, q_full, mask, k, tops), metrics.symmetric_kl(p_full, q_full, mask),
+                      metrics.sampled_reverse_kl(p_tok, q_tok, mask), metrics.top1_overlap(p_full, q_full, mask),
+                      *metrics.overlap_mass(p_full, q_full, mask, k, tops)]
+            if full:
+                values += [metrics.entropy_gap(p_full, q_full, mask),
+                           metrics.overlap_token_advantage(p_full, q_full, mask, k, tops)]
+        return torch.stack(values, dim=1)
+
+    def overlap(self, pairs: list[tuple[int, int]], method: str) -> list[float]:
+        """Top-k overlap O_k of (student, teacher) slot pairs of one method (the adaptive schedule's signal)."""
+        return self.gap(pairs, {s: method for s, _ in pairs}, full=False)[:, 0].tolist()
+
+    def measure_groups(self, step: int, groups: list[tuple[str, list[tuple[str, int]]]], full: bool) -> None:
+        """Gap metrics between every ordered pair of a group's branches and of each branch vs the base,
+        plus task-vector distance and cosine."""
+        pairs, labels = [], []
+        for method, branches in groups:
+            for student, s_slot in branches:
+                for teacher, t_slot in branches + [("base", 0)]:
+                    if teacher != student:
+                        pairs.append((s_slot, t_slot))
+                        labels.append((method, student, f"{student}<-{teacher}"))
+        if not pairs:
+            return
+        methods = {slot: method for method, branches in groups for _, slot in branches}
+        values = self.gap(pairs, methods, full).tolist()
+        for (method, branch, pair), row in zip(labels, values):
+            for name, value in zip(GAP_METRICS, row):
+                self.log(method, step, branch, pair, name, value)
+        base = self.world.flat_weights([0])
+        for method, branches in groups:
+            # task vectors θ − θ_0 group by group: a matmul's rounding may depend on the other rows in it
+            with torch.no_grad():
+                vectors = self.world.flat_weights([s for _, s in branches]) - base
+                unit = vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                norms, distance, cosine = vectors.norm(dim=1).tolist(), torch.cdist(vectors, vectors).tolist(), \
+                    (unit @ unit.T).tolist()
+            for i, (a, _) in enumerate(branches):
+                self.log(method, step, a, "", "task_vector_norm", norms[i])
+                for j, (b, _) in enumerate(branches[i + 1:], i + 1):
+                    self.log(method, step, a, f"{a}|{b}", "task_vector_distance", distance[i][j])
+                    self.log(method, step, a, f"{a}|{b}", "task_vector_cosine", cosine[i][j])
+
+    def accuracy(self, method: str, outputs: list[tuple[str, int]], step: int, final: bool) -> None:
+        """Greedy and sampled pass@1 and reward per domain on the eval prompts (and exact accuracy, where the world
+        computes it)."""
+        self.accuracy_of([(method, label, slot) for label, slot in outputs], step, final)
+
+    def accuracy_of(self, outputs: list[tuple[str, str, int]], step: int, final: bool) -> None:
+        """`accuracy` of (method, label, slot) outputs of several methods, in one batch of world calls."""
+        world, m = self.world, self.cfg.metrics
+        requests = [Request(slot, (d,), stream=self.stream(method)) for method, _, slot in outputs
+                    for d in self.all_domains]
+        prefix = "final_" if final else ""
+        with torch.no_grad():
+            greedy = world.sample(requests, 0, 1, 1.0, greedy=True, every_prompt=True)
+            sampled = world.sample(requests, 0, m.eval_samples, self.cfg.grpo.temperature, every_prompt=True)
+            values = torch.stack([greedy.correct.mean(1), sampled.correct.mean(1), sampled.rewards.mean(1),
+                                  sampled.mask.sum(2).mean(1)], dim=1).tolist()
+        names = ("acc_greedy", "acc_sampled", "reward", "length")
+        if hasattr(world, "exact_accuracy"):  # a world that can enumerate its answers: no sampling noise
+            exact = world.exact_accuracy(requests).tolist()
+            values = [row + [e] for row, e in zip(values, exact)]
+            names += ("acc_exact",)
+        for i, request in enumerate(requests):
+            method, label, _ = outputs[i // len(self.all_domains)]
+            domain = world.domains[request.domains[0]]
+            for name, value in zip(names, values[i]):
+                self.log(method, step, label, "", f"{prefix}{name}/{domain}", value)
+
+    def conflict(self, method: str, branches: list[tuple[str, int]], step: int) -> None:
+        """Cosine between per-domain GRPO gradients of each branch (mixed RLVR's divergence cost Φ)."""
+        self.conflict_of([(method, branch, slot) for branch, slot in branches], step)
+
+    def conflict_of(self, branches: list[tuple[str, str, int]], step: int) -> None:
+        """`conflict` of (method, branch, slot) branches of several methods, in one batch of world calls."""
+        world, g = self.world, self.cfg.grpo
+        n_dom = len(self.all_domains)
+        if n_dom < 2:
+            return
+        slots = [s for _, _, s in branches]
+        requests = [Request(s, (d,), stream=self.stream(method)) for d in self.all_domains
+                    for method, _, s in branches]
+        batch = world.sample(requests, g.prompts_per_step, g.group_size, g.temperature)
+        lp = world.token_logprobs(batch, [r.slot for r in requests], grad=True)
+        adv = losses.group_advantages(batch.rewards, g.group_size, g.scale_by_std)[..., None]
+        row_loss = losses.clipped_pg_loss(lp, batch.sample_logprobs, adv, batch.mask, g.clip_low, g.clip_high,
+                                          g.aggregation, world.max_new_tokens).view(n_dom, len(slots))
+        grads = torch.stack([world.flat_grads(row_loss[d].sum(), slots) for d in range(n_dom)], dim=1)
+        cosine = metrics.gradient_conflict(grads).tolist()  # [slots, D, D]
+        names = world.domains
+        for (method, branch, _), matrix in zip(branches, cosine):
+            for a in range(n_dom):
+                for b in range(a + 1, n_dom):
+                    self.log(method, step, branch, f"{names[a]}|{names[b]}", "grad_cosine", matrix[a][b])
