@@ -12,12 +12,12 @@ import pandas as pd
 from copd_lab.algorithm.recipes import Recipe, build_recipes
 from copd_lab.algorithm.schedule import allocate_slots
 from copd_lab.algorithm.side_by_side import SlotView, run_side_by_side
-from copd_lab.algorithm.trainer import STATE_FORMAT, Trainer, resume_key
+from copd_lab.algorithm.trainer import Trainer
 from copd_lab.config import ConfigError, ExperimentConfig
 from copd_lab.config_io import dump_toml
 from copd_lab.local_world import make_world
 from copd_lab.preflight import check_run, clear_run
-from copd_lab.records.checkpoint import checkpoint_path, load_checkpoint
+from copd_lab.records.checkpoint import STATE_FORMAT, checkpoint_path, load_checkpoint, resume_key
 from copd_lab.records.rows import ROW_COLUMNS, unpack_rows
 from copd_lab.results import format_table, results_table
 from copd_lab.world import World

@@ -25,27 +25,10 @@ from copd_lab.algorithm import update
 from copd_lab.algorithm.recipes import OPDEdge, Recipe, Stage, is_active
 from copd_lab.algorithm.schedule import Cursor, allocate_slots, slot_of, teacher_slot_of, timeline
 from copd_lab.config import ExperimentConfig
-from copd_lab.config_io import to_dict
-from copd_lab.records.checkpoint import first_non_finite, save_checkpoint
+from copd_lab.records.checkpoint import STATE_FORMAT, first_non_finite, resume_key, save_checkpoint
 from copd_lab.records.measure import Meter
 from copd_lab.records.rows import SeedRows
 from copd_lab.world import NonFiniteError, Request, World, WorldLost
-
-STATE_FORMAT = 5  # 5: a VLM request draws its own sampling seed (a sharded world splits calls); 4: OPD signals
-# from World.pair_logprobs, Dr.GRPO over the longest completion; 3: VLM rows draw from their stream's generator;
-# 2: a stream per method; 1: one per seed
-
-
-def resume_key(cfg: ExperimentConfig | dict) -> dict:
-    """The config fields a checkpoint must agree on to be resumed: all but which seeds and the cadence (the
-    file names its seed, so seeds run apart, e.g. one per machine, gather into one table with --resume).
-    A dict is a stored key, from a copd_lab that kept more fields."""
-    data = dict(cfg) if isinstance(cfg, dict) else to_dict(cfg)
-    for name in ("seed", "seeds", "checkpoint_every"):
-        data.pop(name, None)
-    if "placement" in data:  # where the experts ran may change (another cluster); the state's layout may not
-        data["placement"] = {"engine": data["placement"].get("engine", "local")}
-    return data
 
 
 class Trainer:

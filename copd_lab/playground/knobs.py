@@ -21,10 +21,10 @@ import pandas as pd
 
 from copd_lab.algorithm.recipes import build_recipes
 from copd_lab.algorithm.topology import build_edges, format_edge
-from copd_lab.algorithm.trainer import resume_key
 from copd_lab.config import ConfigError, ExperimentConfig
 from copd_lab.config_io import load_config
 from copd_lab.experiment import Comparison, cached_comparison, run_comparison
+from copd_lab.records.checkpoint import resume_key
 from copd_lab.world import NonFiniteError
 
 DOMAIN_NAMES = ("text", "image", "video")  # then d3, d4, ...

@@ -15,6 +15,25 @@ from pathlib import Path
 
 import torch
 
+from copd_lab.config import ExperimentConfig
+from copd_lab.config_io import to_dict
+
+STATE_FORMAT = 5  # 5: a VLM request draws its own sampling seed (a sharded world splits calls); 4: OPD signals
+# from World.pair_logprobs, Dr.GRPO over the longest completion; 3: VLM rows draw from their stream's generator;
+# 2: a stream per method; 1: one per seed
+
+
+def resume_key(cfg: ExperimentConfig | dict) -> dict:
+    """The config fields a checkpoint must agree on to be resumed: all but which seeds and the cadence (the
+    file names its seed, so seeds run apart, e.g. one per machine, gather into one table with --resume).
+    A dict is a stored key, from a copd_lab that kept more fields."""
+    data = dict(cfg) if isinstance(cfg, dict) else to_dict(cfg)
+    for name in ("seed", "seeds", "checkpoint_every"):
+        data.pop(name, None)
+    if "placement" in data:  # where the experts ran may change (another cluster); the state's layout may not
+        data["placement"] = {"engine": data["placement"].get("engine", "local")}
+    return data
+
 
 def checkpoint_path(out: str | Path, seed: int) -> Path:
     """Where the checkpoint of `seed` lives in a run folder: <out>/checkpoints/seed<seed>.pt."""
