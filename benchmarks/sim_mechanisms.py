@@ -30,7 +30,7 @@ def spread(values: list[float], digits: int = 3) -> str:
 
 def base_figures(cfg) -> dict[str, float]:
     """The base's exact held-out accuracy (min and max over domains) and its first-token entropy."""
-    world = SimWorld(cfg.sim, cfg.domains, cfg.grpo.lr)
+    world = SimWorld(cfg.sim, cfg.domains)
     world.reset(1, 0)
     accuracy = world.exact_accuracy([Request(0, (d,)) for d in range(len(cfg.domains))])
     batch = world.sample([Request(0, (d,)) for d in range(len(cfg.domains))], 0, 1, 1.0, every_prompt=True)
@@ -60,7 +60,7 @@ def main() -> None:
     row("base", "sim.base_steps", f"{cfg.sim.base_steps} (default)", "exact held-out accuracy, worst / best domain %",
         f"{spread([b['acc_min'] for b in base], 1)} / {spread([b['acc_max'] for b in base], 1)}")
     row("base", "", "", "first-token entropy (nats)", spread([b["entropy"] for b in base], 2))
-    row("base", "grpo.lr", f"{cfg.grpo.lr:g} (default)", "experts' ‖θ_k − θ_0‖ / ‖θ_0‖",
+    row("base", "sim.lr", f"{cfg.sim.lr:g} (default)", "experts' ‖θ_k − θ_0‖ / ‖θ_0‖",
         spread([mech.task_vector_ratio(r) for r in runs]))
 
     for knob, setting, knobs in (("sim.styles", f"{cfg.sim.styles} (default)", {}), ("sim.styles", "1 (off)",

@@ -2,7 +2,7 @@
 
     python benchmarks/sim_speed.py            # prints a table, last line default_comparison_s=<s>
 
-Target (DESIGN.md section 6): the default comparison (every method, 3 branches, 200 RL steps per
+Target (docs/design.md §6): the default comparison (every method, 3 branches, 200 RL steps per
 expert, 64 rollouts per step) in <= 1 s on 2 CPU cores, warm (the playground re-runs it in one process), and
 with 5 seeds in <= 2 s. The last two lines: default_comparison_s=<s>, default_comparison_5seeds_s=<s>.
 
@@ -60,7 +60,7 @@ def main() -> None:
     default_s, default_gap, result = timed([], args.repeats)
     steps = result.metrics[result.metrics.metric == "steps"].value.sum()
     rows.append(("default comparison (7 methods)", 3, "hub", 4, 600, int(steps), default_s, default_gap))
-    seeds5_s, seeds5_gap, result = timed(["seeds=5"], args.repeats)  # side by side in one world (lockstep.py)
+    seeds5_s, seeds5_gap, result = timed(["seeds=5"], args.repeats)  # side by side in one world
     steps = result.metrics[result.metrics.metric == "steps"].value.sum()
     rows.append(("  the same, 5 seeds", 3, "hub", 4, 3000, int(steps), seeds5_s, seeds5_gap))
     for k in args.branches:

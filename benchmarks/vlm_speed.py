@@ -10,7 +10,7 @@
 Each row times one piece of a tick both ways, side by side in this process (median of --repeats):
 the work a group's rollouts share (vision features, the prompt's prefill) done once per rollout or
 once per prompt, and scoring OPD batches under several teachers one adapter at a time or in one
-mixed-adapter forward. Target (DESIGN.md section 6): a 3-branch CoPD run with 100 steps per branch
+mixed-adapter forward. Target (docs/design.md §6): a 3-branch CoPD run with 100 steps per branch
 on the default tiny VLM in <= 180 s on 2 CPU cores (its defaults: 8 prompts x 8 rollouts per batch,
 16 new tokens, gap metrics every 20 ticks, evaluations every 100 ticks and of the base and the merged
 model at the end, 32 samples per eval prompt: `copd-lab run`'s defaults).

@@ -3,15 +3,15 @@
     pip install -e '.[bench]'                 # TRL, CPU only
     python benchmarks/vs_trl.py               # prints a table, last line trl_over_copd_step_ratio=<x>
 
-Target (DESIGN.md section 6): an RLVR step at least 2x faster than TRL's, i.e. a ratio >= 2.
+Target (docs/design.md §6): an RLVR step at least 2x faster than TRL's, i.e. a ratio >= 2.
 
-copd_lab's step is the real one: a Trainer over the one-expert "experts" recipe on `--domain`, calling the
-loop's one GRPO update (`Trainer.train_step`: sample G rollouts per prompt with their log-probs, group advantages,
-clipped loss, AdamW step). TRL's is `GRPOTrainer.train()` with LoRA from a peft config. Both load the same
-checkpoint and train a fresh LoRA on it, and the train split holds exactly `--prompts` rows, so every step of
-both sides samples the same prompts (each side in its own order). The settings, printed in the table header,
-are the same on both sides; TRL's batch knobs are set so that one optimizer step takes all P*G rollouts of one
-`generate` call: per_device_train_batch_size = generation_batch_size = P*G, no gradient accumulation.
+copd_lab's step is the real one: a Trainer over the one-expert "experts" recipe on `--domain`, calling the loop's
+one GRPO update (`copd_lab.algorithm.update.train_step`: sample G rollouts per prompt with their log-probs, group
+advantages, clipped loss, AdamW step). TRL's is `GRPOTrainer.train()` with LoRA from a peft config. Both load the
+same checkpoint and train a fresh LoRA on it, and the train split holds exactly `--prompts` rows, so every step of
+both sides samples the same prompts (each side in its own order). The settings, printed in the table header, are the
+same on both sides; TRL's batch knobs are set so that one optimizer step takes all P*G rollouts of one `generate`
+call: per_device_train_batch_size = generation_batch_size = P*G, no gradient accumulation.
 
 Steady state, alternating: TRL's train() runs warm-up plus measured steps; a TrainerCallback, at the end of each
 TRL step, runs and times one copd_lab step. A TRL step is the time from the end of one callback to the start of
@@ -51,7 +51,9 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
+from copd_lab.algorithm import update
 from copd_lab.algorithm.recipes import build_recipe
+from copd_lab.algorithm.slots import SlotKey
 from copd_lab.algorithm.trainer import Trainer
 from copd_lab.config import CoPDConfig, ExperimentConfig, VLMConfig
 from copd_lab.config import GRPOConfig as CopdGRPOConfig
@@ -138,7 +140,7 @@ def copd_lab_step(args: argparse.Namespace) -> tuple[Callable[[int], None], Phas
     trainer = Trainer(cfg, world, [build_recipe("experts", cfg)], seed=args.seed, progress=False)
     world.reset(len(trainer.slots), args.seed)
     torch.manual_seed(args.seed)
-    request = Request(trainer.slots[f"experts/{args.domain}"], (0,))
+    request = Request(trainer.slots[SlotKey("experts", args.domain)], (0,))
     owner = ("experts", args.domain, "")
 
     phases = Phases()
@@ -158,7 +160,12 @@ def copd_lab_step(args: argparse.Namespace) -> tuple[Callable[[int], None], Phas
         return batch
 
     world.sample = sample_and_record
-    return lambda tick: trainer.train_step(tick, [request], [owner]), phases, world.suites[0], stats
+
+    def stop(row: int, what: str) -> None:
+        raise trainer.non_finite_error(owner, what)
+
+    # the loop's own step of one request (copd_lab.algorithm.loop.run_seeds calls exactly this)
+    return lambda tick: update.train_step(world, cfg, [request], stop), phases, world.suites[0], stats
 
 
 # ------------------------------------------------------------------------------------------ TRL

@@ -3,7 +3,7 @@
 Configs are validated once, at the edge (TOML file, ``--set`` overrides, notebook knobs: config_io.py),
 so a bad value fails before any work starts, with a message naming the field, the value and what is
 allowed.
-Defaults follow the paper (COPD_NOTES.md section 1) where it gives a value; where it is silent the
+Defaults follow the paper (docs/paper.md §1) where it gives a value; where it is silent the
 field's comment says so.
 """
 
@@ -51,6 +51,7 @@ TOPOLOGIES = ("hub", "all_pairs", "ring", "one_way", "edges")
 MERGE_METHODS = ("average", "task_arithmetic", "ties", "dare")
 TEACHER_MODES = ("live", "frozen")
 COMBINE_MODES = ("mean", "split")
+WORLDS = ("sim", "vlm")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,6 @@ class GRPOConfig:
     aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean (Eq. 7) | constant (Dr.GRPO)
     scale_by_std: bool = True  # divide group-centred rewards by the group std (False: Dr.GRPO)
     epochs: int = 1  # policy updates per sampled batch; >1 makes the clip active
-    lr: float = 0.02  # simulator world's Adam lr (paper: 1e-6 for a 4B model); the VLM world uses vlm.lr
 
     def __post_init__(self) -> None:
         require_finite(self)
@@ -79,7 +79,6 @@ class GRPOConfig:
         require(self.kl_coef >= 0, "kl_coef", self.kl_coef, "a number >= 0")
         require(self.aggregation in AGGREGATIONS, "aggregation", self.aggregation, f"one of {AGGREGATIONS}")
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        require(self.lr > 0, "lr", self.lr, "a number > 0")
         require(self.group_size <= 1024, "group_size", self.group_size, "an integer in [2, 1024]")
         require(self.group_size * self.prompts_per_step <= MAX_ROLLOUTS, "prompts_per_step", self.prompts_per_step,
                 f"at most {MAX_ROLLOUTS} rollouts per step (prompts_per_step * group_size = "
@@ -201,6 +200,7 @@ class SimConfig:
     # other domains' (the interference knob); the rest, 1 - s - c, reads the domain's own features
     base_steps: int = 150  # supervised warm-start steps that make the base π_0 (its skill; 0: a random network)
     base_lr: float = 0.05  # Adam lr of the warm start
+    lr: float = 0.02  # the simulator world's Adam lr (paper: 1e-6 for a 4B model); the VLM world's is vlm.lr
     init_scale: float = 1.0  # scale of the network's random initialisation, before the warm start
     task_seed: int = 0  # seed of the task (rules, prompts) and of the base: fixed across run seeds
 
@@ -227,6 +227,7 @@ class SimConfig:
                 f"a number in [0, {1 - self.shared_skill:g}] (shared_skill + conflict <= 1: the rest of a rule reads "
                 f"the domain's own features)")
         require(0 < self.base_lr <= 1, "base_lr", self.base_lr, "a number in (0, 1]")
+        require(self.lr > 0, "lr", self.lr, "a number > 0")
         require(0 <= self.task_seed <= MAX_SEED, "task_seed", self.task_seed, f"an integer in [0, {MAX_SEED}]")
         require(0 < self.init_scale <= 10, "init_scale", self.init_scale, "a number in (0, 10]")
 
@@ -252,7 +253,7 @@ class VLMConfig:
     lora_r: int = 8  # rank of every expert's LoRA adapter (experts = "lora")
     lora_alpha: float = 16.0  # LoRA alpha; ΔW = (alpha / r) B A
     max_new_tokens: int = 16  # longest completion a rollout generates
-    lr: float = 1e-3  # AdamW lr of every expert (tiny models; ~1e-5 for 2B models); grpo.lr is the sim's
+    lr: float = 1e-3  # AdamW lr of every expert (tiny models; ~1e-5 for 2B models); sim.lr is the sim's
     n_train: int = 512  # training prompts per domain
     n_eval: int = 64  # eval prompts per domain (accuracy and gap measurements use all of them)
     difficulty: int = 1  # task difficulty level of the built-in suites (1 = easiest)
@@ -282,7 +283,7 @@ class VLMConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """What is measured and how often (DESIGN.md section 4)."""
+    """What is measured and how often (docs/design.md §4)."""
 
     topk: int = 10  # k of the top-k overlap O_k (paper: 10)
     gap_every: int = 20  # ticks between behavioural-gap measurements
@@ -311,7 +312,8 @@ PLACEMENT_ENGINES = ("local", "ray")
 
 @dataclass(frozen=True)
 class PlacementConfig:
-    """Where the experts run: all in this process, or each in a Ray actor of its own (copd_lab.distributed.ray_cluster)."""
+    """Where the experts run: all in this process, or each in a Ray actor of its own
+    (copd_lab.distributed.ray_cluster)."""
 
     engine: str = "local"  # local: one world in this process | ray: one actor per expert, in a placement group each
     address: str = ""  # ray: a running cluster to join ("auto", "ray://host:10001", "host:6379"); empty: start a
@@ -357,7 +359,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         require_finite(self)
-        require(self.world in ("sim", "vlm"), "world", self.world, "one of ('sim', 'vlm')")
+        require(self.world in WORLDS, "world", self.world, f"one of {WORLDS}")
         require(len(self.domains) >= 1 and len(set(self.domains)) == len(self.domains), "domains",
                  self.domains, "one or more distinct domain names")
         for name in self.domains:

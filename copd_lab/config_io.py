@@ -22,6 +22,9 @@ else:  # pragma: no cover
 # what RLVR gains there); 32 halve it (docs/results_vlm.md).
 RUN_DEFAULTS: dict[str, Any] = {"world": "vlm", "metrics": {"eval_samples": 32}}
 
+# Fields an older copd_lab had elsewhere: an old config that sets one gets a ConfigError saying where it went.
+MOVED = {"grpo.lr": "sim.lr (the simulator's Adam lr; the VLM world's is vlm.lr)"}
+
 
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
@@ -60,6 +63,9 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
+    for name in unknown:
+        if prefix + name in MOVED:
+            raise ConfigError(f"{prefix}{name} is not allowed: it moved to {MOVED[prefix + name]}")
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]} is not a field of {prefix.rstrip('.') or cls.__name__}: "
                           f"allowed fields are {', '.join(names)}")

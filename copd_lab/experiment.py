@@ -9,18 +9,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from copd_lab.algorithm.loop import run_seeds
 from copd_lab.algorithm.recipes import Recipe, build_recipes
 from copd_lab.algorithm.schedule import allocate_slots
-from copd_lab.algorithm.side_by_side import SlotView, run_side_by_side
+from copd_lab.algorithm.side_by_side import SlotView
 from copd_lab.algorithm.trainer import Trainer
 from copd_lab.config import ConfigError, ExperimentConfig
 from copd_lab.config_io import dump_toml
-from copd_lab.local_world import make_world
+from copd_lab.local_world import check_world, make_world
 from copd_lab.preflight import check_run, clear_run
 from copd_lab.records.checkpoint import STATE_FORMAT, checkpoint_path, load_checkpoint, resume_key
 from copd_lab.records.rows import ROW_COLUMNS, unpack_rows
 from copd_lab.results import format_table, results_table
-from copd_lab.world import World
+from copd_lab.world import SideBySide, World, has
 
 
 @dataclass
@@ -30,7 +31,8 @@ class Comparison:
     metrics: pd.DataFrame  # tidy rows: run, method, seed, step, branch, pair, metric, value
     results: pd.DataFrame  # one row per reported model (see results.results_table)
     final: tuple[World, dict[str, int]] | None = None  # the last seed run here: its world (or its view of the
-    # shared one) and slots ("<recipe>/<branch>" -> slot), holding the final weights (copd_lab.studies.inspector reads them)
+    # shared one) and slots (copd_lab.algorithm.slots.SlotKey -> slot), holding the final weights (the inspector,
+    # copd_lab.studies.inspector, reads them)
 
     def table(self) -> str:
         return format_table(self.results, self.config.domains, self.config.seeds)
@@ -52,7 +54,8 @@ def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool | Cal
     """Train and evaluate every method for `cfg.seeds` seeds (seed, seed+1, ...).
 
     progress: a tqdm bar per seed (True), none (False), or a factory of tqdm-like bars (a notebook's own).
-    on_eval(rows so far, tick): called after each evaluation during training of the seeds run one by one.
+    on_eval(rows so far, tick): called after each evaluation during training of seeds run one by one (not side by
+    side).
 
     out: run folder; each seed's state is checkpointed to out/checkpoints/seed<k>.pt (checkpoint.py). A
     folder that holds a run is refused unless `resume` or `overwrite` says what to do with it.
@@ -66,24 +69,18 @@ def run_comparison(cfg: ExperimentConfig, run: str = "run", progress: bool | Cal
              for seed in range(cfg.seed, cfg.seed + cfg.seeds)}
     # every seed's checkpoint is read and checked before any work
     states = {seed: _resumable(cfg, path) if resume and path is not None else None for seed, path in paths.items()}
-    world = world or make_world(cfg)
+    if world is None:
+        world = make_world(cfg)
+    else:
+        check_world(cfg, world)
     if overwrite and out is not None:
         clear_run(out)
-    rows = []
     todo = [seed for seed, state in states.items() if state is None or not state["done"]]
-    together = getattr(world, "runs_seeds_side_by_side", False) and len(todo) > 1
-    ran, final = _side_by_side(cfg, world, recipes, todo, paths, states, run, progress) if together else ({}, None)
-    for seed, path in paths.items():
+    ran, final = _train(cfg, world, recipes, todo, paths, states, run, progress, on_eval)
+    rows = []
+    for seed in paths:
         state = states.pop(seed)  # dropped once used: a finished seed's rows are not held twice
-        if seed in ran:
-            rows += ran.pop(seed)
-        elif state is not None and state["done"]:
-            rows += unpack_rows(state["rows"])
-        else:
-            trainer = Trainer(cfg, world, recipes, seed=seed, run=run, progress=progress, checkpoint=path,
-                              on_eval=on_eval)
-            rows += trainer.run_all(resume=state)
-            final = (world, trainer.slots)
+        rows += ran.pop(seed) if seed in ran else unpack_rows(state["rows"])
     metrics = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
     listed = sorted(recipes, key=lambda r: cfg.methods.index(r.name) if r.name in cfg.methods else -1)
     return Comparison(cfg, recipes, metrics, results_table(metrics, listed, cfg.domains, cfg.metrics.score), final)
@@ -106,15 +103,21 @@ def cached_comparison(cfg: ExperimentConfig) -> Comparison:
     return _CACHED[key]
 
 
-def _side_by_side(cfg: ExperimentConfig, world: World, recipes: list[Recipe], seeds: list[int], paths: dict,
-                  states: dict, run: str, progress: bool | Callable) -> tuple[dict[int, list[dict]], tuple]:
-    """The seeds' rows from one run of all of them side by side in `world` (copd_lab.algorithm.side_by_side): each seed draws
-    and writes what it would alone, for about the time of one seed. Also the last seed's view and slots."""
+def _train(cfg: ExperimentConfig, world: World, recipes: list[Recipe], seeds: list[int], paths: dict, states: dict,
+           run: str, progress: bool | Callable, on_eval: Callable | None) -> tuple[dict[int, list[dict]], tuple | None]:
+    """Each seed's rows, and the last seed's world (or its view of the shared one) and slots. A world that runs
+    seeds side by side (copd_lab.algorithm.side_by_side) runs them all in one loop, each seed drawing and writing
+    what it would alone, for about the time of one seed; other worlds run them one after another."""
+    together = has(world, SideBySide) and len(seeds) > 1
     n_slots = len(allocate_slots(recipes))
-    trainers = [Trainer(cfg, SlotView(world, i, len(seeds), n_slots, seed), recipes, seed=seed, run=run,
-                        progress=progress, checkpoint=paths[seed]) for i, seed in enumerate(seeds)]
-    rows = dict(zip(seeds, run_side_by_side(trainers, [states[seed] for seed in seeds])))
-    return rows, (trainers[-1].world, trainers[-1].slots)
+    rows, final = {}, None
+    for batch in [seeds] if together else [[seed] for seed in seeds]:
+        trainers = [Trainer(cfg, SlotView(world, i, len(batch), n_slots, seed) if together else world, recipes,
+                            seed=seed, run=run, progress=progress, checkpoint=paths[seed],
+                            on_eval=None if together else on_eval) for i, seed in enumerate(batch)]
+        rows.update(zip(batch, run_seeds(trainers, [states[seed] for seed in batch])))
+        final = (trainers[-1].world, trainers[-1].slots)
+    return rows, final
 
 
 def _resumable(cfg: ExperimentConfig, path: Path) -> dict | None:
@@ -135,7 +138,7 @@ def _resumable(cfg: ExperimentConfig, path: Path) -> dict | None:
 
 
 def config_differences(stored: dict, ours: dict, prefix: str = "") -> list[str]:
-    """The dotted fields where two config dicts differ, with both values: "grpo.lr is 0.02 there, 0.05 here"."""
+    """The dotted fields where two config dicts differ, with both values: "sim.lr is 0.02 there, 0.05 here"."""
     out = []
     for key in sorted(set(stored) | set(ours)):
         a, b = stored.get(key, "<unset>"), ours.get(key, "<unset>")

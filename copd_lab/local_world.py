@@ -10,23 +10,37 @@ from copd_lab.algorithm.recipes import build_recipes
 from copd_lab.config import ConfigError, ExperimentConfig
 from copd_lab.config_io import build
 from copd_lab.preflight import model_folder
-from copd_lab.world import World
+from copd_lab.world import ExactAccuracy, ShardableSlots, World, missing, require_capability
 
 
 def make_world(cfg: ExperimentConfig) -> World:
     """The world `cfg.world` names: the simulator (cfg.sim) or LoRA or full experts on a VLM (cfg.vlm); with
-    placement.engine = "ray", the same world sharded over one Ray actor per expert (copd_lab.distributed.ray_cluster)."""
+    placement.engine = "ray", the same world sharded over one Ray actor per expert
+    (copd_lab.distributed.ray_cluster)."""
     if cfg.placement.engine == "ray":
-        return _make_ray_world(cfg)
-    if cfg.world == "sim":
+        world = _make_ray_world(cfg)
+    elif cfg.world == "sim":
         from copd_lab.sim.world import SimWorld
 
         # the simulator's tensors are tiny: one thread avoids thread start-up and oversubscription
         torch.set_num_threads(1)
-        return SimWorld(cfg.sim, cfg.domains, cfg.grpo.lr)
-    if cfg.world == "vlm":
-        return _make_vlm_world(cfg)
-    raise NotImplementedError(f"world = {cfg.world!r} is not available yet")
+        world = SimWorld(cfg.sim, cfg.domains)
+    else:
+        world = _make_vlm_world(cfg)
+    check_world(cfg, world)
+    return world
+
+
+def check_world(cfg: ExperimentConfig, world: World) -> None:
+    """Once, where a world is built or handed in: it implements every capability it declares (copd_lab.world), and
+    declares those the config needs."""
+    broken = missing(world)
+    if broken:
+        raise TypeError(f"{type(world).__name__} declares the capabilities {broken} of copd_lab.world but lacks "
+                        f"their methods")
+    if cfg.metrics.score == "acc_exact":
+        require_capability(world, ExactAccuracy, "metrics.score", cfg.metrics.score,
+                f"world = {cfg.world!r} cannot enumerate its answers (use acc_sampled)")
 
 
 def _make_ray_world(cfg: ExperimentConfig) -> World:
@@ -38,6 +52,11 @@ def _make_ray_world(cfg: ExperimentConfig) -> World:
     from copd_lab.distributed.placement import experts_of_slots
     from copd_lab.distributed.ray_cluster import ray_sharded_world
 
+    if cfg.world == "sim":
+        from copd_lab.sim.world import SimWorld as kind
+    else:
+        from copd_lab.vlm.world import VLMWorld as kind
+    require_capability(kind, ShardableSlots, "placement.engine", "ray", "each expert's shard holds a world of its own")
     owner = experts_of_slots(build_recipes(cfg))
     return ray_sharded_world(cfg, list(dict.fromkeys(owner.values())), owner, world_from_dict)
 

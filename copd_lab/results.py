@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from copd_lab.algorithm.recipes import Recipe
+from copd_lab.algorithm.slots import BASE, MERGED
 
 
 def budgets(metrics: pd.DataFrame, recipes: list[Recipe]) -> dict[str, dict[str, float]]:
@@ -24,9 +25,8 @@ def budgets(metrics: pd.DataFrame, recipes: list[Recipe]) -> dict[str, dict[str,
     def own(recipe: Recipe, branch: str, metric: str) -> float:
         value = float(counts.get((recipe.name, branch, metric), 0.0))
         init = recipe.branch(branch).init
-        if "/" in init:
-            parent, parent_branch = init.split("/", 1)
-            value += own(by_name[parent], parent_branch, metric)
+        if init != BASE:  # another recipe's branch: its steps are this one's history too
+            value += own(by_name[init.recipe], init.branch, metric)
         return value
 
     def total(recipe: Recipe, metric: str) -> float:
@@ -36,7 +36,7 @@ def budgets(metrics: pd.DataFrame, recipes: list[Recipe]) -> dict[str, dict[str,
     out = {"base": {"steps_branch": 0.0, "steps_method": 0.0, "rollouts_method": 0.0}}
     for recipe in recipes:
         for label, branch in recipe.outputs:
-            names = [b.name for b in recipe.branches] if branch == "merged" else [branch]
+            names = [b.name for b in recipe.branches] if branch == MERGED else [branch]
             out[label] = {"steps_branch": max(own(recipe, n, "steps") for n in names),
                           "steps_method": total(recipe, "steps"), "rollouts_method": total(recipe, "rollouts")}
     return out

@@ -1,19 +1,24 @@
-"""The seam between the one CoPD algorithm and a world (the simulator, or real VLMs).
+"""The seam between the one CoPD algorithm and a world (the simulator, real VLMs, or either sharded over actors).
 
 A world holds numbered weight *slots*: slot 0 is the shared base π_0, every other slot is a branch, a
 frozen teacher snapshot or a merged model. The trainer hands a world all requests of a tick at once,
 so a world may vectorise across branches (the simulator stacks them in one tensor), loop over adapters
-(the VLM world), or send them to remote actors later; the rollout engine lives behind `sample`.
+(the VLM world), or send them to remote actors (copd_lab.distributed); the rollout engine lives behind `sample`.
+
+`World` is what every world does. What only some worlds can do is a small capability protocol beside it
+(`ExactAccuracy`, `ShardableSlots`, `SideBySide`, `TokenText`), which a world declares in its `capabilities`;
+callers ask `has(world, Capability)`, and copd_lab.local_world checks once, where a world is built, that each
+declared capability is there and that the config needs none the world lacks (`require_capability`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
-from copd_lab.config import MergeConfig
+from copd_lab.config import ConfigError, MergeConfig
 
 
 class NonFiniteError(RuntimeError):
@@ -37,6 +42,13 @@ class Request:
     stream: str = ""  # the random stream it draws from: its method's name (see copd_lab.streams)
 
 
+class Payload(Protocol):
+    """A world's own inputs that re-score a batch's rollouts (the simulator's prompt ids, the VLM's prompts)."""
+
+    def take(self, rows: list[int]) -> Payload:
+        """The payload of these request rows (rows may repeat)."""
+
+
 @dataclass
 class Batch:
     """Rollouts of R requests, padded to [R, N, T] (N = prompts * group size)."""
@@ -48,12 +60,12 @@ class Batch:
     rewards: torch.Tensor  # [R, N] verifier reward
     correct: torch.Tensor  # [R, N] 1.0 where the answer is right
     sample_logprobs: torch.Tensor  # [R, N, T] log-probs under the sampling weights (π_old)
-    payload: object = None  # world-specific inputs needed to re-score the rollouts (prompts, images)
+    payload: Payload | None = None  # world-specific inputs needed to re-score the rollouts (prompts, images)
 
     def take(self, rows: list[int]) -> Batch:
         """The sub-batch of these request rows (rows may repeat), e.g. one row per scored pair."""
         index = torch.tensor(rows, dtype=torch.long)
-        payload = self.payload.take(rows) if hasattr(self.payload, "take") else self.payload
+        payload = None if self.payload is None else self.payload.take(rows)
         return Batch([self.requests[i] for i in rows], self.domain[index], self.tokens[index], self.mask[index],
                      self.rewards[index], self.correct[index], self.sample_logprobs[index], payload)
 
@@ -63,6 +75,9 @@ class World(Protocol):
 
     domains: tuple[str, ...]
     max_new_tokens: int  # the longest completion a rollout can have (Dr.GRPO's constant normaliser)
+    capabilities: frozenset[type]  # the optional capability protocols below that this world implements
+    lr_setting: str  # the config field of its learning rate, with its value ("sim.lr = 0.02"): what a non-finite
+    # error advises to lower
 
     def reset(self, n_slots: int, seed: int) -> None:
         """Fresh run: `n_slots` slots, all holding the base weights; slot 0 is the base itself. Sampling
@@ -91,10 +106,6 @@ class World(Protocol):
     def full_logprobs(self, batch: Batch, slots: list[int], grad: bool) -> torch.Tensor:
         """[R, N, T, V] next-token log-distributions along the batch's rollouts under slots[r]."""
 
-    # Optional: exact_accuracy(requests) -> [R] expected accuracy of each request's slot on every eval prompt of its
-    # domain, computed from its probabilities (the simulator, whose answers can be enumerated). The evaluation
-    # logs it as acc_exact beside sampled pass@1 when a world has it.
-
     def pair_logprobs(self, batch: Batch, rows: list[int], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(student, teacher) no-grad log-probs of the OPD rows `rows` under their request's slot and under its
         teacher: [R, N, T] of the sampled tokens, or [R, N, T, V] with `full`; zeros on the other rows.
@@ -120,3 +131,94 @@ class World(Protocol):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned."""
+
+
+# ---------------------------------------------------------------------------------------------- capabilities
+
+
+@runtime_checkable
+class ExactAccuracy(Protocol):
+    """A world whose answers can be enumerated (the simulator): accuracy computed from its probabilities, with no
+    sampling noise. The evaluation logs it as acc_exact beside sampled pass@1."""
+
+    def exact_accuracy(self, requests: list[Request], grad: bool = False) -> torch.Tensor:
+        """[R] expected accuracy of each request's slot on every eval prompt of its first domain; with `grad` the
+        graph to the slots' weights is kept (flat_grads then gives the exact gradient of the accuracy)."""
+
+
+@runtime_checkable
+class ShardableSlots(Protocol):
+    """A world that can be one shard of a sharded world (copd_lab.distributed): its slots' weights and its
+    random draws move between processes, and rollouts sampled in another shard can be scored here."""
+
+    pad_id: int  # the token that pads completions of unequal length
+
+    def get_slot(self, slot: int) -> object:
+        """A slot's weights, to copy into another world's slot (set_slot)."""
+
+    def set_slot(self, slot: int, weights: object) -> None:
+        """The slot's weights become `weights` (from get_slot), with fresh optimizer state, as copy() gives them."""
+
+    def draw(self, requests: list[Request], prompts: int, group: int, greedy: bool = False,
+             every_prompt: bool = False) -> Draws:
+        """The random draws a sample call makes, from the requests' streams; sample(..., draws=) uses them."""
+
+    def export_payload(self, payload: Payload) -> list:
+        """Per request row, what re-scores its rollouts in another world of the same config."""
+
+    def import_payload(self, rows: list) -> Payload:
+        """The payload of rows from export_payload (of this world or another)."""
+
+    def generator_state(self) -> torch.Tensor | None:
+        """The state of the world's own generator (merge seeds, a LoRA's A_0), or None if it has none."""
+
+    def set_generator_state(self, state: torch.Tensor | None) -> None:
+        """Restore what generator_state returned."""
+
+
+class Draws(Protocol):
+    """A sample call's random draws, per request."""
+
+    def take(self, rows: list[int]) -> Draws:
+        """The draws of these requests, in this order."""
+
+
+@runtime_checkable
+class SideBySide(Protocol):
+    """A world in which several seeds run side by side, each in a window of its slots and streams
+    (copd_lab.algorithm.side_by_side.SlotView): its state can be saved and restored one seed's window at a time."""
+
+    def state_dict(self, rows: slice | None = None, seed: int | None = None) -> dict:
+        """The state of slots `rows` and of seed `seed`'s streams, as a world of those slots alone holds it."""
+
+    def load_state_dict(self, state: dict, rows: slice | None = None, seed: int | None = None) -> None:
+        """Restore what state_dict(rows, seed) returned into those slots and that seed's streams."""
+
+
+@runtime_checkable
+class TokenText(Protocol):
+    """A world that can say how a token reads (the token inspector)."""
+
+    def token_text(self, token: int) -> str:
+        """The text of one token id."""
+
+
+CAPABILITIES = (ExactAccuracy, ShardableSlots, SideBySide, TokenText)
+
+
+def has(world: World, capability: type) -> bool:
+    """Whether the world declares this capability."""
+    return capability in world.capabilities
+
+
+def missing(world: World) -> list[str]:
+    """The capabilities a world declares but does not implement (empty when it keeps every promise it makes)."""
+    return [c.__name__ for c in world.capabilities if not isinstance(world, c)]
+
+
+def require_capability(world: World | type, capability: type, field: str, value: object, why: str) -> None:
+    """A ConfigError naming the field, its value and the missing capability, unless the world declares it."""
+    if capability not in world.capabilities:
+        kind = world.__name__ if isinstance(world, type) else type(world).__name__
+        raise ConfigError(f"{field} = {value!r} is not allowed: {why}, and {kind} lacks the capability "
+                          f"{capability.__name__} (copd_lab.world)")

@@ -130,7 +130,8 @@ def _(cfg, mo, playground, playground_ui, problem, real_run):
 
 @app.cell
 def _(mo, paper_checks, result):
-    mo.md("## Does this run agree with the paper?\n\n" + paper_checks.checks_markdown(paper_checks.paper_checks(result)))
+    _checks = paper_checks.checks_markdown(paper_checks.paper_checks(result))
+    mo.md("## Does this run agree with the paper?\n\n" + _checks)
     return
 
 

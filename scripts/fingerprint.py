@@ -3,8 +3,9 @@
 Runs `copd-lab sim --seeds 2`, `copd-lab sim --seeds 1` (the one-seed path), a simulator run with the adaptive
 schedule, frozen teachers and the top-k estimator, and a short `copd-lab run` on the shipped tiny VLM, each into a
 fresh folder, then hashes every metric row (exact float bits, in order) and every checkpoint's tensors and plain
-values. The config a checkpoint stores (its resume key) is hashed apart: a config field that moves changes it
-while every number stays. It uses the command line and files only, so the same script runs on any version.
+values. The config a checkpoint stores (its resume key) is hashed apart, with fields that moved (MOVED) read at
+their new place, so an old and a new version's keys compare. It uses the command line and files only, so the same
+script runs on any version.
 
     python scripts/fingerprint.py --save before.json         # before the change
     python scripts/fingerprint.py --compare before.json      # after it: lists every difference, exit 1 if any
@@ -41,6 +42,20 @@ RUNS = {
 }
 
 
+MOVED = {("grpo", "lr"): ("sim", "lr")}  # issue 21: the simulator's lr is sim.lr
+
+
+def _moved(config: dict | None) -> dict | None:
+    """A stored resume key with each moved field at its new place."""
+    if config is None:
+        return None
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for (table, name), (new_table, new_name) in MOVED.items():
+        if name in config.get(table, {}):
+            config.setdefault(new_table, {})[new_name] = config[table].pop(name)
+    return config
+
+
 def _hash_value(h, value) -> None:
     """Feed a checkpoint's nested plain structure into h: tensors by dtype, shape and exact bytes."""
     if isinstance(value, torch.Tensor):
@@ -70,7 +85,7 @@ def fingerprint(folder: Path) -> dict[str, str]:
     out["metrics"] = f"{h.hexdigest()[:16]} ({len(metrics)} rows)"
     for path in sorted((folder / "checkpoints").glob("*.pt")):
         state = torch.load(path, map_location="cpu", weights_only=True)
-        config = state.pop("config", None)
+        config = _moved(state.pop("config", None))
         h = hashlib.sha256()
         _hash_value(h, state)
         out[f"{path.name}"] = h.hexdigest()[:16]

@@ -29,7 +29,7 @@ METHODS = ["base", "experts", "mixed", "static_opd:image->text", "static_opd:tex
            "copd", "copd_no_merge", "copd_drop:text<-image", "copd_drop:image<-video", "copd_frozen", "nope"]
 EDGES = ["text<-image", "image<-text", "text<-video", "video<-text", "image<-video", "text<-text", "a<-b", "text"]
 CHOICES = {  # string fields: their allowed values, and a few that are not
-    "world": ("sim", "vlm"), "copd.hub": (*DOMAINS, "audio"),
+    "world": config.WORLDS, "copd.hub": (*DOMAINS, "audio"),
     "grpo.aggregation": config.AGGREGATIONS, "opd.estimator": config.OPD_ESTIMATORS,
     "opd.teacher": config.TEACHER_MODES, "opd.combine": config.COMBINE_MODES,
     "copd.topology": config.TOPOLOGIES, "merge.method": config.MERGE_METHODS,
@@ -118,7 +118,8 @@ FIELD_OVERRIDE = field_override()
 OVERRIDE = weighted(
     (14, FIELD_OVERRIDE),
     (1, st.text(max_size=12)),  # anything at all: no '=', unknown keys, broken TOML
-    (1, st.sampled_from(["grpo=3", "grpo.lr.x=1", "=", "copd.step_rates.text=0.5", "sim={}", "nope.x=1"])),
+    (1, st.sampled_from(["grpo=3", "sim.lr.x=1", "grpo.lr=0.1", "=", "copd.step_rates.text=0.5", "sim={}",
+                         "nope.x=1"])),
 )
 
 

@@ -17,9 +17,9 @@ def test_defaults_follow_the_paper():
 def test_toml_file_and_overrides(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('methods = ["copd"]\n[copd]\nrl_steps = 6\nstep_rates = {image = 0.5}\n')
-    cfg = load_config(path, ["copd.opd_steps=4", "grpo.lr=0.1", "copd.topology=all_pairs", "domains=['text','image']"])
+    cfg = load_config(path, ["copd.opd_steps=4", "sim.lr=0.1", "copd.topology=all_pairs", "domains=['text','image']"])
     assert cfg.methods == ("copd",) and cfg.copd.rl_steps == 6 and cfg.copd.opd_steps == 4
-    assert cfg.copd.step_rates == {"image": 0.5} and cfg.grpo.lr == 0.1 and cfg.copd.topology == "all_pairs"
+    assert cfg.copd.step_rates == {"image": 0.5} and cfg.sim.lr == 0.1 and cfg.copd.topology == "all_pairs"
     assert isinstance(cfg.domains, tuple)
 
 
@@ -40,13 +40,14 @@ def test_dump_round_trips(tmp_path):
     ("copd.hub='audio'", ["copd.hub", "'audio'", "text"]),
     ("copd.step_rates={image = 2.0}", ["step_rates.image", "2.0", "(0, 1]"]),
     ("copd.edges=['text->image']", ["edges", "text->image", "student<-teacher"]),
-    ("grpo.lr='fast'", ["grpo.lr", "'fast'", "a number"]),
+    ("sim.lr='fast'", ["sim.lr", "'fast'", "a number"]),
+    ("sim.lr=0", ["sim.lr", "0", "> 0"]),
     ("seeds=0", ["seeds", "0", "[1, 1000]"]),
     ("grpo.bogus=1", ["grpo.bogus", "allowed fields", "group_size"]),
     ("merge.weights=[1.0]", ["merge.weights", "one weight per domain"]),
     ("sim.shared_skill=1.5", ["sim.shared_skill", "1.5", "[0, 1]"]),
     # values that used to pass and then crash, or start a run that could not finish
-    ("grpo.lr=inf", ["grpo.lr", "inf", "a finite number"]),
+    ("sim.lr=inf", ["sim.lr", "inf", "a finite number"]),
     ("vlm.lr=nan", ["vlm.lr", "nan", "a finite number"]),
     ("copd.beta_per_edge={'text<-image' = inf}", ["copd.beta_per_edge.text<-image", "inf", "finite"]),
     ("merge.weights=[0, 0, 0]", ["merge.weights", "(0.0, 0.0, 0.0)", "at least one > 0"]),
@@ -64,6 +65,18 @@ def test_bad_values_name_field_value_and_allowed(override, words):
         load_config(None, [override])
     for word in words:
         assert word in str(err.value)
+
+
+def test_a_moved_field_says_where_it_went(tmp_path):
+    """grpo.lr (the simulator's Adam lr) is sim.lr now: an old TOML file or --set names the new place, in one line."""
+    moved = "grpo.lr is not allowed: it moved to sim.lr (the simulator's Adam lr; the VLM world's is vlm.lr)"
+    path = tmp_path / "old.toml"
+    path.write_text("[grpo]\ngroup_size = 4\nlr = 0.05\n")
+    for args in [(path, []), (None, ["grpo.lr=0.05"])]:
+        with pytest.raises(ConfigError) as err:
+            load_config(*args)
+        assert str(err.value) == moved
+    assert load_config(None, ["sim.lr=0.05"]).sim.lr == 0.05
 
 
 def test_hub_is_checked_only_when_a_copd_method_runs():

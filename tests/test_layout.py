@@ -7,6 +7,7 @@ import or a new circle fails here before a reader meets it.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,39 @@ def test_graph_reads_function_level_and_submodule_imports(tmp_path):
     assert import_graph(root) == {("copd_lab.tasks", "copd_lab.tasks.registry"),
                                   ("copd_lab.tasks.registry", "copd_lab.tasks.image"),
                                   ("copd_lab.tasks.registry", "copd_lab.world")}
+
+
+def test_the_front_door_exports_the_runner_and_the_configs():
+    import copd_lab
+    from copd_lab import ExperimentConfig, load_config, run_comparison
+    from copd_lab.config import ExperimentConfig as config_class
+    from copd_lab.experiment import run_comparison as runner
+
+    assert ExperimentConfig is config_class and run_comparison is runner
+    assert load_config(None, ["copd.cycles=2"]).copd.cycles == 2
+    assert all(getattr(copd_lab, name) is not None for name in copd_lab.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'Trainer'"):
+        copd_lab.Trainer  # noqa: B018
+
+
+ROOT = PACKAGE.parent
+FILE = r"(?:copd_lab|docs|tests|benchmarks|configs|notebooks|tiny_models|scripts)/[\w/.-]*\w\.(?:py|md|toml|ipynb)"
+PART = r"(?:algorithm|math|records|sim|vlm|tasks|distributed|studies|playground)/\w+\.py"
+
+
+def test_pages_and_comments_name_files_that_exist():
+    texts = [ROOT / "README.md", *ROOT.glob("docs/*.md"), *PACKAGE.rglob("*.py"), *ROOT.glob("benchmarks/*.py")]
+    missing = [(str(path.relative_to(ROOT)), name) for path in texts for name in re.findall(FILE, path.read_text())
+               if not (ROOT / name).exists()]
+    assert missing == []
+
+
+def test_the_algorithm_page_names_code_that_exists():
+    """docs/algorithm.md sets each line of Algorithm 1 beside `part/file.py` `function`: both must exist."""
+    page = (ROOT / "docs" / "algorithm.md").read_text()
+    for path, name in re.findall(rf"`({PART})` `([\w.]+)`", page):
+        source = (PACKAGE / path).read_text()
+        head = name.split(".")[0]
+        assert re.search(rf"^(def|class) {head}\b|^{head} = |^    def {name.split('.')[-1]}\b", source, re.M), (path,
+                                                                                                           name)
+    assert all((PACKAGE / path).exists() for path in re.findall(rf"`({PART})", page))

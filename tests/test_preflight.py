@@ -49,36 +49,36 @@ def test_a_finished_run_is_never_replaced_without_resume_or_overwrite(tmp_path, 
     (tmp_path / "my_notes.md").write_text("keep me")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     state = load_checkpoint(checkpoint_path(tmp_path, 0))
-    refused(capsys, sim(tmp_path, "--set", "grpo.lr=0.05"), "holds a run", "--resume", "--overwrite")
+    refused(capsys, sim(tmp_path, "--set", "sim.lr=0.05"), "holds a run", "--resume", "--overwrite")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
     assert load_checkpoint(checkpoint_path(tmp_path, 0))["config"] == state["config"]
     # --overwrite replaces the run's own files, and only those
-    assert main(sim(tmp_path, "--set", "grpo.lr=0.05", "--overwrite")) == 0
+    assert main(sim(tmp_path, "--set", "sim.lr=0.05", "--overwrite")) == 0
     assert (tmp_path / "my_notes.md").read_text() == "keep me"
     assert 'lr = 0.05' in (tmp_path / "config.toml").read_text()
     refused(capsys, sim(tmp_path, "--resume", "--overwrite"), "--resume and --overwrite are not allowed together")
 
 
 def test_an_unfinished_run_is_not_replaced_and_resume_names_the_field_that_differs(tmp_path, capsys, monkeypatch):
-    measure = Trainer._measure
+    after_step = Trainer.after_step
 
-    def interrupt(self, tick):
-        measure(self, tick)
+    def interrupt(self, tick):  # after the tick's step and measurements, before its checkpoint
         if tick == 5:
             raise KeyboardInterrupt
+        after_step(self, tick)
 
     def run(*extra):
         return sim(tmp_path, "--set", "checkpoint_every=2", "--set", "expert_steps=8", *extra)
 
-    monkeypatch.setattr(Trainer, "_measure", interrupt)
+    monkeypatch.setattr(Trainer, "after_step", interrupt)
     with pytest.raises(KeyboardInterrupt):
         main(run())
-    monkeypatch.setattr(Trainer, "_measure", measure)
+    monkeypatch.setattr(Trainer, "after_step", after_step)
     tick = load_checkpoint(checkpoint_path(tmp_path, 0))["tick"]
     assert tick == 4
     refused(capsys, run("--set", "grpo.aggregation='constant'"), "holds a run (checkpoints)")
-    refused(capsys, run("--set", "grpo.lr=0.05", "--set", "copd.rl_steps=3", "--resume"),
-            "grpo.lr is 0.02 there, 0.05 here", "copd.rl_steps is 2 there, 3 here")
+    refused(capsys, run("--set", "sim.lr=0.05", "--set", "copd.rl_steps=3", "--resume"),
+            "sim.lr is 0.02 there, 0.05 here", "copd.rl_steps is 2 there, 3 here")
     assert load_checkpoint(checkpoint_path(tmp_path, 0))["tick"] == tick
     assert main(run("--resume")) == 0
 
@@ -108,7 +108,7 @@ def test_config_that_is_a_folder_or_not_text_is_refused(tmp_path, capsys):
     (["domains=['text']", "copd.hub='text'"], ["no OPD edge", "two or more domains"]),
     (["copd.drop_edges=['text<-image','image<-text','text<-video','video<-text']"], ["every edge is dropped"]),
     (["merge.weights=[0,0,0]"], ["merge.weights", "at least one > 0"]),
-    (["grpo.lr=inf"], ["grpo.lr = inf", "finite"]),
+    (["sim.lr=inf"], ["sim.lr = inf", "finite"]),
     (["expert_steps=99999999999999"], ["expert_steps = 99999999999999", "1,000,000 ticks"]),
 ])
 def test_values_that_used_to_run_and_crash_or_never_end_fail_before_work(tmp_path, capsys, settings, words):
@@ -118,7 +118,7 @@ def test_values_that_used_to_run_and_crash_or_never_end_fail_before_work(tmp_pat
 
 def test_a_huge_learning_rate_stops_cleanly_and_keeps_a_checkpoint(tmp_path, capsys):
     """The run stops with the non-finite message (exit 1), never with an error from deep inside sampling."""
-    assert main(sim(tmp_path, "--set", "grpo.lr=1e38")) == 1
+    assert main(sim(tmp_path, "--set", "sim.lr=1e38")) == 1
     err = capsys.readouterr().err
     assert err.startswith("copd-lab: error: ") and err.count("\n") == 1, err
     assert "NaN" in err and "tick 0" in err and "last good checkpoint stays" in err

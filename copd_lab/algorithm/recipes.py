@@ -1,4 +1,4 @@
-"""Every method is a recipe over branches (DESIGN.md section 3).
+"""Every method is a recipe over branches (docs/design.md §3).
 
 A branch is one set of weights with an RLVR data mixture; a stage says, for some steps, which
 branches train and which OPD edges are active; a recipe is a list of stages, then an optional merge.
@@ -9,31 +9,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from copd_lab.algorithm.slots import BASE, MERGED, SlotKey
 from copd_lab.algorithm.topology import build_edges, format_edge, parse_edge
 from copd_lab.config import ConfigError, ExperimentConfig, MergeConfig
-
-BASE = "@base"  # the shared base model π_0, never trained
 
 
 @dataclass(frozen=True)
 class Branch:
     name: str  # unique within its recipe, e.g. "text"
     domains: tuple[str, ...]  # RLVR data mixture for its native GRPO batches
-    init: str = BASE  # BASE, or "<recipe>/<branch>" to start from another recipe's final weights
+    init: SlotKey = BASE  # BASE, or another recipe's branch to start from its final weights
     step_rate: float = 1.0  # fraction of ticks on which this branch takes a step (asymmetric experts)
 
 
 @dataclass(frozen=True)
 class OPDEdge:
     student: str  # branch of this recipe that learns
-    teacher: str  # branch of this recipe, or "<recipe>/<branch>" of a finished (frozen) recipe
+    teacher: str | SlotKey  # a branch of this recipe, or a finished recipe's branch (frozen: it trains no more)
     domain: str  # the student samples on this domain's prompts (the teacher's domain in CoPD)
     beta: float = 1.0  # β, weight of this edge's OPD advantage
     live: bool = True  # teacher scored with its current weights, or a snapshot taken at stage start
 
     @property
+    def teacher_name(self) -> str:
+        """The teacher's branch name (of this recipe or of the one it comes from)."""
+        return self.teacher.branch if isinstance(self.teacher, SlotKey) else self.teacher
+
+    @property
+    def snapshots(self) -> bool:
+        """Whether the teacher is a branch of this recipe scored by a snapshot taken when its stage starts."""
+        return not self.live and not isinstance(self.teacher, SlotKey)
+
+    @property
     def label(self) -> str:
-        return format_edge((self.student, self.teacher.split("/")[-1]))
+        return format_edge((self.student, self.teacher_name))
 
 
 @dataclass(frozen=True)
@@ -52,8 +61,8 @@ class Recipe:
     name: str  # the method label, e.g. "copd" or "static_opd:image->text"
     branches: tuple[Branch, ...]
     stages: tuple[Stage, ...]
-    outputs: tuple[tuple[str, str], ...]  # (result label, branch name | "merged" | BASE) to evaluate
-    merge: MergeConfig | None = None  # merge all branches into "merged" at the end
+    outputs: tuple[tuple[str, str], ...]  # (result label, branch name | MERGED) to evaluate
+    merge: MergeConfig | None = None  # merge all branches into MERGED at the end
     requires: tuple[str, ...] = ()  # recipes that must finish first (their branches are inits/teachers)
 
     def branch(self, name: str) -> Branch:
@@ -104,15 +113,15 @@ def _static_opd(cfg: ExperimentConfig, name: str, arg: str) -> Recipe:
             raise ConfigError(f"methods = {name!r} is not allowed: {who!r} is not a domain of {cfg.domains}")
     if teacher == student:
         raise ConfigError(f"methods = {name!r} is not allowed: teacher and student must differ")
-    edge = OPDEdge(student, f"experts/{teacher}", teacher, beta=cfg.opd.beta, live=False)
-    branch = Branch(student, (student,), init=f"experts/{student}")
+    edge = OPDEdge(student, SlotKey("experts", teacher), teacher, beta=cfg.opd.beta, live=False)
+    branch = Branch(student, (student,), init=SlotKey("experts", student))
     stage = Stage("distill", cfg.distill_steps, (student,), rlvr=True, edges=(edge,))
     return Recipe(name, (branch,), (stage,), outputs=((name, student),), requires=("experts",))
 
 
 def _mopd(cfg: ExperimentConfig, name: str = "mopd") -> Recipe:
     """One student from the base; each prompt routed to its domain's frozen expert (MiMo-V2-Flash)."""
-    edges = tuple(OPDEdge("student", f"experts/{d}", d, beta=cfg.opd.beta, live=False) for d in cfg.domains)
+    edges = tuple(OPDEdge("student", SlotKey("experts", d), d, beta=cfg.opd.beta, live=False) for d in cfg.domains)
     branch = Branch("student", tuple(cfg.domains))
     stage = Stage("distill", cfg.distill_steps, ("student",), rlvr=cfg.mopd_rlvr, edges=edges)
     return Recipe(name, (branch,), (stage,), outputs=((name, "student"),), requires=("experts",))
@@ -151,7 +160,7 @@ def _copd(cfg: ExperimentConfig, name: str = "copd", drop: tuple[str, ...] = (),
     # unmerged" compares one training (copd_no_merge is a run of its own, with its own random stream)
     branch_outputs = tuple((f"{name}[{d}]", d) for d in names)
     if merge:
-        outputs: tuple[tuple[str, str], ...] = ((name, "merged"), *(branch_outputs if c.report_branches else ()))
+        outputs: tuple[tuple[str, str], ...] = ((name, MERGED), *(branch_outputs if c.report_branches else ()))
         weights = cfg.merge
     else:
         outputs, weights = branch_outputs, None

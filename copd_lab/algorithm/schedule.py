@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from copd_lab.algorithm.recipes import BASE, OPDEdge, Recipe
+from copd_lab.algorithm.recipes import OPDEdge, Recipe
+from copd_lab.algorithm.slots import BASE, MERGED, SlotKey
 
 
 @dataclasses.dataclass
@@ -31,30 +32,28 @@ def timeline(recipes: list[Recipe]) -> dict[str, tuple[int, int]]:
     return spans
 
 
-def allocate_slots(recipes: list[Recipe]) -> dict[str, int]:
+def allocate_slots(recipes: list[Recipe]) -> dict[SlotKey, int]:
     """slot 0 = base; one slot per branch, per merged model and per frozen snapshot of a teacher."""
     slots = {BASE: 0}
     for recipe in recipes:
         for branch in recipe.branches:
-            slots[f"{recipe.name}/{branch.name}"] = len(slots)
+            slots[SlotKey(recipe.name, branch.name)] = len(slots)
         if recipe.merge is not None:
-            slots[f"{recipe.name}/merged"] = len(slots)
+            slots[SlotKey(recipe.name, MERGED)] = len(slots)
         for stage in recipe.stages:
             for edge in stage.edges:
-                if not edge.live and "/" not in edge.teacher:  # snapshot of an own, live branch
-                    slots.setdefault(f"{recipe.name}/{edge.teacher}#frozen", len(slots))
+                if edge.snapshots:
+                    slots.setdefault(SlotKey(recipe.name, edge.teacher, frozen=True), len(slots))
     return slots
 
 
-def slot_of(slots: dict[str, int], recipe: Recipe, name: str) -> int:
-    """The slot of a branch (or "merged", BASE, or another recipe's "<recipe>/<branch>") of `recipe`."""
-    return 0 if name == BASE else slots[name if "/" in name else f"{recipe.name}/{name}"]
+def slot_of(slots: dict[SlotKey, int], recipe: Recipe, name: str | SlotKey) -> int:
+    """The slot of a branch of `recipe` (or MERGED), or of a key (BASE, another recipe's branch)."""
+    return slots[name if isinstance(name, SlotKey) else SlotKey(recipe.name, name)]
 
 
-def teacher_slot_of(slots: dict[str, int], recipe: Recipe, edge: OPDEdge) -> int:
+def teacher_slot_of(slots: dict[SlotKey, int], recipe: Recipe, edge: OPDEdge) -> int:
     """The slot an edge's teacher is scored with: another recipe's branch, the live branch, or its snapshot."""
-    if "/" in edge.teacher:
-        return slots[edge.teacher]
-    if edge.live:
-        return slot_of(slots, recipe, edge.teacher)
-    return slots[f"{recipe.name}/{edge.teacher}#frozen"]
+    if edge.snapshots:
+        return slots[SlotKey(recipe.name, edge.teacher, frozen=True)]
+    return slot_of(slots, recipe, edge.teacher)

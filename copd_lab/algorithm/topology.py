@@ -2,7 +2,7 @@
 
 An edge ``student<-teacher`` means the student samples on the teacher's prompts and is graded token by
 token by the teacher. The paper uses all pairs for K=2 and hub-and-spoke for K=3 (text as hub,
-COPD_NOTES.md 1.5); the other topologies answer the scaling question it leaves open.
+docs/paper.md §1.5); the other topologies answer the scaling question it leaves open (§9).
 """
 
 from __future__ import annotations

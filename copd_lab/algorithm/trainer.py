@@ -1,12 +1,16 @@
-"""The one training loop: recipes over branches on any world (Algorithm 1 when the recipe is CoPD).
+"""One seed's run of the recipes on a world (Algorithm 1 when the recipe is CoPD; docs/algorithm.md).
 
 All recipes of a comparison run side by side on one world, tick by tick: a recipe starts when the
 recipes it requires have finished (static OPD and MOPD start from the experts), and every tick the
 world gets the requests of all training branches at once. For CoPD a tick in Phase I gives each
 branch k one GRPO batch on D_k; a tick in Phase II gives it the same GRPO batch plus one OPD batch per
-neighbour j on D_j prompts, graded by j, all joined in one update of θ_k (COPD_NOTES.md 1.3).
+neighbour j on D_j prompts, graded by j, all joined in one update of θ_k (docs/paper.md §1.3).
 
-With a checkpoint file the loop saves its whole state every `checkpoint_every` ticks (checkpoint.py)
+A `Trainer` is one seed's run: where each recipe is, the requests of a tick, what a tick measures, its rows and
+checkpoints. The loop that steps trainers tick by tick, one seed or several side by side, is
+copd_lab.algorithm.loop.run_seeds.
+
+With a checkpoint file the loop saves its whole state every `checkpoint_every` ticks (records/checkpoint.py)
 and can continue from it with the same rows (the first checkpoint is written before the first step, so there
 is always one); a NaN or inf loss stops it before the bad update, NaN or inf weights right after the update
 that made them, before any forward uses them.
@@ -21,14 +25,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from copd_lab.algorithm import update
 from copd_lab.algorithm.recipes import OPDEdge, Recipe, Stage, is_active
 from copd_lab.algorithm.schedule import Cursor, allocate_slots, slot_of, teacher_slot_of, timeline
+from copd_lab.algorithm.side_by_side import window_of
+from copd_lab.algorithm.slots import MERGED, SlotKey
 from copd_lab.config import ExperimentConfig
 from copd_lab.records.checkpoint import STATE_FORMAT, first_non_finite, resume_key, save_checkpoint
-from copd_lab.records.measure import Meter
+from copd_lab.records.measure import AccuracyOf, ConflictOf, GapOf, Meter
 from copd_lab.records.rows import SeedRows
 from copd_lab.world import NonFiniteError, Request, World, WorldLost
+
+Owner = tuple[str, str, str]  # (method, branch, edge label or "") of a request: its rows and its errors
 
 
 class Trainer:
@@ -47,9 +54,11 @@ class Trainer:
         self.slots = allocate_slots(recipes)
         self.cursors = {r.name: Cursor() for r in recipes}
         self.spans = timeline(recipes)
-        self.book = SeedRows(run, seed, [f"{r.name}/{b.name}" for r in recipes for b in r.branches],
+        self.book = SeedRows(run, seed, {str(SlotKey(r.name, b.name)): (r.name, b.name) for r in recipes
+                                         for b in r.branches},
                              cfg.grpo.prompts_per_step * cfg.grpo.group_size)
-        self.gap = Meter(cfg, world, self.book.log)
+        self.meter = Meter(cfg, world, self.book.log)  # this seed's own: base and final evaluations, adaptive checks
+        self.window = window_of(world)  # how its slots and streams map onto the world the loop calls
         self._boundary: set[str] = set()  # recipes that ended a phase this tick: their gap is measured
         self._requests: dict[tuple[str, int], list] = {}  # see _stage_requests
         self._bar = None  # the progress bar, from begin() to end()
@@ -65,22 +74,7 @@ class Trainer:
     def teacher_slot(self, recipe: Recipe, edge: OPDEdge) -> int:
         return teacher_slot_of(self.slots, recipe, edge)
 
-    # ------------------------------------------------------------------ the loop
-
-    def run_all(self, resume: dict | None = None) -> list[dict]:
-        """Train every recipe to its end, evaluate its outputs, return the tidy rows.
-
-        resume: an unfinished checkpoint's state (see `state_dict`) to continue from instead of starting
-        afresh; on CPU the rows come out identical to those of an uninterrupted run. (A finished one
-        already holds every row: see experiment.run_comparison.)
-        """
-        start = self.begin(resume)
-        for tick in range(start, self.total + 1):
-            requests, owners = self.collect(tick)
-            if requests:
-                self._guarded(tick, self.train_step, tick, requests, owners)
-            self.after_step(tick)
-        return self.end()
+    # ------------------------------------------------------------------ a tick
 
     @property
     def total(self) -> int:
@@ -88,12 +82,12 @@ class Trainer:
         return max((end for _, end in self.spans.values()), default=0)
 
     def begin(self, resume: dict | None = None) -> int:
-        """Reset the world (or restore `resume`), evaluate the base, write the first checkpoint; the next tick."""
-        self.world.reset(len(self.slots), self.seed)
+        """Evaluate the base and write the first checkpoint (or restore `resume`) in the freshly reset world; the
+        next tick."""
         if resume is None:
             torch.manual_seed(self.seed)
             start = 0
-            self._guarded(0, self._evaluate_outputs, "base", [("base", 0)], 0)
+            self.guarded(0, self._evaluate_outputs, "base", [("base", 0)], 0)
             if self.checkpoint is not None:  # a last good checkpoint exists whatever happens next
                 self._save(0)
         else:
@@ -107,7 +101,7 @@ class Trainer:
 
     def collect(self, tick: int) -> tuple[list[Request], list[tuple[str, str, str]]]:
         """This tick's requests of every recipe that trains on it, and their owners (method, branch, edge)."""
-        return self._guarded(tick, self._tick_requests, tick)
+        return self.guarded(tick, self._tick_requests, tick)
 
     def _tick_requests(self, tick: int) -> tuple[list[Request], list[tuple[str, str, str]]]:
         requests, owners = [], []
@@ -116,10 +110,8 @@ class Trainer:
                 self._collect(recipe, tick, requests, owners)
         return requests, owners
 
-    def after_step(self, tick: int, measured: bool = False) -> None:
-        """Measure what this tick's cadence asks for (unless `measured` already), then checkpoint on the cadence."""
-        if not measured:
-            self._guarded(tick, self._measure, tick)
+    def after_step(self, tick: int) -> None:
+        """After the tick's step and measurements: tell on_eval, move the bar, checkpoint on the cadence."""
         if self.on_eval is not None and tick > 0 and tick % self.cfg.metrics.eval_every == 0:
             self.on_eval(self.rows, tick)
         if tick < self.total:
@@ -136,21 +128,25 @@ class Trainer:
             self._save(self.total + 1, done=True)
         return self.rows
 
-    def _guarded(self, tick: int, work, *args):
-        """work(*args); a NonFiniteError from the world says what went wrong, this adds where and what was kept."""
+    def close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def guarded(self, tick: int, work: Callable, *args):
+        """work(*args), with a NonFiniteError or WorldLost it raises told where it happened (see `placed`)."""
         try:
             return work(*args)
-        except NonFiniteError as err:
-            if self._bar is not None:
-                self._bar.close()
-            raise NonFiniteError(f"{err}, at tick {tick} (seed {self.seed}): training stopped and {self._kept()}. "
-                                 f"{self._advice()}") from None
-        except WorldLost as err:
-            if self._bar is not None:
-                self._bar.close()
+        except (NonFiniteError, WorldLost) as err:
+            raise self.placed(err, tick) from None
+
+    def placed(self, err: NonFiniteError | WorldLost, tick: int) -> NonFiniteError | WorldLost:
+        """The world's error with where (tick, seed) and what was kept added; the progress bar closed."""
+        self.close_bar()
+        if isinstance(err, WorldLost):
             again = " Run the same command with --resume to continue from it." if self.checkpoint else ""
-            raise WorldLost(f"{err}, at tick {tick} (seed {self.seed}): training stopped and {self._kept()}."
-                            f"{again}") from None
+            return WorldLost(f"{err}, at tick {tick} (seed {self.seed}): training stopped and {self._kept()}.{again}")
+        return NonFiniteError(f"{err}, at tick {tick} (seed {self.seed}): training stopped and {self._kept()}. "
+                              f"{self.advice()}")
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -161,7 +157,7 @@ class Trainer:
         bad = first_non_finite(state["world"])
         if bad is not None:
             raise NonFiniteError(f"the world state {bad} holds NaN or inf after tick {next_tick - 1} (seed "
-                                 f"{self.seed}): training stopped and {self._kept()}. {self._advice()}")
+                                 f"{self.seed}): training stopped and {self._kept()}. {self.advice()}")
         save_checkpoint(self.checkpoint, state)
 
     def state_dict(self, next_tick: int, done: bool = False) -> dict:
@@ -202,15 +198,15 @@ class Trainer:
     def _start_stage(self, recipe: Recipe, cur: Cursor) -> None:
         if cur.stage < len(recipe.stages):
             for edge in recipe.stages[cur.stage].edges:
-                if not edge.live and "/" not in edge.teacher:  # freeze the teacher for this phase
+                if edge.snapshots:  # freeze the teacher for this phase
                     self.world.copy(self.slot(recipe, edge.teacher), self.teacher_slot(recipe, edge))
 
     def _finish(self, recipe: Recipe, tick: int) -> None:
         self.cursors[recipe.name].done = True
         if recipe.merge is not None:
             sources = [self.slot(recipe, b.name) for b in recipe.branches]
-            self.world.merge(sources, self.slot(recipe, "merged"), recipe.merge)
-            if self.world.non_finite([self.slot(recipe, "merged")]):
+            self.world.merge(sources, self.slot(recipe, MERGED), recipe.merge)
+            if self.world.non_finite([self.slot(recipe, MERGED)]):
                 raise NonFiniteError(f"the merge ({recipe.merge.method}, scale {recipe.merge.scale}) made the weights "
                                      f"of method {recipe.name!r} NaN or inf")
         outputs = [(label, self.slot(recipe, name)) for label, name in recipe.outputs]
@@ -223,7 +219,7 @@ class Trainer:
         for name, step_rate, native, opd in self._stage_requests(recipe, cur.stage):
             if not is_active(cur.tick, step_rate):
                 continue
-            self.book.steps_done[f"{recipe.name}/{name}"] += 1
+            self.book.count_step(recipe.name, name)
             if native is not None:
                 requests.append(native)
                 owners.append((recipe.name, name, ""))
@@ -265,23 +261,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ one update
 
-    def train_step(self, tick: int, requests: list[Request], owners: list) -> None:
-        """One training step of `requests` (copd_lab.algorithm.update), its training signals kept for the next flush.
-        owners: (method, branch, edge) per request, for its logged rows and error messages. Public so
-        benchmarks can time exactly the loop's step."""
-        signal = update.train_step(self.world, self.cfg, requests,
-                                   lambda row, what: self._non_finite(owners, row, what))
-        self.book.keep_signals(tick, owners, signal)
-
-    @staticmethod
-    def _non_finite(owners: list, row: int, what: str) -> None:
-        method, branch, edge = owners[row]
+    def non_finite_error(self, owner: Owner, what: str) -> NonFiniteError:
+        """What update.train_step found (`what`) on one request of this seed, named by its method, branch and edge."""
+        method, branch, edge = owner
         if what.startswith("loss"):
             where = f"the OPD loss on edge {edge}" if edge else "the GRPO loss"
-            raise NonFiniteError(f"{where} {what.removeprefix('loss ')} in method {method!r}, branch {branch!r} "
-                                 f"(stopped before this update)")
-        raise NonFiniteError(f"the update made the weights of branch {branch!r} in method {method!r} NaN or inf "
-                             f"(stopped before any forward used them)")
+            return NonFiniteError(f"{where} {what.removeprefix('loss ')} in method {method!r}, branch {branch!r} "
+                                  f"(stopped before this update)")
+        return NonFiniteError(f"the update made the weights of branch {branch!r} in method {method!r} NaN or inf "
+                              f"(stopped before any forward used them)")
 
     def _kept(self) -> str:
         if self.checkpoint is None:
@@ -290,20 +278,17 @@ class Trainer:
             return f"the last good checkpoint stays at {self.checkpoint}"
         return "no checkpoint had been written yet (the base model's evaluation comes first: no step was taken)"
 
-    def _advice(self) -> str:
-        lr = f"vlm.lr = {self.cfg.vlm.lr}" if self.cfg.world == "vlm" else f"grpo.lr = {self.cfg.grpo.lr}"
-        return f"Try a lower learning rate than {lr} (or a smaller opd.beta), in a new --out or with --overwrite."
+    def advice(self) -> str:
+        """What to try after a NaN or inf: a lower learning rate (the world names its own knob) or a smaller β."""
+        return (f"Try a lower learning rate than {self.world.lr_setting} (or a smaller opd.beta), in a new --out or "
+                f"with --overwrite.")
 
     # ------------------------------------------------------------------ measurement
 
-    def _measure(self, tick: int) -> None:
-        for kind, args in self.measurements(tick):
-            getattr(self.gap, kind)(*args)
-
-    def measurements(self, tick: int) -> list[tuple[str, tuple]]:
-        """The Meter calls this tick's cadence asks for, in order, as (method name, arguments): the gap of the
-        recipes measured now, then each live recipe's accuracy and gradient conflict at an eval tick. (The adaptive
-        schedule's overlap checks run here at once: they decide which OPD windows open.)"""
+    def measurements(self, tick: int) -> list[GapOf | AccuracyOf | ConflictOf]:
+        """The measurements this tick's cadence asks for, in order, in this seed's slots (owners: method names): the
+        gap of the recipes measured now, then each live recipe's accuracy and gradient conflict at an eval tick.
+        (The adaptive schedule's overlap checks run here at once: they decide which OPD windows open.)"""
         m = self.cfg.metrics
         live = [r for r in self.recipes if self.cursors[r.name].started and not self.cursors[r.name].done]
         for recipe in live:
@@ -316,16 +301,18 @@ class Trainer:
         # every recipe at the cadence, else only those at a phase end: a method's rows never depend on the others
         measured = live if tick % m.gap_every == 0 or evaluate else [r for r in live if r.name in self._boundary]
         self._boundary.clear()
-        calls = []
+        calls: list[GapOf | AccuracyOf | ConflictOf] = []
         if measured:
-            groups = [(r.name, [(b.name, self.slot(r, b.name)) for b in r.branches]) for r in measured]
-            calls.append(("measure_groups", (tick, groups, evaluate)))
+            calls.append(GapOf(tick, tuple((r.name, self._branch_slots(r)) for r in measured), evaluate))
         if evaluate and tick > 0:
             for recipe in live:
-                branches = [(b.name, self.slot(recipe, b.name)) for b in recipe.branches]
-                calls += [("accuracy", (recipe.name, branches, tick, False)),
-                          ("conflict", (recipe.name, branches, tick))]
+                branches = self._branch_slots(recipe)
+                calls += [AccuracyOf(tick, tuple((recipe.name, b, s) for b, s in branches)),
+                          ConflictOf(tick, tuple((recipe.name, b, s) for b, s in branches))]
         return calls
+
+    def _branch_slots(self, recipe: Recipe) -> tuple[tuple[str, int], ...]:
+        return tuple((b.name, self.slot(recipe, b.name)) for b in recipe.branches)
 
     def _open_windows(self, recipe: Recipe, stage: Stage, tick: int) -> None:
         """Adaptive schedule: open an OPD window on an edge whose top-k overlap fell below threshold."""
@@ -334,7 +321,7 @@ class Trainer:
         if not closed:
             return
         pairs = [(self.slot(recipe, e.student), self.teacher_slot(recipe, e)) for e in closed]
-        overlap = self.gap.overlap(pairs, recipe.name)
+        overlap = self.meter.overlap(pairs, recipe.name)
         for edge, value in zip(closed, overlap):
             if value < stage.adaptive_threshold:
                 cur.windows[edge.label] = stage.adaptive_window
@@ -342,4 +329,4 @@ class Trainer:
 
     def _evaluate_outputs(self, method: str, outputs: list[tuple[str, int]], step: int) -> None:
         if outputs:
-            self.gap.accuracy(method, outputs, step, final=True)
+            self.meter.accuracy(method, outputs, step, final=True)

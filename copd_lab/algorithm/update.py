@@ -3,7 +3,7 @@ OPD (Eq. 8) loss per request and an optimizer update of every student slot.
 
 Each request is one batch of one slot: a GRPO batch on its own prompts, or an OPD batch on a neighbour's
 prompts graded token by token by that neighbour (`request.teacher`). A slot with several requests in
-the tick gets the mean of their losses: one update on B_nat ∪ (∪_j B_j) (COPD_NOTES.md 1.3).
+the tick gets the mean of their losses: one update on B_nat ∪ (∪_j B_j) (docs/paper.md §1.3).
 """
 
 from __future__ import annotations

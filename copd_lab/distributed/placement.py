@@ -1,9 +1,9 @@
 """Where the experts live: which shard owns each slot, and shards in this process (no Ray).
 
-A run's experts are its branch names: a method's branch of that name, its frozen snapshots and the merged model
-of a method whose first branch it is belong to that expert's shard (copd_lab.distributed.sharded); slot 0, the base, is in
-every shard. `local_sharded_world` runs the shards in this process, every call copied as a process boundary
-would copy it: the sharded world's logic without Ray (tests; placement.engine = "ray" runs them as actors).
+A run's experts are its branch names: a method's branch of that name, its frozen snapshots and the merged model of a
+method whose first branch it is belong to that expert's shard (copd_lab.distributed.sharded); slot 0, the base, is
+in every shard. `local_sharded_world` runs the shards in this process, every call copied as a process boundary would
+copy it: the sharded world's logic without Ray (tests; placement.engine = "ray" runs them as actors).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from copd_lab.algorithm.recipes import Recipe
 from copd_lab.algorithm.schedule import allocate_slots
+from copd_lab.algorithm.slots import MERGED
 from copd_lab.distributed.shard import Shard, local_copy
 from copd_lab.distributed.sharded import ShardedWorld
 from copd_lab.world import World
@@ -20,14 +21,8 @@ from copd_lab.world import World
 def experts_of_slots(recipes: list[Recipe]) -> dict[int, str]:
     """Slot -> the expert (a branch name) whose shard owns it; slot 0 (the base) is in every shard."""
     by_name = {r.name: r for r in recipes}
-    owner = {}
-    for name, slot in allocate_slots(recipes).items():
-        if slot == 0:
-            continue
-        method, _, branch = name.partition("/")
-        branch = branch.removesuffix("#frozen")
-        owner[slot] = by_name[method].branches[0].name if branch == "merged" else branch
-    return owner
+    return {slot: by_name[key.recipe].branches[0].name if key.branch == MERGED else key.branch
+            for key, slot in allocate_slots(recipes).items() if slot != 0}
 
 
 class LocalTransport:

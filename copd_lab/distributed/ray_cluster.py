@@ -1,11 +1,11 @@
 """Experts as Ray actors: start a loopback cluster or join one, one placement group and one actor per expert.
 
-`placement.engine = "ray"` makes copd_lab.local_world.make_world build a ShardedWorld (copd_lab.distributed.sharded) whose shards
-are `Shard` actors, each in a placement group of its own with `placement.num_cpus` CPUs and
-`placement.num_gpus` GPUs (fractions pack several tiny experts on one GPU). Each actor builds its own world
-from the run's config: on a VLM run, each loads its own model. Calls to all actors are submitted before
-any answer is awaited, so the experts of a tick work at once. A dead actor (killed, out of memory, its
-node lost) surfaces as WorldLost naming the expert; the trainer adds the tick and the checkpoint kept.
+`placement.engine = "ray"` makes copd_lab.local_world.make_world build a ShardedWorld (copd_lab.distributed.sharded)
+whose shards are `Shard` actors, each in a placement group of its own with `placement.num_cpus` CPUs and
+`placement.num_gpus` GPUs (fractions pack several tiny experts on one GPU). Each actor builds its own world from the
+run's config: on a VLM run, each loads its own model. Calls to all actors are submitted before any answer is
+awaited, so the experts of a tick work at once. A dead actor (killed, out of memory, its node lost) surfaces as
+WorldLost naming the expert; the trainer adds the tick and the checkpoint kept.
 
 A local cluster binds loopback only: Ray probes cloud metadata addresses unless started with the variables of
 LOOPBACK_ENV and HOME holding a ray_bootstrap_config.yaml of `{}`, which must be set before Ray is imported (it

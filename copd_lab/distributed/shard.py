@@ -78,8 +78,9 @@ class Shard:
 
     def info(self) -> dict:
         w = self.world
-        return {"domains": w.domains, "max_new_tokens": w.max_new_tokens, "pid": os.getpid(),
-                "exact": hasattr(w, "exact_accuracy"), "pad": getattr(w, "pad_id", 0), "name": self.name}
+        return {"domains": w.domains, "max_new_tokens": w.max_new_tokens, "pid": os.getpid(), "pad": w.pad_id,
+                "capabilities": sorted(c.__name__ for c in w.capabilities), "lr_setting": w.lr_setting,
+                "name": self.name}
 
     def do(self, method: str, *args):
         """A World method that needs nothing of the shard's own: copy, merge, non_finite, flat_weights, ..."""
@@ -90,12 +91,10 @@ class Shard:
 
     def rng_state(self):
         """The state of the world's own generator (the VLM's LoRA A_0 and DARE seeds), or None."""
-        gen = getattr(self.world, "gen", None)
-        return None if gen is None else to_wire(gen.get_state())
+        return to_wire(self.world.generator_state())
 
     def set_rng_state(self, state) -> None:
-        if state is not None:
-            self.world.gen.set_state(from_wire(state))
+        self.world.set_generator_state(from_wire(state))
 
     def sample(self, batch_id: int, requests: list, draws, args: tuple, grad: bool) -> dict:
         """Sample these requests with the given draws; keep the batch under batch_id; the rollouts as wire arrays."""
@@ -142,7 +141,7 @@ class Shard:
                 tokens.append(from_wire(item[2]))
                 requests.append(item[3])
         length = max(t.shape[-1] for t in tokens)
-        pad = getattr(self.world, "pad_id", 0)
+        pad = self.world.pad_id
         tokens = torch.stack([torch.nn.functional.pad(t, (0, length - t.shape[-1]), value=pad) for t in tokens])
         zeros = torch.zeros(tokens.shape[:2])
         return Batch(requests, zeros.long(), tokens, torch.ones(tokens.shape), zeros, zeros,

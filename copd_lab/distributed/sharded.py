@@ -1,8 +1,8 @@
 """A World (copd_lab.world) whose slots live in shards, one per expert: the algorithm never learns it.
 
-Every slot has one owner, the shard of its expert (copd_lab.distributed.placement.experts_of_slots: a method's branch of that name,
-its frozen snapshots, and the merged model of a method whose first branch it is); slot 0, the base,
-is in every shard. A call's requests go to their owners at once and their answers are gathered:
+Every slot has one owner, the shard of its expert (copd_lab.distributed.placement.experts_of_slots: a method's
+branch of that name, its frozen snapshots, and the merged model of a method whose first branch it is); slot 0, the
+base, is in every shard. A call's requests go to their owners at once and their answers are gathered:
 
 * sampling: the random draws are made by one shard from the requests' streams (`World.draw`), and each
   owner samples its requests with its share of them, so a request draws what it would in one process;
@@ -29,7 +29,7 @@ import torch
 
 from copd_lab.config import MergeConfig
 from copd_lab.distributed.shard import from_wire, to_wire, wire_bytes
-from copd_lab.world import Batch, Request
+from copd_lab.world import Batch, ExactAccuracy, Request, TokenText
 
 
 @dataclass
@@ -45,9 +45,9 @@ class ShardedPayload:
 
 
 class ShardedWorld:
-    """See the module docstring. shards: expert name -> its shard's handle (transport's to address)."""
-
-    runs_seeds_side_by_side = False  # seeds run one after another (a seed's draws are its own either way)
+    """See the module docstring. shards: expert name -> its shard's handle (transport's to address). Its capabilities
+    are its shards' exact accuracy and token text; seeds run one after another (a seed's draws are its own either
+    way), and a sharded world is not itself a shard."""
 
     def __init__(self, transport, experts: list[str], owner: dict[int, str]):
         self.transport, self.experts, self.owner = transport, list(experts), dict(owner)
@@ -56,8 +56,8 @@ class ShardedWorld:
         self.info = dict(zip(self.experts, info))
         first = info[0]
         self.domains, self.max_new_tokens, self.pad = tuple(first["domains"]), first["max_new_tokens"], first["pad"]
-        if first["exact"]:
-            self.exact_accuracy = self._exact_accuracy
+        self.lr_setting = first["lr_setting"]
+        self.capabilities = frozenset(c for c in (ExactAccuracy, TokenText) if c.__name__ in first["capabilities"])
         self.traffic: Counter = Counter()
         self._ids = itertools.count(1)
         self._pending: dict[str, tuple[int, torch.Tensor]] = {}  # shard -> (key, leaf) of the last grad call
@@ -143,11 +143,16 @@ class ShardedWorld:
             out[torch.tensor(rows)] = part
         return out
 
-    def _exact_accuracy(self, requests: list[Request]) -> torch.Tensor:
+    def exact_accuracy(self, requests: list[Request], grad: bool = False) -> torch.Tensor:
+        """ExactAccuracy, computed by each slot's owner (no gradient: the simulator's pilot runs in one process)."""
         groups = self._by_home([r.slot for r in requests])
         parts = self._call([(name, "do", ("exact_accuracy", [requests[i] for i in rows]))
                             for name, rows in groups.items()])
         return self._place(len(requests), groups, [from_wire(p) for p in parts])
+
+    def token_text(self, token: int) -> str:
+        """TokenText, as the first shard's world reads the token (every shard holds the same world)."""
+        return self._do(self.experts[0], "token_text", token)
 
     def state_dict(self) -> dict:
         return {"shards": dict(zip(self.experts, (from_wire(s) for s in self._all("do", "state_dict"))))}
@@ -165,7 +170,7 @@ class ShardedWorld:
         ids = {name: next(self._ids) for name in groups}
         args = (prompts, group, temperature, greedy, every_prompt)
         grad = torch.is_grad_enabled()
-        parts = self._call([(name, "sample", (ids[name], [requests[i] for i in rows], to_wire(_take(draws, rows)),
+        parts = self._call([(name, "sample", (ids[name], [requests[i] for i in rows], to_wire(draws.take(rows)),
                                                           args, grad))
                             for name, rows in groups.items()], "rollouts")
         parts = [from_wire(p) for p in parts]
@@ -287,10 +292,6 @@ class ShardedWorld:
 
     def close(self) -> None:
         self.transport.close()
-
-
-def _take(draws, rows: list[int]):
-    return draws.take(rows) if hasattr(draws, "take") else [draws[i] for i in rows]
 
 
 class _Anchor:

@@ -6,8 +6,9 @@ positions may hold garbage and never reach a result. Aggregations reduce over N 
 an all-masked slice gives 0, not nan.
 
 Phase I (Eq. 7) is GRPO: ``group_advantages`` + ``clipped_pg_loss``. Phase II feeds Eq. 8's sampled-token
-advantage (``opd_sampled_advantage``) to the same clipped loss. ``topk_reverse_kl`` / ``full_reverse_kl`` are
-the thunlp/OPD (arXiv 2604.13016) support variants, for comparison.
+advantage (``opd_sampled_advantage``) to the same clipped loss. ``reverse_kl_surrogate`` is the gradient of
+the reverse KL on the full vocabulary or a top-k support, the thunlp/OPD (arXiv 2604.13016) variants, for
+comparison (opd.estimator = "full" / "topk").
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
-TOPK_SUPPORTS = ("student", "teacher")
+from copd_lab.config import AGGREGATIONS
 
 
 def group_advantages(
@@ -105,22 +105,6 @@ def clipped_pg_loss(
     return -aggregate(torch.where(unclipped <= clipped, unclipped, clipped), mask, aggregation, constant)
 
 
-def clip_fraction(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    clip_low: float = 0.2,
-    clip_high: float = 0.28,
-) -> Tensor:
-    """Fraction of real tokens whose gradient the clip removes (ρ > 1+ε_high with Â > 0, or ρ < 1−ε_low
-    with Â < 0), [...]. A diagnostic: the result carries no gradient."""
-    ratio = torch.exp(_masked_log_ratio(logprobs, old_logprobs, mask)).detach()
-    advantages = advantages.detach()
-    active = ((ratio > 1.0 + clip_high) & (advantages > 0)) | ((ratio < 1.0 - clip_low) & (advantages < 0))
-    return aggregate(active.to(ratio.dtype), mask, "token_mean")
-
-
 def kl_penalty(
     logprobs: Tensor,
     ref_logprobs: Tensor,
@@ -130,7 +114,7 @@ def kl_penalty(
 ) -> Tensor:
     """The −β·KL(π_θ‖π_ref) term of GRPO (paper's Preliminaries), by Schulman's "k3" estimator per token
     exp(d) − d − 1 with d = log π_ref − log π_θ: unbiased, non-negative, low variance. Differentiable in
-    ``logprobs``; aggregated to [...]. Off by default in CoPD (notes §1.2)."""
+    ``logprobs``; aggregated to [...]. Off by default in CoPD (docs/paper.md §1.2)."""
     d = _masked_log_ratio(ref_logprobs, logprobs, mask)
     return aggregate(torch.exp(d) - d - 1.0, mask, aggregation, constant)
 
@@ -205,49 +189,18 @@ class TopK:
         return self.mask.nonzero()[:, -1].reshape(*self.mask.shape[:-1], self.k)
 
 
-def topk_mask(logp: Tensor, k: int) -> Tensor:
-    """Bool [..., V] membership of TopK(logp) along V, exactly min(k, V) ids per position (see TopK)."""
-    return TopK(logp, k).mask
-
-
 def topk_ids(logp: Tensor, k: int) -> Tensor:
-    """Long [..., min(k, V)]: the ids of ``topk_mask``, in increasing id order."""
+    """Long [..., min(k, V)]: the ids of TopK(logp) along V, exactly min(k, V) per position, in increasing order."""
     return TopK(logp, k).ids
-
-
-def topk_reverse_kl(
-    student_logp: Tensor, teacher_logp: Tensor, mask: Tensor, k: int, support: str = "student"
-) -> Tensor:
-    """Per-token reverse KL on a top-k support S_t (thunlp/OPD, arXiv 2604.13016), [..., N, T].
-
-    Σ_{v∈S} p̄(v) (log p̄(v) − log q̄(v)), with p (student) and q (teacher) both renormalised on S; S is the
-    student's top-k ids ("student", thunlp's default) or the teacher's ("teacher"). The choice of S carries
-    no gradient; the KL is differentiable in ``student_logp``. 0 on masked positions.
-    """
-    if support not in TOPK_SUPPORTS:
-        raise ValueError(f"support={support!r} is not one of {TOPK_SUPPORTS}")
-    chooser = student_logp if support == "student" else teacher_logp
-    ids = topk_ids(chooser.detach(), k)
-    student_bar = torch.log_softmax(student_logp.gather(-1, ids), dim=-1)
-    teacher_bar = torch.log_softmax(teacher_logp.gather(-1, ids), dim=-1)
-    kl = (student_bar.exp() * (student_bar - teacher_bar)).sum(dim=-1)
-    return torch.where(mask.bool(), kl, 0.0)
-
-
-def full_reverse_kl(student_logp: Tensor, teacher_logp: Tensor, mask: Tensor) -> Tensor:
-    """Exact per-token KL(p‖q) = Σ_v p (log p − log q) over the vocabulary (the Preliminaries' OPD loss),
-    [..., N, T]. Ids with p = 0 add 0 (even where q = 0 too); 0 on masked positions."""
-    kl = kl_per_position(student_logp, teacher_logp)
-    return torch.where(mask.bool(), kl, 0.0)
 
 
 def reverse_kl_surrogate(
     student_logp: Tensor, student_ref_logp: Tensor, teacher_logp: Tensor, mask: Tensor, k: int | None = None
 ) -> Tensor:
     """Per-token Σ_v p_θ(v) · sg(log p_ref(v) − log q(v)) [..., N, T]: the gradient in ``student_logp`` of
-    KL(p‖q) (full vocabulary, or with ``k`` the top-k support of ``topk_reverse_kl``, both renormalised on it),
-    with the log-ratio read from ``student_ref_logp``, the student's no-grad log-probs scored beside the
-    teacher's.
+    KL(p‖q) (full vocabulary, or with ``k`` thunlp/OPD's top-k support: the student's top-k ids, p and q both
+    renormalised on them), with the log-ratio read from ``student_ref_logp``, the student's no-grad log-probs
+    scored beside the teacher's.
 
     Where p_ref = p_θ, value and gradient equal the KL's (Σ_v ∇p(v) · (log p − log q), since Σ_v p ∇log p = 0);
     a teacher equal to the student gives exactly 0 and no gradient, where the KL of two separately rounded

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-MERGE_METHODS = ("average", "task_arithmetic", "ties", "dare")
+from copd_lab.config import MERGE_METHODS
+
 _NEEDS_BASE = ("task_arithmetic", "ties", "dare")
 
 

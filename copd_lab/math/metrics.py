@@ -1,4 +1,4 @@
-"""Behavioural-gap metrics between two policies on the same prefixes (paper §2, thunlp/OPD §6.1 of the notes).
+"""Behavioural-gap metrics between two policies on the same prefixes (docs/paper.md §2, thunlp/OPD §6.1).
 
 ``p_logp`` is the model whose rollouts visited the prefixes (the student, μ_θ in O_k's definition), ``q_logp``
 the other one (teacher, other branch, base). Both are full log-probs [..., N, T, V] (normalised over V);
@@ -94,26 +94,6 @@ def sampled_reverse_kl(p_token_logp: Tensor, q_token_logp: Tensor, mask: Tensor)
     """E_t [log p(y_t) − log q(y_t)] on the sampled tokens [..., N, T]: the single-sample estimate of the
     reverse KL that Eq. 8 turns into an advantage (its negative, times β), [...]."""
     return _mean(p_token_logp - q_token_logp, mask)
-
-
-def task_vector_stats(
-    weights_a: dict[str, Tensor], weights_b: dict[str, Tensor], base: dict[str, Tensor]
-) -> tuple[float, float]:
-    """L2 distance ‖τ_a − τ_b‖ and cosine ⟨τ_a, τ_b⟩/(‖τ_a‖‖τ_b‖) of the task vectors τ = θ − θ_0 over all
-    parameters (how far two branches drifted apart, and whether in the same direction). Cosine is 0.0 when
-    either task vector is zero. Accumulated in float64."""
-    if not (weights_a.keys() == weights_b.keys() == base.keys()):
-        raise ValueError("weights_a, weights_b and base must have the same parameter names")
-    dot = sq_a = sq_b = sq_diff = 0.0
-    for name, theta_0 in base.items():
-        tau_a = (weights_a[name].double() - theta_0.double()).flatten()
-        tau_b = (weights_b[name].double() - theta_0.double()).flatten()
-        dot += float(tau_a @ tau_b)
-        sq_a += float(tau_a @ tau_a)
-        sq_b += float(tau_b @ tau_b)
-        sq_diff += float((tau_a - tau_b) @ (tau_a - tau_b))
-    norm = (sq_a * sq_b) ** 0.5
-    return sq_diff**0.5, (dot / norm if norm > 0 else 0.0)
 
 
 def gradient_conflict(grads: Tensor) -> Tensor:

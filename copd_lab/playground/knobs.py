@@ -21,7 +21,16 @@ import pandas as pd
 
 from copd_lab.algorithm.recipes import build_recipes
 from copd_lab.algorithm.topology import build_edges, format_edge
-from copd_lab.config import ConfigError, ExperimentConfig
+from copd_lab.config import (
+    COMBINE_MODES,
+    MERGE_METHODS,
+    OPD_ESTIMATORS,
+    TEACHER_MODES,
+    TOPOLOGIES,
+    WORLDS,
+    ConfigError,
+    ExperimentConfig,
+)
 from copd_lab.config_io import load_config
 from copd_lab.experiment import Comparison, cached_comparison, run_comparison
 from copd_lab.records.checkpoint import resume_key
@@ -60,50 +69,63 @@ class Knob:
         return value
 
 
+def config_default(field: str) -> Any:
+    """The default of a dotted config field in ExperimentConfig, e.g. "copd.rl_steps" -> 12."""
+    value: Any = ExperimentConfig()
+    for name in field.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def field_knob(key: str, label: str, help: str, field: str, options: tuple = (), **slider: float) -> Knob:
+    """A knob that sets config `field`: its default is the config's and its options are config.py's tuple, so
+    neither is written twice (a knob without a field takes its default in `Knob`)."""
+    return Knob(key, label, config_default(field), help, field, options, **slider)
+
+
 KNOBS = (
-    Knob("world", "world", "sim", "sim: the simulator, live | vlm: the shipped tiny VLM or the model folder below, "
-         "from a run button", "world", options=("sim", "vlm")),
+    field_knob("world", "world", "sim: the simulator, live | vlm: the shipped tiny VLM or the model folder below, "
+               "from a run button", "world", WORLDS),
     Knob("model", "VLM folder", "", "a local Qwen2-VL or Llava checkpoint folder (empty: the shipped tiny VLM)"),
     Knob("branches", "branches K", 3, "number of experts (domains text, image, video, then d3, d4, ...)",
          low=2, high=10, step=1),
-    Knob("rl_steps", "S_RL", 12, "GRPO steps per cycle (Phase I)", "copd.rl_steps", low=0, high=50, step=1),
-    Knob("opd_steps", "S_OPD", 8, "mixed GRPO + OPD steps per cycle (Phase II)", "copd.opd_steps", low=0, high=50,
-         step=1),
-    Knob("cycles", "cycles N", 10, "Phase I + Phase II cycles", "copd.cycles", low=1, high=30, step=1),
-    Knob("topology", "topology", "hub", "who distils from whom in Phase II (edges: pick them below)",
-         "copd.topology", options=("hub", "all_pairs", "ring", "one_way", "edges")),
+    field_knob("rl_steps", "S_RL", "GRPO steps per cycle (Phase I)", "copd.rl_steps", low=0, high=50, step=1),
+    field_knob("opd_steps", "S_OPD", "mixed GRPO + OPD steps per cycle (Phase II)", "copd.opd_steps", low=0,
+               high=50, step=1),
+    field_knob("cycles", "cycles N", "Phase I + Phase II cycles", "copd.cycles", low=1, high=30, step=1),
+    field_knob("topology", "topology", "who distils from whom in Phase II (edges: pick them below)",
+               "copd.topology", TOPOLOGIES),
     Knob("hub", "hub", "", "the hub branch of the hub topology (empty: the first domain)"),
     Knob("rates", "step rates", "", "asymmetric experts: branch:rate,... (a branch steps on that share of ticks)"),
     Knob("edges", "edges", "", "the Phase II edges of the edges topology: student<-teacher,..."),
     Knob("drop", "dropped edges", "", "edges of the topology left out: student<-teacher,..."),
     Knob("edge_beta", "β per edge", "", "an edge's own β: student<-teacher:β,..."),
-    Knob("beta", "β (OPD weight)", 1.0, "weight of the OPD advantage", "opd.beta", low=0.0, high=3.0, step=0.1),
-    Knob("estimator", "OPD estimator", "sampled", "the paper's sampled-token log-ratio, or top-k / full reverse KL",
-         "opd.estimator", options=("sampled", "topk", "full")),
-    Knob("teacher", "teacher", "live", "live: neighbours' current weights; frozen: a snapshot per Phase II",
-         "opd.teacher", options=("live", "frozen")),
-    Knob("adaptive", "adaptive threshold", 0.0, "start a pair's OPD window when its top-10 overlap drops below "
-         "this (0: the fixed schedule)", "copd.adaptive_threshold", low=0.0, high=0.99, step=0.01),
-    Knob("combine", "Phase II weighting", "mean", "mean: every batch alike; split: the own GRPO batch weighs "
-         "rlvr_weight", "opd.combine", options=("mean", "split")),
-    Knob("rlvr_weight", "own GRPO weight", 0.5, "with split weighting: the share of a branch's own GRPO batch in its "
-         "Phase II update", "opd.rlvr_weight", low=0.0, high=1.0, step=0.05),
-    Knob("merge", "merge", "average", "how the branches become one model", "merge.method",
-         options=("average", "task_arithmetic", "ties", "dare")),
+    field_knob("beta", "β (OPD weight)", "weight of the OPD advantage", "opd.beta", low=0.0, high=3.0, step=0.1),
+    field_knob("estimator", "OPD estimator", "the paper's sampled-token log-ratio, or top-k / full reverse KL",
+               "opd.estimator", OPD_ESTIMATORS),
+    field_knob("teacher", "teacher", "live: neighbours' current weights; frozen: a snapshot per Phase II",
+               "opd.teacher", TEACHER_MODES),
+    field_knob("adaptive", "adaptive threshold", "start a pair's OPD window when its top-10 overlap drops below "
+               "this (0: the fixed schedule)", "copd.adaptive_threshold", low=0.0, high=0.99, step=0.01),
+    field_knob("combine", "Phase II weighting", "mean: every batch alike; split: the own GRPO batch weighs "
+               "rlvr_weight", "opd.combine", COMBINE_MODES),
+    field_knob("rlvr_weight", "own GRPO weight", "with split weighting: the share of a branch's own GRPO batch in "
+               "its Phase II update", "opd.rlvr_weight", low=0.0, high=1.0, step=0.05),
+    field_knob("merge", "merge", "how the branches become one model", "merge.method", MERGE_METHODS),
     Knob("baselines", "baselines", "experts,mixed,mopd", "methods compared with CoPD (comma-separated)"),
-    Knob("seeds", "seeds", 1, "run seeds (side by side in one world)", "seeds", low=1, high=10, step=1),
-    Knob("styles", "styles (drift)", 8, "equally rewarded styles: experts drift apart (1: no drift)", "sim.styles",
-         low=1, high=16, step=1),
-    Knob("habit", "style habit", 0.5, "each domain's pull toward its own style in the base", "sim.style_habit",
-         low=0.0, high=1.0, step=0.05),
-    Knob("conflict", "conflict", 0.25, "share of each rule opposed across domains (shared_skill + conflict <= 1)",
-         "sim.conflict", low=0.0, high=1.0, step=0.05),
-    Knob("shared", "shared skill", 0.5, "share of each rule common to every domain (transfer)", "sim.shared_skill",
-         low=0.0, high=1.0, step=0.05),
-    Knob("base_steps", "base skill", 150, "warm-start steps of the base", "sim.base_steps", low=0, high=600,
-         step=10),
-    Knob("lr", "RL lr", 0.02, "the simulator's Adam learning rate (update size)", "grpo.lr", low=0.001, high=0.1,
-         step=0.001),
+    field_knob("seeds", "seeds", "run seeds (side by side in one world)", "seeds", low=1, high=10, step=1),
+    field_knob("styles", "styles (drift)", "equally rewarded styles: experts drift apart (1: no drift)",
+               "sim.styles", low=1, high=16, step=1),
+    field_knob("habit", "style habit", "each domain's pull toward its own style in the base", "sim.style_habit",
+               low=0.0, high=1.0, step=0.05),
+    field_knob("conflict", "conflict", "share of each rule opposed across domains (shared_skill + conflict <= 1)",
+               "sim.conflict", low=0.0, high=1.0, step=0.05),
+    field_knob("shared", "shared skill", "share of each rule common to every domain (transfer)", "sim.shared_skill",
+               low=0.0, high=1.0, step=0.05),
+    field_knob("base_steps", "base skill", "warm-start steps of the base", "sim.base_steps", low=0, high=600,
+               step=10),
+    field_knob("lr", "RL lr", "the simulator's Adam learning rate (update size)", "sim.lr", low=0.001, high=0.1,
+               step=0.001),
 )
 BY_KEY = {k.key: k for k in KNOBS}
 SECTIONS = {  # the knob panel's columns; `hide=<name>,...` in the URL hides some (a teacher shapes a lesson)

@@ -159,7 +159,7 @@ def topology_graph(metrics: pd.DataFrame, recipes: list[Recipe], method: str = "
     names = [b.name for b in recipe.branches]
     where = {name: (math.cos(2 * math.pi * i / len(names)), math.sin(2 * math.pi * i / len(names)))
              for i, name in enumerate(names)}
-    edges = {(e.student, e.teacher.split("/")[-1]) for stage in recipe.stages for e in stage.edges}
+    edges = {(e.student, e.teacher_name) for stage in recipe.stages for e in stage.edges}
     signal = metrics[(metrics.method == method) & (metrics.metric == "opd_reverse_kl")].groupby("pair").value.mean()
     rows = []
     for student, teacher in sorted(edges):

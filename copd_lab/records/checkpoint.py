@@ -26,8 +26,11 @@ STATE_FORMAT = 5  # 5: a VLM request draws its own sampling seed (a sharded worl
 def resume_key(cfg: ExperimentConfig | dict) -> dict:
     """The config fields a checkpoint must agree on to be resumed: all but which seeds and the cadence (the
     file names its seed, so seeds run apart, e.g. one per machine, gather into one table with --resume).
-    A dict is a stored key, from a copd_lab that kept more fields."""
+    A dict is a stored key, from a copd_lab that kept more fields or kept some elsewhere (grpo.lr, now sim.lr)."""
     data = dict(cfg) if isinstance(cfg, dict) else to_dict(cfg)
+    if isinstance(data.get("grpo"), dict) and "lr" in data["grpo"]:  # an older copd_lab's name of sim.lr
+        grpo = dict(data["grpo"])
+        data["grpo"], data["sim"] = grpo, {**data.get("sim", {}), "lr": grpo.pop("lr")}
     for name in ("seed", "seeds", "checkpoint_every"):
         data.pop(name, None)
     if "placement" in data:  # where the experts ran may change (another cluster); the state's layout may not

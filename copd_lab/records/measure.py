@@ -3,18 +3,24 @@
 Every measurement is a batch of world requests plus the pure functions of `metrics`, logged as tidy
 rows (run, method, seed, step, branch, pair, metric, value). Per-domain metrics are named
 ``<metric>/<domain>``; directional pair metrics use ``student<-teacher`` in the pair column.
+
+A `Meter` writes each row through `log(owner, ...)` and draws from `stream(owner)`, where an owner is what the
+caller names a method by: its name, or (the trainer of a seed, the method) when seeds run side by side. What a
+tick measures is a list of small call objects (`GapOf`, `AccuracyOf`, `ConflictOf`): a trainer plans them, and
+the same calls of several seeds join into one batch of world calls (`placed`, `+`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 
 from copd_lab.config import ExperimentConfig
 from copd_lab.math import losses, metrics
 from copd_lab.math.losses import TopK
-from copd_lab.world import NonFiniteError, Request, World
+from copd_lab.world import ExactAccuracy, NonFiniteError, Request, World, has
 
 Log = Callable[[str, int, str, str, str, float], None]  # method, step, branch, pair, metric, value
 QUICK_METRICS = ("overlap", "symmetric_kl", "sampled_reverse_kl", "top1_overlap", "student_overlap_mass",
@@ -125,7 +131,7 @@ class Meter:
             values = torch.stack([greedy.correct.mean(1), sampled.correct.mean(1), sampled.rewards.mean(1),
                                   sampled.mask.sum(2).mean(1)], dim=1).tolist()
         names = ("acc_greedy", "acc_sampled", "reward", "length")
-        if hasattr(world, "exact_accuracy"):  # a world that can enumerate its answers: no sampling noise
+        if has(world, ExactAccuracy):  # a world that can enumerate its answers: no sampling noise
             exact = world.exact_accuracy(requests).tolist()
             values = [row + [e] for row, e in zip(values, exact)]
             names += ("acc_exact",)
@@ -135,12 +141,9 @@ class Meter:
             for name, value in zip(names, values[i]):
                 self.log(method, step, label, "", f"{prefix}{name}/{domain}", value)
 
-    def conflict(self, method: str, branches: list[tuple[str, int]], step: int) -> None:
-        """Cosine between per-domain GRPO gradients of each branch (mixed RLVR's divergence cost Φ)."""
-        self.conflict_of([(method, branch, slot) for branch, slot in branches], step)
-
     def conflict_of(self, branches: list[tuple[str, str, int]], step: int) -> None:
-        """`conflict` of (method, branch, slot) branches of several methods, in one batch of world calls."""
+        """Cosine between per-domain GRPO gradients of each (method, branch, slot) branch (mixed RLVR's divergence
+        cost Φ), branches of several methods in one batch of world calls."""
         world, g = self.world, self.cfg.grpo
         n_dom = len(self.all_domains)
         if n_dom < 2:
@@ -160,3 +163,63 @@ class Meter:
             for a in range(n_dom):
                 for b in range(a + 1, n_dom):
                     self.log(method, step, branch, f"{names[a]}|{names[b]}", "grad_cosine", matrix[a][b])
+
+
+# ---------------------------------------------------------------------------------------------- calls
+
+Place = Callable[[int], int]  # a slot of the planner's world -> the slot of the world the call runs on
+
+
+@dataclass(frozen=True)
+class GapOf:
+    """Meter.measure_groups: the gap between every ordered pair of each group's branches and against the base, and
+    task vectors. groups: (owner, ((branch, slot), ...)) per method."""
+
+    step: int
+    groups: tuple[tuple[object, tuple[tuple[str, int], ...]], ...]
+    full: bool  # every GAP_METRICS (an eval tick), else QUICK_METRICS
+
+    def __call__(self, meter: Meter) -> None:
+        meter.measure_groups(self.step, [(owner, list(branches)) for owner, branches in self.groups], self.full)
+
+    def placed(self, owner: Callable[[object], object], slot: Place) -> GapOf:
+        return replace(self, groups=tuple((owner(o), tuple((b, slot(s)) for b, s in branches))
+                                          for o, branches in self.groups))
+
+    def __add__(self, other: GapOf) -> GapOf:
+        return replace(self, groups=self.groups + other.groups)
+
+
+@dataclass(frozen=True)
+class AccuracyOf:
+    """Meter.accuracy_of: greedy and sampled pass@1, reward and length per domain of (owner, label, slot) outputs."""
+
+    step: int
+    outputs: tuple[tuple[object, str, int], ...]
+    final: bool = False  # rows named final_<metric>: a model a method reports, at its end
+
+    def __call__(self, meter: Meter) -> None:
+        meter.accuracy_of(list(self.outputs), self.step, self.final)
+
+    def placed(self, owner: Callable[[object], object], slot: Place) -> AccuracyOf:
+        return replace(self, outputs=tuple((owner(o), label, slot(s)) for o, label, s in self.outputs))
+
+    def __add__(self, other: AccuracyOf) -> AccuracyOf:
+        return replace(self, outputs=self.outputs + other.outputs)
+
+
+@dataclass(frozen=True)
+class ConflictOf:
+    """Meter.conflict_of: the cosine between per-domain GRPO gradients of (owner, branch, slot) branches."""
+
+    step: int
+    branches: tuple[tuple[object, str, int], ...]
+
+    def __call__(self, meter: Meter) -> None:
+        meter.conflict_of(list(self.branches), self.step)
+
+    def placed(self, owner: Callable[[object], object], slot: Place) -> ConflictOf:
+        return replace(self, branches=tuple((owner(o), b, slot(s)) for o, b, s in self.branches))
+
+    def __add__(self, other: ConflictOf) -> ConflictOf:
+        return replace(self, branches=self.branches + other.branches)

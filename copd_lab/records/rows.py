@@ -36,14 +36,21 @@ class SeedRows:
     until drained (one sync, at checkpoints and at the end), in rows of their own so the row order does not depend
     on when that happens; and each branch's step and rollout counts, written at the end."""
 
-    def __init__(self, run: str, seed: int, branches: list[str], rollouts_per_request: int):
-        """branches: "<recipe>/<branch>" keys of the counts."""
+    def __init__(self, run: str, seed: int, branches: dict[str, tuple[str, str]], rollouts_per_request: int):
+        """branches: each counted branch's key, as its checkpoint names it (copd_lab.algorithm.slots), -> its
+        (method, branch)."""
         self.run, self.seed, self.rollouts_per_request = run, seed, rollouts_per_request
         self.rows: list[dict] = []
         self.signal_rows: list[dict] = []  # drained training signals: they follow self.rows
         self.pending: list[tuple[int, list[tuple[str, str, str]], torch.Tensor]] = []
-        self.steps_done = dict.fromkeys(branches, 0)
-        self.rollouts_done = dict.fromkeys(branches, 0)
+        self.branches = dict(branches)
+        self.key_of = {pair: key for key, pair in self.branches.items()}
+        self.steps_done = dict.fromkeys(self.branches, 0)
+        self.rollouts_done = dict.fromkeys(self.branches, 0)
+
+    def count_step(self, method: str, branch: str) -> None:
+        """One more gradient step of this branch."""
+        self.steps_done[self.key_of[method, branch]] += 1
 
     def row(self, method: str, step: int, branch: str, pair: str, metric: str, value: float) -> dict:
         return dict(run=self.run, method=method, seed=self.seed, step=step, branch=branch, pair=pair, metric=metric,
@@ -60,7 +67,7 @@ class SeedRows:
     def drain(self) -> None:
         for tick, owners, signal in self.pending:
             for method, branch, _ in owners:
-                self.rollouts_done[f"{method}/{branch}"] += self.rollouts_per_request
+                self.rollouts_done[self.key_of[method, branch]] += self.rollouts_per_request
             for (method, branch, edge), value in zip(owners, signal.tolist()):
                 self.signal_rows.append(self.row(method, tick, branch, edge,
                                                  "opd_reverse_kl" if edge else "train_reward", value))
@@ -72,7 +79,7 @@ class SeedRows:
         self.rows += self.signal_rows
         self.signal_rows = []
         for key, steps in self.steps_done.items():
-            method, branch = key.split("/", 1)
+            method, branch = self.branches[key]
             self.log(method, -1, branch, "", "steps", float(steps))
             self.log(method, -1, branch, "", "rollouts", float(self.rollouts_done[key]))
         return self.rows

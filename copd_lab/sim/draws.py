@@ -1,8 +1,9 @@
 """The random draws of a simulator sample call, from its requests' streams (copd_lab.streams).
 
-Drawn apart from the sampling itself, so that a sharded world (copd_lab.distributed.sharded) draws a call once and hands each
-shard its requests' share (`SimDraws.take`): a request then samples what it samples in one world. A stream's rows
-are drawn in one call per stream, in order of the stream's first request, and put back in request order.
+Drawn apart from the sampling itself, so that a sharded world (copd_lab.distributed.sharded) draws a call once and
+hands each shard its requests' share (`SimDraws.take`): a request then samples what it samples in one world. A
+stream's rows are drawn in one call per stream, in order of the stream's first request, and put back in request
+order.
 """
 
 from __future__ import annotations

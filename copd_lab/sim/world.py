@@ -24,16 +24,19 @@ from copd_lab.sim.batch import Layout, Scored, SimPayload, SlotWeights
 from copd_lab.sim.draws import CallDraws, SimDraws
 from copd_lab.sim.tasks import SimTasks
 from copd_lab.streams import Streams
-from copd_lab.world import Batch, NonFiniteError, Request
+from copd_lab.world import Batch, ExactAccuracy, NonFiniteError, Request, ShardableSlots, SideBySide, TokenText
 
 
 class SimWorld:
     """A World (see copd_lab.world) of toy policies on SimTasks, all starting from the warm-started base."""
 
-    runs_seeds_side_by_side = True  # experiment.run_comparison runs its seeds in one world (copd_lab.algorithm.side_by_side)
+    # exact accuracy (its answers can be enumerated), shards of a sharded world, seeds side by side in one world
+    # (experiment.run_comparison runs a sweep's seeds so), and the token inspector's text
+    capabilities = frozenset({ExactAccuracy, ShardableSlots, SideBySide, TokenText})
+    pad_id = 0  # every answer has answer_len tokens: nothing is padded
 
-    def __init__(self, cfg: SimConfig, domains: tuple[str, ...], lr: float):
-        self.cfg, self.domains, self.lr = cfg, tuple(domains), lr
+    def __init__(self, cfg: SimConfig, domains: tuple[str, ...]):
+        self.cfg, self.domains = cfg, tuple(domains)
         self.tasks = SimTasks.build(cfg, len(domains))
         self.vocab_size = v = cfg.vocab_size
         self.max_new_tokens = cfg.answer_len  # every answer has T tokens
@@ -79,12 +82,15 @@ class SimWorld:
 
     def step(self, loss: torch.Tensor, slots: list[int]) -> None:
         """One Adam step on the slots that trained; the others keep weights and moments untouched."""
+        if not slots:  # nothing of this world trains (a shard whose slots only scored): no gradient is kept
+            self._graded = self._cache = None
+            return
         loss.backward()
         graded, self._graded = self._graded, None
         with torch.no_grad():
             rows = _rows(slots)
             weights, m, v, t = self.flat[rows], self.m[rows], self.v[rows], self.t[rows]
-            net.adam_step_(weights, self._slot_grads(graded, slots), m, v, t, self.lr)
+            net.adam_step_(weights, self._slot_grads(graded, slots), m, v, t, self.cfg.lr)
             if not isinstance(rows, slice):  # an index gathered copies: write them back
                 self.flat[rows], self.m[rows], self.v[rows], self.t[rows] = weights, m, v, t
         self._cache = None
@@ -124,6 +130,16 @@ class SimWorld:
             self.m[slot], self.v[slot], self.t[slot] = 0.0, 0.0, 0.0
         self._cache = None
 
+    def generator_state(self) -> None:
+        """None: the simulator has no generator of its own (its merges draw from a fixed seed)."""
+
+    def set_generator_state(self, state: None) -> None:
+        pass
+
+    @property
+    def lr_setting(self) -> str:
+        return f"sim.lr = {self.cfg.lr}"
+
     def export_payload(self, payload: SimPayload) -> list[tuple]:
         """Per request row, what re-scores its rollouts in another world: prompt ids and previous tokens."""
         return [(payload.content[r], payload.prompt[r], payload.prev[r], payload.group, payload.temperature)
@@ -136,7 +152,8 @@ class SimWorld:
 
     def state_dict(self, rows: slice | None = None, seed: int | None = None) -> dict:
         """The world's state; or, given rows and a seed, that of the slots `rows` and of the seed's streams (one
-        seed of several run side by side, see copd_lab.algorithm.side_by_side), as a world of those slots alone would hold it."""
+        seed of several run side by side, see copd_lab.algorithm.side_by_side), as a world of those slots alone
+        would hold it."""
         rows = slice(None) if rows is None else rows
         return {"flat": self.flat[rows].clone(), "m": self.m[rows].clone(), "v": self.v[rows].clone(),
                 "t": self.t[rows].clone(), "streams": self.streams.state_dict(seed)}

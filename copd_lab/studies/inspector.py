@@ -14,7 +14,7 @@ import torch
 from copd_lab.algorithm.recipes import OPDEdge
 from copd_lab.algorithm.schedule import slot_of, teacher_slot_of
 from copd_lab.experiment import Comparison
-from copd_lab.world import Batch, Request
+from copd_lab.world import Batch, Request, TokenText, has
 
 
 def opd_edges(comparison: Comparison, method: str = "copd") -> list[OPDEdge]:
@@ -54,7 +54,7 @@ def token_table(world, batch: Batch, edge: OPDEdge) -> pd.DataFrame:
     and the teacher's log-prob (World.pair_logprobs), the advantage β·(teacher − student), whether it is right."""
     with torch.no_grad():
         student_lp, teacher_lp = world.pair_logprobs(batch, [0], full=False)
-    text = getattr(world, "token_text", str)
+    text = world.token_text if has(world, TokenText) else str
     rows = []
     for r in range(batch.tokens.shape[1]):
         for t in range(batch.tokens.shape[2]):

@@ -61,7 +61,7 @@ def drift(cfg: ExperimentConfig) -> dict[str, float]:
 def base_gradient_cosine(cfg: ExperimentConfig) -> float:
     """Mean cosine between every pair of domains' exact gradients of expected held-out accuracy at the base
     (no sampling noise: the sampled GRPO gradients of one step are nearly orthogonal whatever the task)."""
-    world = SimWorld(cfg.sim, cfg.domains, cfg.grpo.lr)
+    world = SimWorld(cfg.sim, cfg.domains)
     world.reset(1, cfg.seed)
     grads = torch.cat([world.flat_grads(world.exact_accuracy([Request(0, (d,))], grad=True).sum(), [0])
                        for d in range(len(cfg.domains))])
@@ -92,7 +92,7 @@ def task_vector_ratio(cfg: ExperimentConfig) -> float:
     """The experts' task vector norm |θ_k − θ_0| over the base's norm |θ_0| at the end (mean over experts)."""
     m = _run(cfg, "base", "experts").metrics
     norms = m[(m.metric == "task_vector_norm")].groupby("branch").value.last()
-    base = SimWorld(cfg.sim, cfg.domains, cfg.grpo.lr).base.norm().item()
+    base = SimWorld(cfg.sim, cfg.domains).base.norm().item()
     return float(norms.mean() / base)
 
 

@@ -1,4 +1,4 @@
-"""The paper's findings (../shared/paper/COPD_NOTES.md), each checked against a run: what the playground's
+"""The paper's claims (docs/paper.md §8), each checked against a run: what the playground's
 "Does this run agree with the paper?" table shows."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from copd_lab.experiment import Comparison
 
 
 def paper_checks(result: Comparison) -> list[dict]:
-    """The paper's findings (COPD_NOTES.md), each against this run: claim, what was measured, and whether it
+    """The paper's claims (docs/paper.md §8), each against this run: claim, what was measured, and whether it
     agrees (None where the run lacks the methods the claim needs)."""
     m, overall = result.metrics, result.results["overall"] * 100
     checks = []

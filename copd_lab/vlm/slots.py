@@ -14,6 +14,8 @@ so vision features are computed once per prompt for every slot.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from peft import PeftModel, get_peft_model
 
@@ -217,7 +219,7 @@ class LoraSlots(Slots):
         configs = {s: self.peft.peft_config[f"slot{s}"] for s in slots}
         return {"ranks": {s: (c.r, c.lora_alpha) for s, c in configs.items()},
                 "adapters": {s: [p.detach().cpu().clone() for p in self.params(s)] for s in slots},
-                "optimizers": {s: opt.state_dict() for s, opt in self.optimizers.items()},
+                "optimizers": {s: copy.deepcopy(opt.state_dict()) for s, opt in self.optimizers.items()},
                 "init_a": [a.clone() for a in self.init_a]}
 
     def load_state_dict(self, state: dict, gen: torch.Generator) -> None:
@@ -316,7 +318,7 @@ class FullSlots(Slots):
     def state_dict(self) -> dict:
         return {"weights": {s: {name: value.detach().cpu().clone() for name, value in self.weights[s].items()}
                             for s in range(1, self.n_slots)},
-                "optimizers": {s: opt.state_dict() for s, opt in self.optimizers.items()}}
+                "optimizers": {s: copy.deepcopy(opt.state_dict()) for s, opt in self.optimizers.items()}}
 
     def load_state_dict(self, state: dict, gen: torch.Generator) -> None:
         self.reset(len(state["weights"]) + 1, gen)

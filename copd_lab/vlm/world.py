@@ -26,12 +26,21 @@ from copd_lab.vlm.families import family_of
 from copd_lab.vlm.processing import completion_mask, placeholder_token_ids, prepare_batch
 from copd_lab.vlm.prompts import PromptSet, VLMPayload
 from copd_lab.vlm.slots import FullSlots, LoraSlots, adapter_name
-from copd_lab.world import Batch, Request
+from copd_lab.world import Batch, Request, ShardableSlots
+
+
+class RequestDraws(list):
+    """A sample call's draws, per request: its prompts' (domain, row) layout and the seed of its sampling noise."""
+
+    def take(self, rows: list[int]) -> RequestDraws:
+        return RequestDraws(self[i] for i in rows)
 
 
 class VLMWorld:
     """A World (see copd_lab.world) of LoRA or full-weight experts on one HF VLM (a family in
     copd_lab.vlm.families) and task suites."""
+
+    capabilities = frozenset({ShardableSlots})  # a shard of a sharded world; seeds run one after another
 
     def __init__(self, model, processor, suites: dict[str, TaskSuite], lora: LoraSettings | None = None,
                  max_new_tokens: int = 32, device: str = "cpu", lr: float = 1e-3, weight_decay: float = 0.0,
@@ -128,6 +137,17 @@ class VLMWorld:
         """Slot's weights become `weights` (from get_slot), with a fresh optimizer, as copy() gives them."""
         self.slots.set_slot(slot, weights)
 
+    def generator_state(self) -> torch.Tensor:
+        """The state of the world's own generator (the shared LoRA A_0 and DARE's merge seeds)."""
+        return self.gen.get_state()
+
+    def set_generator_state(self, state: torch.Tensor) -> None:
+        self.gen.set_state(state)
+
+    @property
+    def lr_setting(self) -> str:
+        return f"vlm.lr = {self.slots.lr}"
+
     def state_dict(self) -> dict:
         return {**self.slots.state_dict(), "gen": self.gen.get_state(), "streams": self.streams.state_dict()}
 
@@ -178,11 +198,11 @@ class VLMWorld:
         return prompt_set, rows_as_dicts
 
     def draw(self, requests: list[Request], prompts: int, group: int, greedy: bool = False,
-             every_prompt: bool = False) -> list[tuple[tuple, int]]:
+             every_prompt: bool = False) -> RequestDraws:
         """The random draws of a sample call, per request from its stream: its prompts' (domain, row) and the seed
         of its sampling noise. One seed per request, so that a request's tokens do not depend on the requests
         beside it in the call (a sharded world draws here and sends each shard its requests' draws)."""
-        out = []
+        out = RequestDraws()
         for request in requests:
             layout = tuple(self._prompt_rows(request, prompts, every_prompt))
             out.append((layout, int(torch.randint(2**62, (1,), generator=self.streams(request.stream)))))

@@ -1,6 +1,7 @@
 import pytest
 
 from copd_lab.algorithm.recipes import METHODS, active_count, build_recipe, build_recipes, is_active
+from copd_lab.algorithm.slots import BASE, SlotKey
 from copd_lab.config import ConfigError
 from copd_lab.config_io import load_config
 
@@ -33,11 +34,11 @@ def test_static_opd_mopd_and_ablations():
     c = cfg("copd.beta_per_edge={'image<-text' = 0.5}")
     static = build_recipe("static_opd:image->text", c)
     (edge,) = static.stages[0].edges
-    assert (edge.student, edge.teacher, edge.domain, edge.live) == ("text", "experts/image", "image", False)
-    assert static.branch("text").init == "experts/text" and static.requires == ("experts",)
+    assert (edge.student, edge.teacher, edge.domain, edge.live) == ("text", SlotKey("experts", "image"), "image", False)
+    assert static.branch("text").init == SlotKey("experts", "text") and static.requires == ("experts",)
     mopd = build_recipe("mopd", c)
-    assert {e.domain: e.teacher for e in mopd.stages[0].edges} == {d: f"experts/{d}" for d in c.domains}
-    assert mopd.branch("student").init == "@base" and not mopd.stages[0].rlvr
+    assert {e.domain: e.teacher for e in mopd.stages[0].edges} == {d: SlotKey("experts", d) for d in c.domains}
+    assert mopd.branch("student").init == BASE and not mopd.stages[0].rlvr
     dropped = build_recipe("copd_drop:text<-image", c)
     assert ("text", "image") not in {(e.student, e.teacher) for e in dropped.stages[1].edges}
     assert {e.label: e.beta for e in build_recipe("copd", c).stages[1].edges}["image<-text"] == 0.5
@@ -67,8 +68,31 @@ def test_bad_methods(method):
         build_recipe(method, cfg())
 
 
-def test_every_listed_method_builds():
-    for name in METHODS:
-        method = name.replace("<teacher>-><student>", "image->text")
-        method = method.replace("<student><-<teacher>[,...]", "text<-image")
-        build_recipe(method, cfg())
+# each listed method's recipe and its budget at the defaults (200 expert steps, 100 distill steps, K = 3)
+BUDGETS = {
+    "base": None,
+    "experts": ("experts", {"text": 200, "image": 200, "video": 200}),
+    "mixed": ("mixed", {"mixed": 600}),
+    "static_opd:image->text": ("static_opd:image->text", {"text": 100}),
+    "mopd": ("mopd", {"student": 100}),
+    "copd": ("copd", {"text": 200, "image": 200, "video": 200}),
+    "copd_no_merge": ("copd_no_merge", {"text": 200, "image": 200, "video": 200}),
+    "copd_drop:text<-image": ("copd_drop:text<-image", {"text": 200, "image": 200, "video": 200}),
+    "copd_frozen": ("copd_frozen", {"text": 200, "image": 200, "video": 200}),
+}
+
+
+def test_every_listed_method_builds_with_its_budget():
+    listed = [name.replace("<teacher>-><student>", "image->text").replace("<student><-<teacher>[,...]", "text<-image")
+              for name in METHODS]
+    assert listed == list(BUDGETS)  # a new method needs its budget here
+    for method, expected in BUDGETS.items():
+        recipe = build_recipe(method, cfg())
+        if expected is None:
+            assert recipe is None
+            continue
+        name, steps = expected
+        assert recipe.name == name and recipe.steps_per_branch() == steps, method
+        merged = recipe.merge is not None
+        assert merged == (method in ("copd", "copd_drop:text<-image", "copd_frozen")), method
+        assert recipe.requires == (("experts",) if method in ("static_opd:image->text", "mopd") else ()), method

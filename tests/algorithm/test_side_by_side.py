@@ -1,9 +1,11 @@
-"""Seeds side by side in one world (copd_lab.algorithm.side_by_side) give each seed the rows and checkpoints it gets alone."""
+"""Seeds side by side in one world (copd_lab.algorithm.side_by_side) give each seed the rows and checkpoints it gets
+alone."""
 
 import pandas as pd
 import pytest
 import torch
 
+from copd_lab.algorithm.loop import run_seeds
 from copd_lab.algorithm.recipes import build_recipes
 from copd_lab.algorithm.trainer import Trainer
 from copd_lab.config_io import load_config
@@ -23,7 +25,8 @@ def one_by_one(cfg, out=None):
     world, rows = make_world(cfg), []
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         path = ckpt.checkpoint_path(out, seed) if out is not None else None
-        rows += Trainer(cfg, world, build_recipes(cfg), seed=seed, progress=False, checkpoint=path).run_all()
+        rows += run_seeds([Trainer(cfg, world, build_recipes(cfg), seed=seed, progress=False, checkpoint=path)],
+                          [None])[0]
     return pd.DataFrame(rows, columns=list(ROW_COLUMNS))
 
 

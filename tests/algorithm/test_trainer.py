@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 
 from copd_lab.config_io import load_config
@@ -79,10 +80,47 @@ def test_adaptive_schedule_opens_windows_on_low_overlap():
     assert not (run_comparison(never, progress=False).metrics.metric == "opd_reverse_kl").any()
 
 
-@pytest.mark.parametrize("extra", [["opd.estimator='topk'", "opd.topk=4"], ["opd.estimator='full'"],
-                                   ["grpo.kl_coef=0.1", "grpo.epochs=2", "grpo.aggregation='seq_mean_token_mean'"],
-                                   ["merge.method='ties'"], ["copd.step_rates={video = 0.5}"]])
-def test_variants_run(extra):
-    cfg = load_config(None, SMALL + ["methods=['copd', 'copd_frozen']"] + extra)
-    result = run_comparison(cfg, progress=False)
-    assert result.results.loc["copd", ["text", "image", "video"]].notna().all()
+DOMAINS = ["text", "image", "video"]
+VARIANTS = {  # what the variant changes: the OPD signal, GRPO's update, the merge, or a branch's step rate
+    "topk": (["opd.estimator='topk'", "opd.topk=4"], "opd"),
+    "full": (["opd.estimator='full'"], "opd"),
+    "grpo": (["grpo.kl_coef=0.1", "grpo.epochs=2", "grpo.aggregation='seq_mean_token_mean'"], "grpo"),
+    "ties": (["merge.method='ties'"], "merge"),
+    "rates": (["copd.step_rates={video = 0.5}"], "rates"),
+}
+
+
+@pytest.fixture(scope="module")
+def default_copd():
+    return run_comparison(load_config(None, SMALL + ["methods=['copd', 'copd_frozen']"]), progress=False)
+
+
+def rewards(result, ticks: range) -> pd.Series:
+    m = result.metrics
+    rows = m[(m.method == "copd") & (m.metric == "train_reward") & m.step.isin(ticks)]
+    return rows.set_index(["step", "branch"]).value.sort_index()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_each_variant_changes_its_rows_and_only_where_it_must(default_copd, variant):
+    extra, what = VARIANTS[variant]
+    result = run_comparison(load_config(None, SMALL + ["methods=['copd', 'copd_frozen']"] + extra), progress=False)
+    merged, default_merged = result.results.loc["copd", DOMAINS], default_copd.results.loc["copd", DOMAINS]
+    assert not merged.equals(default_merged)  # every variant changes the merged model
+    branches = [f"copd[{d}]" for d in DOMAINS]
+    first_phase = range(3)  # copd.rl_steps = 3: Phase I of the first cycle
+    if what == "opd":  # Phase I is GRPO alone: the same until the first OPD step
+        pd.testing.assert_series_equal(rewards(result, first_phase), rewards(default_copd, first_phase))
+        assert not rewards(result, range(3, 40)).equals(rewards(default_copd, range(3, 40)))
+    elif what == "grpo":  # tick 0's reward is of rollouts sampled before any update; the update itself differs
+        pd.testing.assert_series_equal(rewards(result, range(1)), rewards(default_copd, range(1)))
+        assert not rewards(result, range(1, 3)).equals(rewards(default_copd, range(1, 3)))
+    elif what == "merge":  # the branches train as before; only their merge differs
+        pd.testing.assert_frame_equal(result.results.loc[branches, DOMAINS],
+                                      default_copd.results.loc[branches, DOMAINS])
+        pd.testing.assert_series_equal(rewards(result, range(40)), rewards(default_copd, range(40)))
+    else:  # the video branch steps on every other tick of a stage (1 of Phase I's 3, 1 of Phase II's 2), the others
+        steps = result.metrics[(result.metrics.method == "copd") & (result.metrics.metric == "steps")]
+        assert steps.set_index("branch").value.to_dict() == {"text": 40.0, "image": 40.0, "video": 16.0}
+        video = rewards(result, range(40)).xs("video", level="branch")
+        assert list(video.index) == [5 * cycle + tick for cycle in range(8) for tick in (1, 4)]

@@ -1,4 +1,5 @@
-"""The sharded world (copd_lab.distributed.sharded) with its shards in this process: the same rows as one world, and what
+"""The sharded world (copd_lab.distributed.sharded) with its shards in this process: the same rows as one world, and
+what
 crosses between shards (no Ray here; tests/with_ray runs the same world on Ray actors)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from copd_lab.algorithm.recipes import build_recipes
+from copd_lab.algorithm.slots import SlotKey
 from copd_lab.config import ExperimentConfig, MetricsConfig, OPDConfig
 from copd_lab.config_io import to_dict
 from copd_lab.distributed.placement import experts_of_slots, local_sharded_world
@@ -60,10 +62,11 @@ def test_experts_own_their_branches_snapshots_and_merge():
     from copd_lab.algorithm.schedule import allocate_slots
 
     slots = allocate_slots(recipes)
-    assert owner[slots["copd/image"]] == "image" and owner[slots["experts/video"]] == "video"
-    assert owner[slots["copd/merged"]] == "text"  # where the method's first branch lives
-    assert owner[slots["copd_frozen/image#frozen"]] == "image"  # a snapshot lives with the branch it freezes
-    assert owner[slots["mopd/student"]] == "student" and 0 not in owner
+    assert owner[slots[SlotKey("copd", "image")]] == "image" and owner[slots[SlotKey("experts", "video")]] == "video"
+    assert owner[slots[SlotKey("copd", "merged")]] == "text"  # where the method's first branch lives
+    # a snapshot lives with the branch it freezes
+    assert owner[slots[SlotKey("copd_frozen", "image", frozen=True)]] == "image"
+    assert owner[slots[SlotKey("mopd", "student")]] == "student" and 0 not in owner
 
 
 def test_wire_round_trip_keeps_values_and_counts_bytes():

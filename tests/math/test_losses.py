@@ -9,18 +9,15 @@ import pytest
 import torch
 
 from copd_lab.math.losses import (
+    TopK,
     aggregate,
-    clip_fraction,
     clipped_pg_loss,
-    full_reverse_kl,
     group_advantages,
     kl_penalty,
     normalize_per_batch,
     opd_sampled_advantage,
     reverse_kl_surrogate,
     topk_ids,
-    topk_mask,
-    topk_reverse_kl,
 )
 
 LEAD, N, T, V = (2,), 3, 4, 6
@@ -84,6 +81,27 @@ def ref_kl(lp_row, lq_row, ids):
     zp = torch.log(sum(torch.exp(lp_row[v]) for v in ids))
     zq = torch.log(sum(torch.exp(lq_row[v]) for v in ids))
     return sum(torch.exp(lp_row[v] - zp) * ((lp_row[v] - zp) - (lq_row[v] - zq)) for v in ids)
+
+
+def full_reverse_kl(student, teacher, mask):
+    """Per-token KL(p‖q) = Σ_v p(v)(log p(v) − log q(v)) over the whole vocabulary (the Preliminaries' OPD loss),
+    [..., N, T], position by position: the inputs are taken as log-probs, ids with p = 0 add 0 (even where q = 0),
+    masked positions give 0. Differentiable in ``student``."""
+    rows = []
+    for p in _positions(*mask.shape):
+        ids = [v for v in range(student.shape[-1]) if mask[p] and student[p][v] > -math.inf]
+        rows.append(sum((torch.exp(student[p][v]) * (student[p][v] - teacher[p][v]) for v in ids),
+                        torch.zeros((), dtype=student.dtype)))
+    return torch.stack(rows).reshape(mask.shape)
+
+
+def topk_reverse_kl(student, teacher, mask, k):
+    """Per-token reverse KL on thunlp/OPD's top-k support (arXiv 2604.13016), [..., N, T], position by position:
+    Σ_{v∈S} p̄(v)(log p̄(v) − log q̄(v)) with S the student's top-k ids (ties to the lowest id; the choice of S
+    carries no gradient) and p, q both renormalised on S; masked positions give 0."""
+    rows = [ref_kl(student[p], teacher[p], ref_topk_set(student[p].detach(), k)) if mask[p]
+            else torch.zeros((), dtype=student.dtype) for p in _positions(*mask.shape)]
+    return torch.stack(rows).reshape(mask.shape)
 
 
 # ---------------------------------------------------------------- group_advantages
@@ -191,20 +209,6 @@ def test_clipped_pg_loss_clip_higher_and_padding():
     torch.testing.assert_close(loss, torch.tensor([-(1.28 - 0.8 - 1.5) / 3], dtype=F64))
     (grad,) = torch.autograd.grad(loss.sum(), lp)
     torch.testing.assert_close(grad, torch.tensor([[[0.0, 0.0, 1.5 / 3, 0.0]]], dtype=F64))
-    torch.testing.assert_close(clip_fraction(lp, old, adv, mask), torch.tensor([2 / 3], dtype=F64))
-
-
-def test_clip_fraction_matches_loop():
-    torch.manual_seed(3)
-    old = torch.randn(*LEAD, N, T, dtype=F64)
-    lp = old + 0.5 * torch.randn(*LEAD, N, T, dtype=F64)
-    adv = torch.randn(*LEAD, N, 1, dtype=F64)
-    mask = _mask(*LEAD, N, T)
-    active = torch.zeros(*LEAD, N, T, dtype=F64)
-    for r, i, j in _positions(*LEAD, N, T):
-        ratio, a = math.exp(lp[r, i, j] - old[r, i, j]), float(adv[r, i, 0])
-        active[r, i, j] = float((a > 0 and ratio > 1.28) or (a < 0 and ratio < 0.8))
-    torch.testing.assert_close(clip_fraction(lp, old, adv, mask), ref_aggregate(active, mask, "token_mean"))
 
 
 # ---------------------------------------------------------------- KL penalty and OPD advantage
@@ -252,15 +256,16 @@ def test_topk_mask_and_ids_break_ties_to_lowest_id():
     torch.manual_seed(6)
     x = torch.randint(0, 3, (2, 3, 7)).to(F64)  # many ties
     for k in (1, 2, 3, 7, 9):
-        members = topk_mask(x, k)
+        members = TopK(x, k).mask
         ids = topk_ids(x, k)
+        assert torch.equal(TopK(x, k).ids, ids)
         assert ids.shape == (2, 3, min(k, 7))
         for a, b in _positions(2, 3):
             want = ref_topk_set(x[a, b], k)
             assert torch.nonzero(members[a, b]).flatten().tolist() == sorted(want)
             assert ids[a, b].tolist() == sorted(want)
     with pytest.raises(ValueError, match="k=0"):
-        topk_mask(x, 0)
+        TopK(x, 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
@@ -274,67 +279,18 @@ def test_topk_mask_and_ids_without_ties_and_with_one_tied_position(dtype):
     tied[1, 2, order[4]] = tied[1, 2, order[3]]  # ids tied at the 4th value, one of them outside the top 4
     for values in (x, tied):
         for k in (1, 4, 11, 12, 15):
-            members, ids = topk_mask(values, k), topk_ids(values, k)
+            members, ids = TopK(values, k).mask, TopK(values, k).ids
             for a, b in _positions(3, 4):
                 want = sorted(ref_topk_set(values[a, b], k))
                 assert torch.nonzero(members[a, b]).flatten().tolist() == want
                 assert ids[a, b].tolist() == want
 
 
-@pytest.mark.parametrize("support", ["student", "teacher"])
-@pytest.mark.parametrize("k", [1, 3, 6, 10])
-def test_topk_reverse_kl_matches_loop_and_grad(support, k):
-    torch.manual_seed(7)
-    student = _logp(*LEAD, N, T, V).requires_grad_()
-    teacher = _logp(*LEAD, N, T, V)
-    mask = _mask(*LEAD, N, T)
-    got = topk_reverse_kl(student, teacher, mask, k, support)
-    assert got.shape == (*LEAD, N, T)
-    rows = []
-    for p in _positions(*LEAD, N, T):
-        if not mask[p]:
-            rows.append(torch.zeros((), dtype=F64))
-            continue
-        ids = ref_topk_set((student if support == "student" else teacher)[p].detach(), k)
-        rows.append(ref_kl(student[p], teacher[p], ids))
-    want = torch.stack(rows).reshape(*LEAD, N, T)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    (g_got,) = torch.autograd.grad(got.sum(), student)
-    (g_want,) = torch.autograd.grad(want.sum(), student)
-    torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
-    if k == 1:
-        assert torch.all(got == 0)  # one renormalised id: p̄ = q̄ = 1
-    if k >= V:
-        torch.testing.assert_close(got, full_reverse_kl(student, teacher, mask))
-
-
-def test_topk_reverse_kl_rejects_unknown_support():
-    lp = _logp(1, 1, 1, 4)
-    with pytest.raises(ValueError, match="'union'"):
-        topk_reverse_kl(lp, lp, torch.ones(1, 1, 1), 2, "union")
-
-
-def test_full_reverse_kl_matches_loop_and_grad():
-    torch.manual_seed(8)
-    student = _logp(*LEAD, N, T, V).requires_grad_()
-    teacher = _logp(*LEAD, N, T, V)
-    mask = _mask(*LEAD, N, T)
-    got = full_reverse_kl(student, teacher, mask)
-    # direct Σ_v p (log p − log q): the inputs are taken as log-probs, not renormalised again
-    rows = [sum(torch.exp(student[p][v]) * (student[p][v] - teacher[p][v]) for v in range(V)) * mask[p]
-            for p in _positions(*LEAD, N, T)]
-    want = torch.stack(rows).reshape(*LEAD, N, T)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    (g_got,) = torch.autograd.grad(got.sum(), student)
-    (g_want,) = torch.autograd.grad(want.sum(), student)
-    torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(full_reverse_kl(teacher, teacher, mask), torch.zeros_like(got))
-
-
-@pytest.mark.parametrize("k", [None, 3, 6])
+@pytest.mark.parametrize("k", [None, 1, 3, 6, 10])
 def test_reverse_kl_surrogate_has_the_kl_gradient_and_is_exactly_zero_for_an_equal_teacher(k):
     """Σ_v p_θ · sg(log p_ref − log q): at p_ref = p_θ its value and its gradient in the logits are the (top-k)
-    reverse KL's (checked against the loop references above); a teacher equal to p_ref gives exactly zero."""
+    reverse KL's (the loop references full_reverse_kl and topk_reverse_kl above); a teacher equal to p_ref gives
+    exactly zero."""
     torch.manual_seed(9)
     logits = (torch.randn(*LEAD, N, T, V, dtype=F64) * 2).requires_grad_()
     student = logits.log_softmax(-1)  # a policy's log-probs: Σ_v p = 1 whatever the logits
@@ -350,13 +306,17 @@ def test_reverse_kl_surrogate_has_the_kl_gradient_and_is_exactly_zero_for_an_equ
     (g_got,) = torch.autograd.grad(got.sum(), logits, retain_graph=True)
     (g_want,) = torch.autograd.grad(want.sum(), logits, retain_graph=True)
     torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
+    if k == 1:
+        assert bool((got == 0).all())  # one renormalised id: p̄ = q̄ = 1
+    if k is not None and k >= V:  # the support is the whole vocabulary
+        torch.testing.assert_close(got, full_reverse_kl(student, teacher, mask), rtol=1e-10, atol=1e-12)
     # the teacher equals the reference exactly, while the grad forward rounds a little differently
     rounded = (logits * (1 + 1e-7)).log_softmax(-1)
     zero = reverse_kl_surrogate(rounded, student.detach(), student.detach(), mask, k)
     (g_zero,) = torch.autograd.grad(zero.sum(), logits, retain_graph=True)
     assert bool((zero == 0).all()) and bool((g_zero == 0).all())
     (g_noisy,) = torch.autograd.grad(kl(rounded, student.detach()).sum(), logits)
-    assert g_noisy.abs().max() > 0  # what the plain KL of two roundings would push
+    assert k == 1 or g_noisy.abs().max() > 0  # what the plain KL of two roundings would push
 
 
 def test_normalize_per_batch_divides_by_each_batchs_token_std():
@@ -377,12 +337,14 @@ def test_normalize_per_batch_divides_by_each_batchs_token_std():
                 assert float(got[lead][n, t]) == pytest.approx(float(want), rel=1e-12)
 
 
-def test_full_reverse_kl_zero_probabilities_give_no_nan():
+def test_reverse_kl_surrogate_zero_probabilities_give_no_nan():
     inf = float("inf")
     student = torch.tensor([[[[math.log(0.5), math.log(0.5), -inf]]]], dtype=F64, requires_grad=True)
     teacher = torch.tensor([[[[math.log(0.25), math.log(0.75), -inf]]]], dtype=F64)
-    kl = full_reverse_kl(student, teacher, torch.ones(1, 1, 1))
+    mask = torch.ones(1, 1, 1)
+    kl = reverse_kl_surrogate(student, student.detach(), teacher, mask)
     want = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
     assert kl.item() == pytest.approx(want, abs=1e-14)
+    assert full_reverse_kl(student, teacher, mask).item() == pytest.approx(want, abs=1e-14)
     (grad,) = torch.autograd.grad(kl.sum(), student)
     assert torch.isfinite(grad).all()

@@ -36,7 +36,7 @@ from datasets import Dataset  # noqa: E402
 from transformers.trainer_callback import PrinterCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from copd_lab.math.losses import clip_fraction, clipped_pg_loss  # noqa: E402
+from copd_lab.math.losses import clipped_pg_loss  # noqa: E402
 from copd_lab.vlm.model_io import load_vlm  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[2] / "tiny_models" / "qwen2vl-tiny"
@@ -135,7 +135,10 @@ def test_clipped_pg_loss_and_its_gradients_match_trl_compute_loss(loss_type, tmp
     trl_grads = _grads(trl_loss, params)
 
     # the batch exercises what the aggregations differ on: clipped tokens, padded rows of different lengths
-    clipped = float(clip_fraction(logps.detach(), old, advantages, mask, CLIP_LOW, CLIP_HIGH))
+    # (the fraction of real tokens whose gradient the clip removes: ρ > 1+ε_high with Â > 0, ρ < 1−ε_low with Â < 0)
+    ratio = torch.exp(logps.detach() - old)
+    active = ((ratio > 1 + CLIP_HIGH) & (advantages > 0)) | ((ratio < 1 - CLIP_LOW) & (advantages < 0))
+    clipped = float(active[mask.bool()].float().mean())
     assert 0.0 < clipped < 1.0, clipped
     trl_value = trl_loss.item()
     assert abs(trl_value) > 1e-3

@@ -15,7 +15,6 @@ from copd_lab.math.metrics import (
     overlap_token_advantage,
     sampled_reverse_kl,
     symmetric_kl,
-    task_vector_stats,
     top1_overlap,
     topk_overlap,
 )
@@ -216,27 +215,8 @@ def test_sampled_reverse_kl_matches_loop():
     torch.testing.assert_close(sampled_reverse_kl(p_tok, q_tok, mask), want)
 
 
-# ---------------------------------------------------------------- weights and gradients
-
-
-def test_task_vector_stats_matches_loop():
-    torch.manual_seed(7)
-    base = {"w": torch.randn(3, 4), "b": torch.randn(4)}
-    a = {k: v + torch.randn_like(v) for k, v in base.items()}
-    b = {k: v + torch.randn_like(v) for k, v in base.items()}
-    dist, cos = task_vector_stats(a, b, base)
-    entries = [(k, i) for k in base for i in range(base[k].numel())]
-    ta = [float(a[k].flatten()[i]) - float(base[k].flatten()[i]) for k, i in entries]
-    tb = [float(b[k].flatten()[i]) - float(base[k].flatten()[i]) for k, i in entries]
-    want_dist = math.sqrt(sum((x - y) ** 2 for x, y in zip(ta, tb, strict=True)))
-    dot = sum(x * y for x, y in zip(ta, tb, strict=True))
-    want_cos = dot / math.sqrt(sum(x * x for x in ta) * sum(y * y for y in tb))
-    assert dist == pytest.approx(want_dist, rel=1e-6)
-    assert cos == pytest.approx(want_cos, rel=1e-6)
-    assert task_vector_stats(a, a, base) == pytest.approx((0.0, 1.0))
-    assert task_vector_stats(base, b, base)[1] == 0.0  # zero task vector
-    with pytest.raises(ValueError, match="same parameter names"):
-        task_vector_stats({"w": a["w"]}, b, base)
+# ---------------------------------------------------------------- gradients (the task-vector statistics a run
+# logs are tested in tests/records/test_measure.py)
 
 
 def test_gradient_conflict_matches_loop():

@@ -1,4 +1,5 @@
-"""The playground for Jupyter (copd_lab.playground.widgets): the widget reacts to its knobs, and the .ipynb runs headless."""
+"""The playground for Jupyter (copd_lab.playground.widgets): the widget reacts to its knobs, and the .ipynb runs
+headless."""
 
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """The playground's knobs, URL and cached runs (copd_lab/playground/knobs.py), and the notebook as a script."""
 
+import functools
 import importlib.util
 import subprocess
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from copd_lab import config
 from copd_lab.config import ConfigError
 from copd_lab.playground import knobs as pg
 from copd_lab.playground import marimo_ui as ui_elements
@@ -45,6 +47,21 @@ def test_every_knob_sets_its_config_field_and_every_preset_is_valid():
         assert pg.config({**pg.DEFAULTS, **preset}).world == "sim", name
     with pytest.raises(ConfigError, match="conflict"):
         pg.config({**pg.DEFAULTS, "conflict": 0.8})  # shared_skill 0.5 + conflict 0.8 > 1
+
+
+def test_field_knobs_take_default_and_options_from_the_config():
+    """A knob that sets a config field repeats neither its default nor its options: both are the config's."""
+    options = {"world": config.WORLDS, "copd.topology": config.TOPOLOGIES, "opd.estimator": config.OPD_ESTIMATORS,
+               "opd.teacher": config.TEACHER_MODES, "opd.combine": config.COMBINE_MODES,
+               "merge.method": config.MERGE_METHODS}
+    defaults = config.ExperimentConfig()
+    field_knobs = [knob for knob in pg.KNOBS if knob.field is not None]
+    assert {knob.field for knob in field_knobs if knob.options} == set(options)
+    for knob in field_knobs:
+        default = functools.reduce(getattr, knob.field.split("."), defaults)
+        assert knob.default == default and type(knob.default) is type(default), knob.key
+        assert knob.options == options.get(knob.field, ()), knob.key
+    assert pg.config({**pg.DEFAULTS, "lr": 0.05}).sim.lr == 0.05  # the simulator's lr is sim.lr
 
 
 def test_identical_settings_are_not_run_again():

@@ -59,8 +59,8 @@ def interrupt_seed_1_at_tick_13(monkeypatch):
 
 
 def test_resume_after_interruption_gives_identical_metrics(tmp_path, monkeypatch):
-    """The simulator runs its seeds side by side (copd_lab.algorithm.side_by_side): a crash in one leaves every seed at its
-    last checkpoint, and --resume continues them all to the rows of an uninterrupted run."""
+    """The simulator runs its seeds side by side (copd_lab.algorithm.side_by_side): a crash in one leaves every
+    seed at its last checkpoint, and --resume continues them all to the rows of an uninterrupted run."""
     cfg = load_config(None, SMALL)
     whole = run_comparison(cfg, run="r", progress=False, out=tmp_path / "whole").metrics
     restore = interrupt_seed_1_at_tick_13(monkeypatch)
@@ -84,22 +84,34 @@ def test_a_finished_seed_is_not_run_again_and_one_left_runs_alone(tmp_path, monk
         run_comparison(cfg, run="r", progress=False, out=tmp_path, resume=True)
     restore()
     started = []
-    run_all = Trainer.run_all
-    monkeypatch.setattr(Trainer, "run_all", lambda self, resume=None: started.append(
-        (self.seed, resume and resume["tick"])) or run_all(self, resume))
+    begin = Trainer.begin
+    monkeypatch.setattr(Trainer, "begin", lambda self, resume=None: started.append(
+        (self.seed, resume and resume["tick"], type(self.world).__name__)) or begin(self, resume))
     resumed = run_comparison(cfg, run="r", progress=False, out=tmp_path, resume=True).metrics
-    assert started == [(1, 10)]  # seed 0 was finished: not run again; seed 1 alone, one by one
+    assert started == [(1, 10, "SimWorld")]  # seed 0 was finished: not run again; seed 1 alone, not in a SlotView
     assert resumed.equals(whole), resumed.compare(whole)
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     cfg = load_config(None, ["methods=['experts']", "expert_steps=4", "seeds=1"])
     run_comparison(cfg, progress=False, out=tmp_path)
-    other = load_config(None, ["methods=['experts']", "expert_steps=4", "grpo.lr=0.05", "seeds=3"])
-    with pytest.raises(ConfigError, match="grpo"):
+    other = load_config(None, ["methods=['experts']", "expert_steps=4", "sim.lr=0.05", "seeds=3"])
+    with pytest.raises(ConfigError, match=r"sim\.lr is 0\.02 there, 0\.05 here"):
         run_comparison(other, progress=False, out=tmp_path, resume=True)
     more_seeds = load_config(None, ["methods=['experts']", "expert_steps=4", "seeds=2", "checkpoint_every=2"])
     assert run_comparison(more_seeds, progress=False, out=tmp_path, resume=True).metrics.seed.nunique() == 2
+
+
+def test_an_older_stored_key_with_grpo_lr_equals_todays_with_sim_lr():
+    """A checkpoint of an older copd_lab stored the simulator's lr as grpo.lr: its key still matches today's
+    config with that lr as sim.lr (and not another lr)."""
+    cfg = load_config(None, ["methods=['experts']", "sim.lr=0.05"])
+    old = ckpt.resume_key(cfg)
+    old["grpo"], old["sim"] = {**old["grpo"], "lr": 0.05}, {k: v for k, v in old["sim"].items() if k != "lr"}
+    stored = {**old, "seed": 3, "checkpoint_every": 7}
+    assert ckpt.resume_key(stored) == ckpt.resume_key(cfg)
+    assert stored["grpo"]["lr"] == 0.05 and "lr" not in stored["sim"]  # the stored dict is read, not changed
+    assert ckpt.resume_key(stored) != ckpt.resume_key(load_config(None, ["methods=['experts']"]))
 
 
 def test_seeds_run_apart_gather_into_one_table(tmp_path):
@@ -146,11 +158,11 @@ class BlowsUp(SimWorld):
 def test_non_finite_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, where, words, saved):
     cfg = load_config(None, ["methods=['experts']", "expert_steps=20", "checkpoint_every=3", "seeds=1",
                              "metrics.gap_every=50"])
-    world = BlowsUp(cfg.sim, cfg.domains, cfg.grpo.lr, where=where)
+    world = BlowsUp(cfg.sim, cfg.domains, where=where)
     with pytest.raises(NonFiniteError) as info:
         run_comparison(cfg, progress=False, world=world, out=tmp_path)
     message = str(info.value)
-    for text in words + ["lower learning rate than grpo.lr = 0.02", "last good checkpoint stays", "seed0.pt"]:
+    for text in words + ["lower learning rate than sim.lr = 0.02", "last good checkpoint stays", "seed0.pt"]:
         assert text in message
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path, 0))
     assert state["tick"] == saved and not state["done"]
@@ -163,6 +175,6 @@ def test_cli_resume_of_a_finished_run_reruns_nothing(tmp_path, monkeypatch):
     assert main(args) == 0
     table = (tmp_path / "results.md").read_text()
     assert (tmp_path / "checkpoints" / "seed0.pt").exists()
-    monkeypatch.setattr(Trainer, "run_all", None)  # resuming a finished seed trains nothing
+    monkeypatch.setattr(Trainer, "begin", None)  # resuming a finished seed trains nothing
     assert main(args + ["--resume"]) == 0
     assert (tmp_path / "results.md").read_text() == table

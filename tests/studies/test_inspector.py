@@ -2,6 +2,7 @@
 
 import pytest
 
+from copd_lab.algorithm.slots import SlotKey
 from copd_lab.config_io import load_config
 from copd_lab.experiment import run_comparison
 from copd_lab.playground import viz
@@ -20,8 +21,8 @@ def test_the_advantage_is_beta_times_the_teachers_minus_the_students_log_prob(ru
     assert len(tokens) == 3 * 2 and set(tokens.position) == {0, 1} and edge.beta == 0.5
     _, slots = run.final
     # the reference: each slot scores the batch on its own (World.token_logprobs, not the paired call)
-    student = world.token_logprobs(batch, [slots["copd/image"]], grad=False)[0]
-    teacher = world.token_logprobs(batch, [slots["copd/text"]], grad=False)[0]
+    student = world.token_logprobs(batch, [slots[SlotKey("copd", "image")]], grad=False)[0]
+    teacher = world.token_logprobs(batch, [slots[SlotKey("copd", "text")]], grad=False)[0]
     for row in tokens.itertuples():
         s, t = float(student[row.rollout, row.position]), float(teacher[row.rollout, row.position])
         assert abs(row.student_logp - s) < 1e-6 and abs(row.teacher_logp - t) < 1e-6
@@ -45,8 +46,8 @@ def test_a_frozen_teacher_is_read_from_its_snapshot():
     world, batch, edge = inspector.sample_edge(frozen, "image<-text", rollouts=3)
     _, slots = frozen.final
     tokens = inspector.token_table(world, batch, edge)
-    snapshot = world.token_logprobs(batch, [slots["copd/text#frozen"]], grad=False)[0]
-    live = world.token_logprobs(batch, [slots["copd/text"]], grad=False)[0]
+    snapshot = world.token_logprobs(batch, [slots[SlotKey("copd", "text", frozen=True)]], grad=False)[0]
+    live = world.token_logprobs(batch, [slots[SlotKey("copd", "text")]], grad=False)[0]
     assert (snapshot - live).abs().max() > 1e-4  # the branch moved after its last snapshot
     for row in tokens.itertuples():
         assert abs(row.teacher_logp - float(snapshot[row.rollout, row.position])) < 1e-6

@@ -53,17 +53,17 @@ def test_run_trains_the_vlm_world_and_writes_metrics_and_table(model_dir, tmp_pa
 
 def test_resume_after_interruption_matches_in_the_vlm_world(model_dir, tmp_path, monkeypatch):
     assert main(run_args(model_dir, tmp_path / "whole")) == 0
-    measure = Trainer._measure
+    after_step = Trainer.after_step
 
-    def interrupt(self, tick):
-        measure(self, tick)
+    def interrupt(self, tick):  # after the tick's step and measurements, before its checkpoint
         if tick == 2:
             raise KeyboardInterrupt
+        after_step(self, tick)
 
-    monkeypatch.setattr(Trainer, "_measure", interrupt)
+    monkeypatch.setattr(Trainer, "after_step", interrupt)
     with pytest.raises(KeyboardInterrupt):
         main(run_args(model_dir, tmp_path / "cut"))
-    monkeypatch.setattr(Trainer, "_measure", measure)
+    monkeypatch.setattr(Trainer, "after_step", after_step)
     assert load_checkpoint(checkpoint_path(tmp_path / "cut", 0))["tick"] == 2
     assert main(run_args(model_dir, tmp_path / "cut") + ["--resume"]) == 0
     whole = pd.read_parquet(tmp_path / "whole" / "metrics.parquet").drop(columns="run")

@@ -1,5 +1,5 @@
-"""One local Ray cluster for the whole session, on loopback (copd_lab.distributed.ray_cluster.loopback_env), with logical CPUs
-for every expert of a test; the test process's own HOME is given back once Ray has started."""
+"""One local Ray cluster for the whole session, on loopback (copd_lab.distributed.ray_cluster.loopback_env), with
+logical CPUs for every expert of a test; the test process's own HOME is given back once Ray has started."""
 
 from __future__ import annotations
 

@@ -15,12 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd
 import pytest
-from tests.test_sharded import KEYS, assert_same_rows, small
 
 from copd_lab.config import ConfigError, PlacementConfig
 from copd_lab.config_io import load_config
 from copd_lab.experiment import run_comparison
 from copd_lab.local_world import make_world
+from tests.distributed.test_sharded import KEYS, assert_same_rows, small
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "tiny_models" / "qwen2vl-tiny"
