@@ -206,3 +206,21 @@ def test_the_algorithm_page_names_code_that_exists():
         assert re.search(rf"^(def|class) {head}\b|^{head} = |^    def {name.split('.')[-1]}\b", source, re.M), (path,
                                                                                                            name)
     assert all((PACKAGE / path).exists() for path in re.findall(rf"`({PART})", page))
+
+
+def test_dotted_names_in_pages_and_comments_exist():
+    """Every copd_lab.x.y a page, comment or benchmark names is a module of the package, or a name defined in one."""
+    texts = [ROOT / "README.md", *ROOT.glob("docs/*.md"), *PACKAGE.rglob("*.py"), *ROOT.glob("benchmarks/*.py"),
+             *ROOT.glob("notebooks/*.py")]
+    wrong = []
+    for path in texts:
+        for dotted in set(re.findall(r"copd_lab(?:\.\w+)+", path.read_text())):
+            parts, where = dotted.split(".")[1:], PACKAGE
+            while parts and ((where / parts[0]).is_dir() or (where / f"{parts[0]}.py").exists()):
+                where = where / parts.pop(0)
+            if not parts:
+                continue
+            source = (where / "__init__.py" if where.is_dir() else where.with_suffix(".py")).read_text()
+            if not re.search(rf"^\s*(def|class) {parts[0]}\b|^{parts[0]}\b.*=|\"{parts[0]}\"", source, re.M):
+                wrong.append((str(path.relative_to(ROOT)), dotted))
+    assert wrong == []
