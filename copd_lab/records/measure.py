@@ -171,55 +171,55 @@ Place = Callable[[int], int]  # a slot of the planner's world -> the slot of the
 
 
 @dataclass(frozen=True)
-class GapOf:
-    """Meter.measure_groups: the gap between every ordered pair of each group's branches and against the base, and
-    task vectors. groups: (owner, ((branch, slot), ...)) per method."""
+class _Call:
+    """A measurement of some entries at one step; the same call of several seeds joins into one (`+`), each placed
+    on the world the joined call runs on (`placed`: owners named anew, slots mapped)."""
 
     step: int
-    groups: tuple[tuple[object, tuple[tuple[str, int], ...]], ...]
-    full: bool  # every GAP_METRICS (an eval tick), else QUICK_METRICS
+    entries: tuple
 
-    def __call__(self, meter: Meter) -> None:
-        meter.measure_groups(self.step, [(owner, list(branches)) for owner, branches in self.groups], self.full)
+    def placed(self, owner: Callable[[object], object], slot: Place) -> _Call:
+        return replace(self, entries=tuple(self._place(entry, owner, slot) for entry in self.entries))
 
-    def placed(self, owner: Callable[[object], object], slot: Place) -> GapOf:
-        return replace(self, groups=tuple((owner(o), tuple((b, slot(s)) for b, s in branches))
-                                          for o, branches in self.groups))
+    def __add__(self, other: _Call) -> _Call:
+        return replace(self, entries=self.entries + other.entries)
 
-    def __add__(self, other: GapOf) -> GapOf:
-        return replace(self, groups=self.groups + other.groups)
+    @staticmethod
+    def _place(entry: tuple, owner: Callable[[object], object], slot: Place) -> tuple:
+        """An (owner, name, slot) entry placed."""
+        who, name, at = entry
+        return owner(who), name, slot(at)
 
 
 @dataclass(frozen=True)
-class AccuracyOf:
-    """Meter.accuracy_of: greedy and sampled pass@1, reward and length per domain of (owner, label, slot) outputs."""
+class GapOf(_Call):
+    """Meter.measure_groups: the gap between every ordered pair of each group's branches and against the base, and
+    task vectors. entries: (owner, ((branch, slot), ...)) per method."""
 
-    step: int
-    outputs: tuple[tuple[object, str, int], ...]
+    full: bool = False  # every GAP_METRICS (an eval tick), else QUICK_METRICS
+
+    def __call__(self, meter: Meter) -> None:
+        meter.measure_groups(self.step, [(owner, list(branches)) for owner, branches in self.entries], self.full)
+
+    @staticmethod
+    def _place(entry: tuple, owner: Callable[[object], object], slot: Place) -> tuple:
+        who, branches = entry
+        return owner(who), tuple((branch, slot(at)) for branch, at in branches)
+
+
+@dataclass(frozen=True)
+class AccuracyOf(_Call):
+    """Meter.accuracy_of: greedy and sampled pass@1, reward and length per domain. entries: (owner, label, slot)."""
+
     final: bool = False  # rows named final_<metric>: a model a method reports, at its end
 
     def __call__(self, meter: Meter) -> None:
-        meter.accuracy_of(list(self.outputs), self.step, self.final)
-
-    def placed(self, owner: Callable[[object], object], slot: Place) -> AccuracyOf:
-        return replace(self, outputs=tuple((owner(o), label, slot(s)) for o, label, s in self.outputs))
-
-    def __add__(self, other: AccuracyOf) -> AccuracyOf:
-        return replace(self, outputs=self.outputs + other.outputs)
+        meter.accuracy_of(list(self.entries), self.step, self.final)
 
 
 @dataclass(frozen=True)
-class ConflictOf:
-    """Meter.conflict_of: the cosine between per-domain GRPO gradients of (owner, branch, slot) branches."""
-
-    step: int
-    branches: tuple[tuple[object, str, int], ...]
+class ConflictOf(_Call):
+    """Meter.conflict_of: the cosine between per-domain GRPO gradients. entries: (owner, branch, slot)."""
 
     def __call__(self, meter: Meter) -> None:
-        meter.conflict_of(list(self.branches), self.step)
-
-    def placed(self, owner: Callable[[object], object], slot: Place) -> ConflictOf:
-        return replace(self, branches=tuple((owner(o), b, slot(s)) for o, b, s in self.branches))
-
-    def __add__(self, other: ConflictOf) -> ConflictOf:
-        return replace(self, branches=self.branches + other.branches)
+        meter.conflict_of(list(self.entries), self.step)

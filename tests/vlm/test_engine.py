@@ -58,17 +58,6 @@ def test_sampling_logprobs_equal_rescoring(world, engine):
     with_engine(world, CachedEngine)
 
 
-def test_one_mixed_adapter_forward_scores_like_one_adapter_at_a_time(world):
-    batch = world.sample(REQUESTS, prompts=2, group=2, temperature=1.0)
-    slots = [2, 0, 1, 2]
-    together = world.full_logprobs(batch, slots, grad=False)
-    for row, slot in enumerate(slots):
-        alone = world.full_logprobs(batch, [slot if r == row else -1 for r in range(len(slots))], grad=False)
-        keep = batch.mask[row].bool()
-        torch.testing.assert_close(together[row][keep], alone[row][keep], rtol=0, atol=1e-4)
-        assert alone[[r for r in range(len(slots)) if r != row]].abs().max() == 0
-
-
 def test_mixed_forward_gradients_reach_each_slot_alone(world):
     batch = world.sample(REQUESTS[1:3], prompts=1, group=2, temperature=1.0)
     lp = world.token_logprobs(batch, [1, 2], grad=True)
