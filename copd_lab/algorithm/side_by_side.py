@@ -3,11 +3,10 @@
 A tick of the simulator costs mostly per-op overhead, so five seeds run one after the other cost five
 times one; run side by side, each tick's requests of every seed go to the world in one call (one sample,
 one loss, one update), for about the cost of one (the loop: copd_lab.algorithm.loop.run_seeds). Each seed's
-trainer sees a `SlotView`: its own slots
-(an offset into the world's), and its own random streams (`streams.seeded`), so that it draws exactly
-what it draws alone, and its rows and checkpoints are those of a run of that seed alone. Slots are
-interleaved (slot s of seed k of K is the world's slot s·K + k), so that the branches all seeds train in a
-tick are adjacent rows of the world: its update works on one slice, not on gathered copies.
+trainer sees a `SlotView`: its own slots (an offset into the world's), and its own random streams
+(`streams.seeded`), so that it draws exactly what it draws alone, and its rows and checkpoints are those of a run
+of that seed alone. Slots are interleaved (slot s of seed k of K is the world's slot s·K + k), so that the branches
+all seeds train in a tick are adjacent rows of the world: its update works on one slice, not on gathered copies.
 """
 
 from __future__ import annotations

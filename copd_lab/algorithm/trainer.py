@@ -99,11 +99,11 @@ class Trainer:
                         **options)
         return start
 
-    def collect(self, tick: int) -> tuple[list[Request], list[tuple[str, str, str]]]:
+    def collect(self, tick: int) -> tuple[list[Request], list[Owner]]:
         """This tick's requests of every recipe that trains on it, and their owners (method, branch, edge)."""
         return self.guarded(tick, self._tick_requests, tick)
 
-    def _tick_requests(self, tick: int) -> tuple[list[Request], list[tuple[str, str, str]]]:
+    def _tick_requests(self, tick: int) -> tuple[list[Request], list[Owner]]:
         requests, owners = [], []
         for recipe in self.recipes:  # a recipe that ends here is merged and evaluated now
             if self._advance(recipe, tick):
@@ -122,7 +122,7 @@ class Trainer:
 
     def end(self) -> list[dict]:
         """Flush the training signals into rows, write the finished checkpoint; every row of the run."""
-        self._bar.close()
+        self.close_bar()
         self.book.flush()
         if self.checkpoint is not None:
             self._save(self.total + 1, done=True)
