@@ -2,10 +2,11 @@
 
     python benchmarks/sim_mechanisms.py --seeds 5
 
-Every number is mean ± std over run seeds seed..seed+n-1 (the task and its base are fixed by sim.task_seed),
-except the gradient cosine and the base's own figures, which depend on no run seed: their spread is over task
-seeds 0..n-1. Absorption and merge damage pool their points over the seeds and fit one line. See
-docs/simulator.md for what each row means.
+Every number is mean ± sample std (ddof = 1) over run seeds s..s+n-1 (s = --seed, n = --seeds) on one task, task
+seed t+s (t = sim.task_seed, 0 by default), except the gradient cosine and the base's own figures, which depend on
+no run seed: their spread is over task seeds t+s..t+s+n-1 (the first of them the runs' task). One seed: no ±.
+Absorption and merge damage pool their points over the seeds and fit one line. The seeds used are printed above
+the table. See docs/simulator.md for what each row means.
 """
 
 from __future__ import annotations
@@ -24,8 +25,15 @@ from copd_lab.world import Request
 
 
 def spread(values: list[float], digits: int = 3) -> str:
+    """Mean ± sample std (ddof = 1); the mean alone for one value (its std is undefined)."""
     values = np.asarray(values, float)
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
+    mean = f"{values.mean():.{digits}f}"
+    return f"{mean} ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else mean
+
+
+def seeds(values) -> str:
+    values = list(values)
+    return f"{values[0]}..{values[-1]}" if len(values) > 1 else str(values[0])
 
 
 def base_figures(cfg) -> dict[str, float]:
@@ -48,8 +56,10 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     cfg = load_config(None, args.set)
+    cfg = mech.with_sim(cfg, task_seed=cfg.sim.task_seed + args.seed)  # --seed moves the task as well as the runs
     runs = [dataclasses.replace(cfg, seed=args.seed + i, seeds=1) for i in range(args.seeds)]
-    tasks = [mech.with_sim(cfg, task_seed=i) for i in range(args.seeds)]
+    task_seeds = [cfg.sim.task_seed + i for i in range(args.seeds)]
+    tasks = [mech.with_sim(r, task_seed=t) for r, t in zip(runs, task_seeds)]
     s, c = cfg.sim.shared_skill, cfg.sim.conflict
     rows = []
 
@@ -101,12 +111,16 @@ def main() -> None:
     line = mech.fit([d["branch_kl"] for d in damage], [d["damage"] for d in damage])
     row("merge damage", "opd.beta", "0, 0.3, 1", "best CoPD branch − merged (points) vs the branches' symmetric KL",
         f"slope {line['slope']:.2f}, r = {line['r']:.2f} over KL {line['x_min']:.2f}-{line['x_max']:.2f} "
-        f"(damage {spread([d['damage'] for d in damage], 1)})")
+        f"(damage over its {len(damage)} runs {spread([d['damage'] for d in damage], 1)})")
 
+    print(f"run seeds {seeds(r.seed for r in runs)} on task seed {cfg.sim.task_seed}; base and gradient-cosine "
+          f"rows over task seeds {seeds(task_seeds)}\n")
     print("| mechanism | knob | setting | signature | value |")
     print("|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    if args.seeds > 1:
+        print(f"\nmean ± sample std over {args.seeds} seeds (ddof = 1); the merge damage: over all its runs")
     print(f"\n{args.seeds} seed(s) in {time.perf_counter() - start:.0f} s")
 
 

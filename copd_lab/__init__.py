@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "CoPDConfig", "Comparison", "ConfigError", "ExperimentConfig", "GRPOConfig", "MergeConfig", "MetricsConfig",
-    "OPDConfig", "PlacementConfig", "SimConfig", "VLMConfig", "dump_toml", "load_config", "run_comparison",
+    "MixedConfig", "OPDConfig", "PlacementConfig", "SimConfig", "VLMConfig", "dump_toml", "load_config",
+    "run_comparison",
 ]
 _HOME = {"dump_toml": "copd_lab.config_io", "load_config": "copd_lab.config_io", "Comparison": "copd_lab.experiment",
          "run_comparison": "copd_lab.experiment"}  # every other name is a config class of copd_lab.config
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
         GRPOConfig,
         MergeConfig,
         MetricsConfig,
+        MixedConfig,
         OPDConfig,
         PlacementConfig,
         SimConfig,

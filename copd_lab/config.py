@@ -52,6 +52,8 @@ MERGE_METHODS = ("average", "task_arithmetic", "ties", "dare")
 TEACHER_MODES = ("live", "frozen")
 COMBINE_MODES = ("mean", "split")
 WORLDS = ("sim", "vlm")
+GAP_PAIRS = ("auto", "all", "edges")
+ALL_PAIRS_UP_TO = 10  # metrics.gap_pairs = auto measures every pair up to this many branches
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,20 @@ class MergeConfig:
 
 
 @dataclass(frozen=True)
+class MixedConfig:
+    """Mixed-data RLVR: one branch on every domain's prompts pooled."""
+
+    weights: tuple[float, ...] = ()  # each domain's share of the pooled RL batch, one per domain (empty: equal);
+    # each pooled prompt's domain is drawn by these weights from the method's random stream
+
+    def __post_init__(self) -> None:
+        require_finite(self)
+        require(all(w >= 0 for w in self.weights), "weights", self.weights, "non-negative numbers")
+        require(not self.weights or sum(self.weights) > 0, "weights", self.weights,
+                "non-negative numbers, at least one > 0 (or empty: equal shares)")
+
+
+@dataclass(frozen=True)
 class CoPDConfig:
     """Co-Evolving Policy Distillation: N cycles of S_RL GRPO steps then S_OPD mixed steps (Alg. 1)."""
 
@@ -203,6 +219,14 @@ class SimConfig:
     lr: float = 0.02  # the simulator world's Adam lr (paper: 1e-6 for a 4B model); the VLM world's is vlm.lr
     init_scale: float = 1.0  # scale of the network's random initialisation, before the warm start
     task_seed: int = 0  # seed of the task (rules, prompts) and of the base: fixed across run seeds
+    capacity: int = 0  # units of the policy's domain-gated hidden layer (copd_lab/sim/net.py): a multiplicative path
+    # that lets one model read the shared features one way per domain (0: one linear readout for every domain,
+    # which cannot represent opposed rules)
+    style_private: float = 1.0  # ρ, share of a digit's logit read from its style's own row: 1 = each style a
+    # private copy of the skill (learnt in one style, absent in another); 0 = styles are formats over one skill
+    pattern_coupling: float = 0.0  # κ, the cost of switching behaviour pattern: share of a style's score read by a
+    # fixed projection of the hidden layer the skill also reads (1: no free style logit, so changing format moves
+    # the skill's features) rather than from one free logit per style (0); needs capacity > 0
 
     @property
     def vocab_size(self) -> int:
@@ -221,8 +245,11 @@ class SimConfig:
             # the toy policy's tensors stay small enough to run in a second
             require(least <= getattr(self, name) <= most, name, getattr(self, name),
                     f"an integer in [{least}, {most:,}]")
-        for name in ("shared_skill", "conflict", "style_habit"):
+        require(0 <= self.capacity <= 1024, "capacity", self.capacity, "an integer in [0, 1,024]")
+        for name in ("shared_skill", "conflict", "style_habit", "style_private", "pattern_coupling"):
             require(0 <= getattr(self, name) <= 1, name, getattr(self, name), "a number in [0, 1]")
+        require(self.pattern_coupling == 0 or self.capacity > 0, "pattern_coupling", self.pattern_coupling,
+                "0 when capacity = 0 (a style's score is read from the hidden layer: give sim.capacity > 0)")
         require(self.shared_skill + self.conflict <= 1, "conflict", self.conflict,
                 f"a number in [0, {1 - self.shared_skill:g}] (shared_skill + conflict <= 1: the rest of a rule reads "
                 f"the domain's own features)")
@@ -292,6 +319,9 @@ class MetricsConfig:
     # the sim has 16; the VLM's 64 make every measurement 4x dearer for a smoother curve)
     eval_every: int = 100  # ticks between per-domain accuracy evaluations during training
     eval_samples: int = 8  # sampled completions per eval prompt for sampled pass@1
+    gap_pairs: str = "auto"  # which branch pairs the gap metrics measure: all (every ordered pair of a method's
+    # branches) | edges (the pairs CoPD's topology joins, copd.topology, both ways) | auto (all up to 10 branches,
+    # edges beyond: K = 30 has 870 ordered pairs); each branch against the base always
     score: str = "auto"  # metric in the results table: auto (acc_exact where the world computes it, the
     # simulator; else acc_sampled) | acc_exact | acc_sampled | acc_greedy | reward
 
@@ -302,6 +332,7 @@ class MetricsConfig:
         require(self.gap_prompts >= 0, "gap_prompts", self.gap_prompts, "an integer >= 0 (0: all eval prompts)")
         require(self.eval_every >= 1, "eval_every", self.eval_every, "an integer >= 1")
         require(self.eval_samples >= 1, "eval_samples", self.eval_samples, "an integer >= 1")
+        require(self.gap_pairs in GAP_PAIRS, "gap_pairs", self.gap_pairs, f"one of {GAP_PAIRS}")
         allowed = ("auto", "acc_exact", "acc_sampled", "acc_greedy", "reward")
         require(self.score in allowed, "score", self.score, f"one of {allowed}")
         require(self.eval_samples <= 1024, "eval_samples", self.eval_samples, "an integer in [1, 1024]")
@@ -352,6 +383,7 @@ class ExperimentConfig:
     opd: OPDConfig = field(default_factory=OPDConfig)
     copd: CoPDConfig = field(default_factory=CoPDConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
+    mixed: MixedConfig = field(default_factory=MixedConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     vlm: VLMConfig = field(default_factory=VLMConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -395,3 +427,5 @@ class ExperimentConfig:
                 "expert's actor is not built yet)")
         require(not self.merge.weights or len(self.merge.weights) == len(self.domains), "merge.weights",
                  self.merge.weights, f"empty (uniform) or one weight per domain ({len(self.domains)})")
+        require(not self.mixed.weights or len(self.mixed.weights) == len(self.domains), "mixed.weights",
+                 self.mixed.weights, f"empty (equal shares) or one weight per domain ({len(self.domains)})")

@@ -20,7 +20,7 @@ from copd_lab.local_world import check_world, make_world
 from copd_lab.preflight import check_run, clear_run
 from copd_lab.records.checkpoint import STATE_FORMAT, checkpoint_path, load_checkpoint, resume_key
 from copd_lab.records.rows import ROW_COLUMNS, unpack_rows
-from copd_lab.results import format_table, results_table
+from copd_lab.results import format_paired, format_table, paired_differences, results_table
 from copd_lab.world import SideBySide, World, has
 
 
@@ -35,7 +35,14 @@ class Comparison:
     # copd_lab.studies.inspector, reads them)
 
     def table(self) -> str:
-        return format_table(self.results, self.config.domains, self.config.seeds)
+        """The results table; with several seeds, then CoPD minus each other model, paired by seed."""
+        text = format_table(self.results, self.config.domains, self.config.seeds)
+        if self.config.seeds > 1:
+            paired = paired_differences(self.metrics, self.config.domains, list(self.results.index),
+                                        self.config.metrics.score)
+            if not paired.empty:
+                text += "\n" + format_paired(paired, self.config.domains)
+        return text
 
     def save(self, out: str | Path) -> Path:
         """metrics.parquet, results.csv, results.md and the config.toml that reproduces them."""

@@ -1,10 +1,14 @@
 """The results table in the paper's layout: per-domain scores, overall, delta against the base, budgets.
 
 Overall is the mean over domains (the paper's overall is the mean over all benchmarks; with one score
-per domain the two agree). With several seeds every cell is mean ± std over seeds.
+per domain the two agree). With several seeds every cell is mean ± sample std (ddof = 1) over seeds; with
+one seed the std is NaN and no ± is shown. A difference between two models (`delta`, `paired_differences`)
+is taken seed by seed, then summarised as the mean ± sample std of the per-seed differences.
 """
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 
@@ -48,22 +52,29 @@ def score_of(metrics: pd.DataFrame) -> str:
     return "acc_exact" if metrics.metric.str.match(r"^(final_)?acc_exact/").any() else "acc_sampled"
 
 
-def results_table(metrics: pd.DataFrame, recipes: list[Recipe], domains: tuple[str, ...],
-                  score: str = "auto") -> pd.DataFrame:
-    """One row per reported model: `<domain>` and `overall` means (and `_std` over seeds), `delta`
-    (overall minus the base's), and the budgets. score "auto": acc_exact where the world logged it, else
-    acc_sampled."""
+def per_seed_scores(metrics: pd.DataFrame, domains: tuple[str, ...], score: str = "auto") -> pd.DataFrame:
+    """Each reported model's final score per seed: index (branch, seed), columns `<domain>` and `overall` (the
+    mean over domains). score "auto": acc_exact where the world logged it, else acc_sampled."""
     if score == "auto":
         score = score_of(metrics)
     final = metrics[metrics.metric.str.startswith(f"final_{score}/")].copy()
     final["domain"] = final.metric.str.split("/").str[1]
     per_seed = final.pivot_table(index=["branch", "seed"], columns="domain", values="value")[list(domains)]
     per_seed["overall"] = per_seed.mean(axis=1)
+    return per_seed
+
+
+def results_table(metrics: pd.DataFrame, recipes: list[Recipe], domains: tuple[str, ...],
+                  score: str = "auto") -> pd.DataFrame:
+    """One row per reported model: `<domain>` and `overall` means (and `_std`, the sample std over seeds, NaN
+    with one seed), `delta` (overall minus the base's, taken seed by seed: its `_std` is the sample std of the
+    per-seed deltas), and the budgets. score "auto": acc_exact where the world logged it, else acc_sampled."""
+    per_seed = per_seed_scores(metrics, domains, score)
     base = per_seed.loc["base", "overall"] if "base" in per_seed.index.get_level_values(0) else None
     if base is not None:
         per_seed["delta"] = per_seed["overall"] - base.reindex(per_seed.index.get_level_values("seed")).to_numpy()
     grouped = per_seed.groupby(level="branch")
-    table = grouped.mean().join(grouped.std(ddof=0).add_suffix("_std"))
+    table = grouped.mean().join(grouped.std(ddof=1).add_suffix("_std"))
     order = ["base"] + [label for r in recipes for label, _ in r.outputs]
     table = table.reindex([o for o in order if o in table.index])
     spent = budgets(metrics, recipes)
@@ -73,18 +84,87 @@ def results_table(metrics: pd.DataFrame, recipes: list[Recipe], domains: tuple[s
     return table
 
 
+def paired_difference(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
+    """a − b paired by seed (both indexed by seed): the mean and the sample std (ddof = 1) of the per-seed
+    differences over the seeds both have, and their number. The std is NaN with fewer than two seeds."""
+    diff = (a - b).dropna()  # index alignment pairs the seeds; a seed only one side has drops out
+    return float(diff.mean()), float(diff.std(ddof=1)) if len(diff) > 1 else math.nan, len(diff)
+
+
+OWN_EXPERTS = "experts, own domain"  # paired_differences' row for expert:<d> compared on domain d only
+
+
+def paired_differences(metrics: pd.DataFrame, domains: tuple[str, ...], models: list[str], score: str = "auto",
+                       reference: str = "copd") -> pd.DataFrame:
+    """`reference` minus each other model of `models` (in that order; the base is left out: `delta` is that
+    difference), paired by seed. One row per model: `<domain>` and `overall` means of the per-seed differences,
+    their sample std (`_std`, NaN with one seed) and `seeds`, the number of seeds paired. The experts are one row,
+    OWN_EXPERTS: expert:<d> on domain d only, and overall the mean of those over the domains, seed by seed.
+    Empty when the reference is not among `models`."""
+    columns = [*domains, "overall"]
+    per_seed = per_seed_scores(metrics, domains, score)
+    models = [m for m in models if m in per_seed.index.get_level_values(0)]
+    if reference not in models:
+        return pd.DataFrame(columns=columns + [c + "_std" for c in columns] + ["seeds"])
+    ref = per_seed.loc[reference]
+    others = {m: per_seed.loc[m] for m in models if m not in (reference, "base") and not m.startswith("expert:")}
+    own = [d for d in domains if f"expert:{d}" in models]
+    if own:  # one frame of the experts' own-domain scores, and the reference's overall on those domains
+        experts = pd.DataFrame({d: per_seed.loc[f"expert:{d}", d] for d in own})
+        experts["overall"] = experts.mean(axis=1)
+        ref = ref.assign(own_overall=ref[own].mean(axis=1))
+        others[OWN_EXPERTS] = experts
+    rows = {}
+    for model, scores in others.items():
+        row = {}
+        for col in columns:
+            if col not in scores:
+                row[col] = row[col + "_std"] = math.nan
+                continue
+            mine = ref["own_overall"] if model == OWN_EXPERTS and col == "overall" else ref[col]
+            row[col], row[col + "_std"], row["seeds"] = paired_difference(mine, scores[col])
+        rows[model] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")[columns + [c + "_std" for c in columns] + ["seeds"]]
+    table.index.name = f"{reference} minus"
+    return table
+
+
+def _cell(mean: float, std: float, signed: bool = False) -> str:
+    """A percentage with one decimal, and ± std where the std is a number (never a printed NaN)."""
+    if math.isnan(mean):
+        return "-"
+    cell = f"{100 * mean:+.1f}" if signed else f"{100 * mean:.1f}"
+    return cell if math.isnan(std) else f"{cell} ± {100 * std:.1f}"
+
+
+def std_note(seeds: int) -> str:
+    """The line under a table that shows ± x: which std it is."""
+    return f"mean ± sample std over {seeds} seeds (ddof = 1)"
+
+
 def format_table(table: pd.DataFrame, domains: tuple[str, ...], seeds: int) -> str:
-    """Markdown with one decimal percentages; mean ± std when there are several seeds."""
+    """Markdown with one decimal percentages; mean ± sample std when there are several seeds, said in a line
+    under the table."""
     columns = [*domains, "overall"] + (["delta"] if "delta" in table else [])
     head = "| model | " + " | ".join(columns) + " | steps/branch | steps/method |"
     lines = [head, "|" + "---|" * (len(columns) + 3)]
     for label, row in table.iterrows():
-        cells = []
-        for col in columns:
-            cell = f"{100 * row[col]:+.1f}" if col == "delta" else f"{100 * row[col]:.1f}"
-            if seeds > 1:
-                cell += f" ± {100 * row[col + '_std']:.1f}"
-            cells.append(cell)
+        cells = [_cell(row[col], row[col + "_std"] if seeds > 1 else math.nan, signed=col == "delta")
+                 for col in columns]
         cells += [f"{row.steps_branch:.0f}", f"{row.steps_method:.0f}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if seeds > 1:
+        lines += ["", std_note(seeds)]
     return "\n".join(lines) + "\n"
+
+
+def format_paired(table: pd.DataFrame, domains: tuple[str, ...]) -> str:
+    """paired_differences as markdown, in points, with the line saying what the ± is; empty for an empty table."""
+    if table.empty:
+        return ""
+    columns = [*domains, "overall"]
+    lines = [f"| {table.index.name} | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for label, row in table.iterrows():
+        lines.append(f"| {label} | " + " | ".join(_cell(row[c], row[c + "_std"], signed=True) for c in columns) + " |")
+    seeds = int(table.seeds.min())
+    return "\n".join(lines + ["", f"paired by seed: {std_note(seeds)} of the per-seed difference, in points"]) + "\n"

@@ -36,10 +36,16 @@ class Request:
     """One batch to sample this tick: rollouts of `slot` on prompts from `domains`."""
 
     slot: int  # whose weights sample (and, for training, whose weights get the gradient)
-    domains: tuple[int, ...]  # prompt domains; several = a pooled mixture, prompts split evenly
+    domains: tuple[int, ...]  # prompt domains; several = a pooled mixture, each prompt's domain drawn by `shares`
     teacher: int = -1  # slot that grades the rollouts token by token (OPD); -1 for a GRPO batch
     beta: float = 0.0  # β of the OPD advantage
     stream: str = ""  # the random stream it draws from: its method's name (see copd_lab.streams)
+    shares: tuple[float, ...] = ()  # a pooled mixture's weight per domain (empty: equal), drawn prompt by prompt
+
+    def domain_probs(self) -> torch.Tensor:
+        """[len(domains)] the probability of each domain for one prompt of this request."""
+        weights = torch.tensor(self.shares or [1.0] * len(self.domains), dtype=torch.float64)
+        return weights / weights.sum()
 
 
 class Payload(Protocol):
@@ -141,9 +147,11 @@ class ExactAccuracy(Protocol):
     """A world whose answers can be enumerated (the simulator): accuracy computed from its probabilities, with no
     sampling noise. The evaluation logs it as acc_exact beside sampled pass@1."""
 
-    def exact_accuracy(self, requests: list[Request], grad: bool = False) -> torch.Tensor:
+    def exact_accuracy(self, requests: list[Request], grad: bool = False, temperature: float = 1.0,
+                       split: str = "eval") -> torch.Tensor:
         """[R] expected accuracy of each request's slot on every eval prompt of its first domain; with `grad` the
-        graph to the slots' weights is kept (flat_grads then gives the exact gradient of the accuracy)."""
+        graph to the slots' weights is kept (flat_grads then gives the exact gradient of the accuracy). At a
+        sampling temperature (1: the policy itself); split "train": on as many of its train prompts instead."""
 
 
 @runtime_checkable

@@ -69,12 +69,15 @@ def test_the_gpu_benchmarks_second_model_is_a_half_billion_parameter_qwen2vl():
 
 
 def test_sim_speed_prints_its_table_and_both_result_lines_last():
-    command = [sys.executable, str(ROOT / "benchmarks" / "sim_speed.py"), "--repeats", "1", "--branches", "3"]
+    command = [sys.executable, str(ROOT / "benchmarks" / "sim_speed.py"), "--repeats", "1", "--branches", "3",
+               "--comparison", "4"]  # K = 30, the size, takes a minute
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("case") and any("5 seeds" in line for line in lines)
+    assert any(line.startswith("K=4 experts+copd, gap auto") for line in lines)
+    assert lines[-3].startswith("comparison_k4_gap_auto_s=") and float(lines[-3].split("=")[1]) > 0
     assert lines[-2].startswith("default_comparison_s=") and float(lines[-2].split("=")[1]) > 0
     assert lines[-1].startswith("default_comparison_5seeds_s=") and float(lines[-1].split("=")[1]) > 0
 

@@ -43,11 +43,12 @@ def run_seeds(trainers: list[Trainer], states: list[dict | None]) -> list[list[d
         if requests:
             owners = [(t, owner) for t, (_, os) in zip(active, collected) for owner in os]
             with _placed(active, tick):
-                signal = update.train_step(world, cfg, requests, _blame(owners))
+                signal, per_domain = update.train_step(world, cfg, requests, _blame(owners))
             at = 0
             for trainer, (rs, os) in zip(active, collected):
                 if rs:
-                    trainer.book.keep_signals(tick, os, signal[at: at + len(rs)])
+                    trainer.book.keep_signals(tick, os, signal[at: at + len(rs)],
+                                              None if per_domain is None else per_domain[at: at + len(rs)])
                 at += len(rs)
         _measure(active, tick, meter)
         for trainer in active:

@@ -20,6 +20,7 @@ class Branch:
     domains: tuple[str, ...]  # RLVR data mixture for its native GRPO batches
     init: SlotKey = BASE  # BASE, or another recipe's branch to start from its final weights
     step_rate: float = 1.0  # fraction of ticks on which this branch takes a step (asymmetric experts)
+    shares: tuple[float, ...] = ()  # weight of each of `domains` in a pooled RL batch (empty: equal)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def _experts(cfg: ExperimentConfig, name: str = "experts") -> Recipe:
 
 def _mixed(cfg: ExperimentConfig, name: str = "mixed") -> Recipe:
     steps = cfg.expert_steps * len(cfg.domains)  # budget = sum of the experts' steps
-    branch = Branch("mixed", tuple(cfg.domains))
+    branch = Branch("mixed", tuple(cfg.domains), shares=tuple(cfg.mixed.weights))
     return Recipe(name, (branch,), (Stage("rlvr", steps, ("mixed",)),), outputs=((name, "mixed"),))
 
 
@@ -127,9 +128,11 @@ def _mopd(cfg: ExperimentConfig, name: str = "mopd") -> Recipe:
     return Recipe(name, (branch,), (stage,), outputs=((name, "student"),), requires=("experts",))
 
 
-def _copd(cfg: ExperimentConfig, name: str = "copd", drop: tuple[str, ...] = (), merge: bool = True) -> Recipe:
+def _copd(cfg: ExperimentConfig, name: str = "copd", drop: tuple[str, ...] = (), merge: bool = True,
+          fixed_experts: bool = False) -> Recipe:
     """K branches from one base; N cycles of Phase I (S_RL GRPO steps) and Phase II (S_OPD steps of
-    native GRPO joined with OPD batches on each neighbour's prompts, scored by that neighbour)."""
+    native GRPO joined with OPD batches on each neighbour's prompts, scored by that neighbour).
+    fixed_experts: the neighbours' finished independent experts grade instead (frozen): co-evolution removed."""
     c = cfg.copd
     names = tuple(cfg.domains)
     edge_pairs = build_edges(names, c.topology, c.hub, c.edges, tuple(c.drop_edges) + drop)
@@ -141,7 +144,8 @@ def _copd(cfg: ExperimentConfig, name: str = "copd", drop: tuple[str, ...] = (),
                           f"distillation")
     live = cfg.opd.teacher == "live"
     edges = tuple(
-        OPDEdge(s, t, t, beta=c.beta_per_edge.get(format_edge((s, t)), cfg.opd.beta), live=live)
+        OPDEdge(s, SlotKey("experts", t) if fixed_experts else t, t,
+                beta=c.beta_per_edge.get(format_edge((s, t)), cfg.opd.beta), live=live and not fixed_experts)
         for s, t in edge_pairs
     )
     for key in c.beta_per_edge:
@@ -164,7 +168,8 @@ def _copd(cfg: ExperimentConfig, name: str = "copd", drop: tuple[str, ...] = (),
         weights = cfg.merge
     else:
         outputs, weights = branch_outputs, None
-    return Recipe(name, branches, stages, outputs=outputs, merge=weights)
+    return Recipe(name, branches, stages, outputs=outputs, merge=weights,
+                  requires=("experts",) if fixed_experts else ())
 
 
 METHODS: dict[str, str] = {
@@ -180,6 +185,8 @@ METHODS: dict[str, str] = {
     "copd_drop:<student><-<teacher>[,...]": "CoPD without these OPD directions, e.g. copd_drop:text<-image "
     "(the paper's w/o I-OPD)",
     "copd_frozen": "CoPD with teachers frozen at the start of each Phase II (the commented-out line)",
+    "copd_fixed_experts": "CoPD's schedule with the finished independent experts as teachers (frozen): what "
+    "co-evolving teachers add",
 }
 
 
@@ -204,6 +211,8 @@ def build_recipe(method: str, cfg: ExperimentConfig) -> Recipe | None:
         return _copd(cfg, method, drop=tuple(e.strip() for e in arg.split(",")))
     if head == "copd_frozen" and not arg:
         return _copd(replace(cfg, opd=replace(cfg.opd, teacher="frozen")), method)
+    if head == "copd_fixed_experts" and not arg:
+        return _copd(cfg, method, fixed_experts=True)
     raise ConfigError(f"methods = {method!r} is not allowed: known methods are {', '.join(METHODS)}")
 
 

@@ -11,6 +11,8 @@ all seeds train in a tick are adjacent rows of the world: its update works on on
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from copd_lab.config import MergeConfig
@@ -35,7 +37,7 @@ class SlotView:
         return s * self.count + self.index if s >= 0 else -1
 
     def request(self, r: Request) -> Request:
-        return Request(self.slot(r.slot), r.domains, self.slot(r.teacher), r.beta, self.stream(r.stream))
+        return replace(r, slot=self.slot(r.slot), teacher=self.slot(r.teacher), stream=self.stream(r.stream))
 
     def stream(self, name: str) -> str:
         return seeded(name, self.seed)
@@ -67,8 +69,9 @@ class SlotView:
     def pair_logprobs(self, batch: Batch, rows: list[int], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return self.world.pair_logprobs(batch, rows, full)
 
-    def exact_accuracy(self, requests: list[Request], grad: bool = False) -> torch.Tensor:
-        return self.world.exact_accuracy([self.request(r) for r in requests], grad)
+    def exact_accuracy(self, requests: list[Request], grad: bool = False, temperature: float = 1.0,
+                       split: str = "eval") -> torch.Tensor:
+        return self.world.exact_accuracy([self.request(r) for r in requests], grad, temperature, split)
 
     def token_text(self, token: int) -> str:
         return self.world.token_text(token)

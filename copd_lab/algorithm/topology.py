@@ -7,7 +7,7 @@ docs/paper.md §1.5); the other topologies answer the scaling question it leaves
 
 from __future__ import annotations
 
-from copd_lab.config import TOPOLOGIES, ConfigError
+from copd_lab.config import ALL_PAIRS_UP_TO, TOPOLOGIES, ConfigError, ExperimentConfig
 
 Edge = tuple[str, str]  # (student, teacher)
 
@@ -70,6 +70,28 @@ def build_edges(
             raise ConfigError(f"copd.drop_edges = {format_edge(edge)!r} is not allowed: not an edge of "
                               f"this topology; edges are {[format_edge(e) for e in result]}")
     return [e for e in result if e not in dropped]
+
+
+def gap_pairs(branches: tuple[str, ...] | list[str], cfg: ExperimentConfig) -> tuple[Edge, ...] | None:
+    """The (student, teacher) branch pairs whose behavioural gap a method's measurement takes (metrics.gap_pairs),
+    None for every ordered pair.
+
+    edges: the pairs CoPD's topology joins (copd.topology, copd.hub, copd.edges), each both ways, so experts and
+    CoPD, whose branches are both named by domain, are measured on the same pairs; copd.drop_edges stays measured
+    (an ablation then shows the gap of the edge it cut). auto: every pair up to ALL_PAIRS_UP_TO branches, edges
+    beyond, where the K(K-1) pairs were most of a run (K = 30: 870 pairs, 85 % of it). Names the topology cannot
+    join (a hub that is not among them) get every pair: a method of one branch has none anyway.
+    """
+    names = list(branches)
+    mode = cfg.metrics.gap_pairs
+    if mode == "all" or (mode == "auto" and len(names) <= ALL_PAIRS_UP_TO):
+        return None
+    c = cfg.copd
+    try:
+        joined = build_edges(names, c.topology, c.hub, c.edges)
+    except ConfigError:
+        return None
+    return tuple(dict.fromkeys(pair for s, t in joined for pair in ((s, t), (t, s))))  # both ways, once, in order
 
 
 def _order(names: list[str]):

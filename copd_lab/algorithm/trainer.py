@@ -29,6 +29,7 @@ from copd_lab.algorithm.recipes import OPDEdge, Recipe, Stage, is_active
 from copd_lab.algorithm.schedule import Cursor, allocate_slots, slot_of, teacher_slot_of, timeline
 from copd_lab.algorithm.side_by_side import window_of
 from copd_lab.algorithm.slots import MERGED, SlotKey
+from copd_lab.algorithm.topology import gap_pairs
 from copd_lab.config import ExperimentConfig
 from copd_lab.records.checkpoint import STATE_FORMAT, first_non_finite, resume_key, save_checkpoint
 from copd_lab.records.measure import AccuracyOf, ConflictOf, GapOf, Meter
@@ -52,11 +53,16 @@ class Trainer:
         self.on_eval = on_eval
         self.domain_index = {d: i for i, d in enumerate(world.domains)}
         self.slots = allocate_slots(recipes)
+        # the branch pairs whose gap each recipe measures (metrics.gap_pairs; None: every ordered pair)
+        self.gap_pairs = {r.name: gap_pairs([b.name for b in r.branches], cfg) for r in recipes}
         self.cursors = {r.name: Cursor() for r in recipes}
         self.spans = timeline(recipes)
+        index = self.domain_index
         self.book = SeedRows(run, seed, {str(SlotKey(r.name, b.name)): (r.name, b.name) for r in recipes
                                          for b in r.branches},
-                             cfg.grpo.prompts_per_step * cfg.grpo.group_size)
+                             cfg.grpo.prompts_per_step * cfg.grpo.group_size,
+                             {str(SlotKey(r.name, b.name)): {index[d]: d for d in b.domains} for r in recipes
+                              for b in r.branches if len(b.domains) > 1 and any(s.rlvr for s in r.stages)})
         self.meter = Meter(cfg, world, self.book.log)  # this seed's own: base and final evaluations, adaptive checks
         self.window = window_of(world)  # how its slots and streams map onto the world the loop calls
         self._boundary: set[str] = set()  # recipes that ended a phase this tick: their gap is measured
@@ -247,7 +253,7 @@ class Trainer:
             for name in stage.train:
                 branch, slot = recipe.branch(name), self.slot(recipe, name)
                 domains = tuple(self.domain_index[d] for d in branch.domains)
-                native = Request(slot, domains, stream=recipe.name) if stage.rlvr else None
+                native = Request(slot, domains, stream=recipe.name, shares=branch.shares) if stage.rlvr else None
                 opd = [(edge, Request(slot, (self.domain_index[edge.domain],), teacher=self.teacher_slot(recipe, edge),
                                       beta=edge.beta, stream=recipe.name)) for edge in edges_of.get(name, [])]
                 plan.append((name, branch.step_rate, native, opd))
@@ -303,7 +309,8 @@ class Trainer:
         self._boundary.clear()
         calls: list[GapOf | AccuracyOf | ConflictOf] = []
         if measured:
-            calls.append(GapOf(tick, tuple((r.name, self._branch_slots(r)) for r in measured), evaluate))
+            calls.append(GapOf(tick, tuple((r.name, self._branch_slots(r), self.gap_pairs[r.name]) for r in measured),
+                               evaluate))
         if evaluate and tick > 0:
             for recipe in live:
                 branches = self._branch_slots(recipe)

@@ -20,9 +20,10 @@ from copd_lab.world import Request, World
 
 
 def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
-               on_non_finite: Callable[[int, str], None]) -> torch.Tensor:
+               on_non_finite: Callable[[int, str], None]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Update the requests' slots; return each request's training signal (mean reward of a GRPO batch,
-    sampled reverse KL to the teacher of an OPD batch), not yet synced to Python.
+    sampled reverse KL to the teacher of an OPD batch) and, when a request pools domains, each request's rollouts
+    per domain [R, D] (the shares its batches realised), not yet synced to Python.
 
     on_non_finite(request index, what): called when a request's loss is NaN or inf ("loss is nan", before the
     update), or when the update made its slot's weights NaN or inf ("weights", before they are used); it raises.
@@ -81,7 +82,9 @@ def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
             student_lp, teacher_lp = pair if not full else (
                 x.gather(-1, batch.tokens[..., None]).squeeze(-1) for x in pair)
             signal = torch.where(is_opd, metrics.sampled_reverse_kl(student_lp, teacher_lp, batch.mask), signal)
-    return signal
+        pooled = any(len(r.domains) > 1 for r in requests)
+        per_domain = torch.nn.functional.one_hot(batch.domain, len(world.domains)).sum(1) if pooled else None
+    return signal, per_domain
 
 
 def batch_weights(requests: list[Request], combine: str = "mean", rlvr_weight: float = 0.5) -> list[float]:

@@ -143,10 +143,11 @@ class ShardedWorld:
             out[torch.tensor(rows)] = part
         return out
 
-    def exact_accuracy(self, requests: list[Request], grad: bool = False) -> torch.Tensor:
+    def exact_accuracy(self, requests: list[Request], grad: bool = False, temperature: float = 1.0,
+                       split: str = "eval") -> torch.Tensor:
         """ExactAccuracy, computed by each slot's owner (no gradient: the simulator's pilot runs in one process)."""
         groups = self._by_home([r.slot for r in requests])
-        parts = self._call([(name, "do", ("exact_accuracy", [requests[i] for i in rows]))
+        parts = self._call([(name, "do", ("exact_accuracy", [requests[i] for i in rows], False, temperature, split))
                             for name, rows in groups.items()])
         return self._place(len(requests), groups, [from_wire(p) for p in parts])
 

@@ -18,9 +18,9 @@ import torch
 from copd_lab.config import ExperimentConfig
 from copd_lab.config_io import to_dict
 
-STATE_FORMAT = 5  # 5: a VLM request draws its own sampling seed (a sharded world splits calls); 4: OPD signals
-# from World.pair_logprobs, Dr.GRPO over the longest completion; 3: VLM rows draw from their stream's generator;
-# 2: a stream per method; 1: one per seed
+STATE_FORMAT = 6  # 6: a pooled batch draws each prompt's domain, and counts them; 5: a VLM request draws its own
+# sampling seed (a sharded world splits calls); 4: OPD signals from World.pair_logprobs, Dr.GRPO over the longest
+# completion; 3: VLM rows draw from their stream's generator; 2: a stream per method; 1: one per seed
 
 
 def resume_key(cfg: ExperimentConfig | dict) -> dict:

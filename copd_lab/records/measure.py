@@ -23,8 +23,10 @@ from copd_lab.math.losses import TopK
 from copd_lab.world import ExactAccuracy, NonFiniteError, Request, World, has
 
 Log = Callable[[str, int, str, str, str, float], None]  # method, step, branch, pair, metric, value
+Pairs = tuple[tuple[str, str], ...]  # (student, teacher) branch names whose gap is measured
 QUICK_METRICS = ("overlap", "symmetric_kl", "sampled_reverse_kl", "top1_overlap", "student_overlap_mass",
                  "teacher_overlap_mass")  # every gap_every ticks (overlap is top-k, k = metrics.topk)
+CALIBRATION_GRID = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5)  # temperatures a calibrated accuracy chooses from
 GAP_METRICS = QUICK_METRICS + ("entropy_gap", "overlap_token_advantage")  # also at every eval
 
 
@@ -83,25 +85,30 @@ class Meter:
         """Top-k overlap O_k of (student, teacher) slot pairs of one method (the adaptive schedule's signal)."""
         return self.gap(pairs, {s: method for s, _ in pairs}, full=False)[:, 0].tolist()
 
-    def measure_groups(self, step: int, groups: list[tuple[str, list[tuple[str, int]]]], full: bool) -> None:
-        """Gap metrics between every ordered pair of a group's branches and of each branch vs the base,
-        plus task-vector distance and cosine."""
+    def measure_groups(self, step: int, groups: list[tuple[str, list[tuple[str, int]], Pairs | None]],
+                       full: bool) -> None:
+        """Gap metrics between a group's (student, teacher) branch pairs (None: every ordered pair; the caller
+        chooses them, see copd_lab.algorithm.topology.gap_pairs) and of each branch vs the base, plus each task
+        vector's norm and the task-vector distance and cosine of the same pairs, unordered."""
         pairs, labels = [], []
-        for method, branches in groups:
+        for method, branches, chosen in groups:
+            wanted = None if chosen is None else set(chosen)
             for student, s_slot in branches:
-                for teacher, t_slot in branches + [("base", 0)]:
-                    if teacher != student:
-                        pairs.append((s_slot, t_slot))
-                        labels.append((method, student, f"{student}<-{teacher}"))
+                teachers = [(t, slot) for t, slot in branches
+                            if t != student and (wanted is None or (student, t) in wanted)]
+                for teacher, t_slot in teachers + [("base", 0)]:
+                    pairs.append((s_slot, t_slot))
+                    labels.append((method, student, f"{student}<-{teacher}"))
         if not pairs:
             return
-        methods = {slot: method for method, branches in groups for _, slot in branches}
+        methods = {slot: method for method, branches, _ in groups for _, slot in branches}
         values = self.gap(pairs, methods, full).tolist()
         for (method, branch, pair), row in zip(labels, values):
             for name, value in zip(GAP_METRICS, row):
                 self.log(method, step, branch, pair, name, value)
         base = self.world.flat_weights([0])
-        for method, branches in groups:
+        for method, branches, chosen in groups:
+            wanted = None if chosen is None else {frozenset(pair) for pair in chosen}
             # task vectors θ − θ_0 group by group: a matmul's rounding may depend on the other rows in it
             with torch.no_grad():
                 vectors = self.world.flat_weights([s for _, s in branches]) - base
@@ -111,12 +118,14 @@ class Meter:
             for i, (a, _) in enumerate(branches):
                 self.log(method, step, a, "", "task_vector_norm", norms[i])
                 for j, (b, _) in enumerate(branches[i + 1:], i + 1):
+                    if wanted is not None and frozenset((a, b)) not in wanted:
+                        continue
                     self.log(method, step, a, f"{a}|{b}", "task_vector_distance", distance[i][j])
                     self.log(method, step, a, f"{a}|{b}", "task_vector_cosine", cosine[i][j])
 
     def accuracy(self, method: str, outputs: list[tuple[str, int]], step: int, final: bool) -> None:
-        """Greedy and sampled pass@1 and reward per domain on the eval prompts (and exact accuracy, where the world
-        computes it)."""
+        """Greedy and sampled pass@1 and reward per domain on the eval prompts (and, where the world computes it, exact
+        accuracy and, for a reported model at its end, the calibrated one: see _calibrated)."""
         self.accuracy_of([(method, label, slot) for label, slot in outputs], step, final)
 
     def accuracy_of(self, outputs: list[tuple[str, str, int]], step: int, final: bool) -> None:
@@ -135,11 +144,30 @@ class Meter:
             exact = world.exact_accuracy(requests).tolist()
             values = [row + [e] for row, e in zip(values, exact)]
             names += ("acc_exact",)
+            if final:  # a reported model's skill apart from its confidence (14 more exact passes: at the end only)
+                calibrated, temperature = self._calibrated(requests, len(outputs))
+                values = [row + [c] for row, c in zip(values, calibrated.tolist())]
+                names += ("acc_calibrated",)
+                for (method, label, _), t in zip(outputs, temperature.tolist()):
+                    self.log(method, step, label, "", f"{prefix}calibrated_temperature", t)
         for i, request in enumerate(requests):
             method, label, _ = outputs[i // len(self.all_domains)]
             domain = world.domains[request.domains[0]]
             for name, value in zip(names, values[i]):
                 self.log(method, step, label, "", f"{prefix}{name}/{domain}", value)
+
+    def _calibrated(self, requests: list[Request], models: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Skill apart from confidence: each model's exact accuracy [R] at the temperature of CALIBRATION_GRID that
+        maximises its mean exact accuracy over every domain's train prompts, and that temperature [models].
+        (Accuracy at τ = 1 rewards sharpness: a model that knows the rule but spreads its mass scores low there.)"""
+        grid = torch.tensor(CALIBRATION_GRID)
+        with torch.no_grad():
+            train = torch.stack([self.world.exact_accuracy(requests, temperature=t, split="train")
+                                 for t in CALIBRATION_GRID])
+            held_out = torch.stack([self.world.exact_accuracy(requests, temperature=t) for t in CALIBRATION_GRID])
+        best = train.view(len(grid), models, -1).mean(-1).argmax(0)  # [models]: the first of equal ones
+        per_request = best.repeat_interleave(len(requests) // models)
+        return held_out.gather(0, per_request[None])[0], grid[best]
 
     def conflict_of(self, branches: list[tuple[str, str, int]], step: int) -> None:
         """Cosine between per-domain GRPO gradients of each (method, branch, slot) branch (mixed RLVR's divergence
@@ -193,18 +221,20 @@ class _Call:
 
 @dataclass(frozen=True)
 class GapOf(_Call):
-    """Meter.measure_groups: the gap between every ordered pair of each group's branches and against the base, and
-    task vectors. entries: (owner, ((branch, slot), ...)) per method."""
+    """Meter.measure_groups: the gap between the chosen ordered pairs of each group's branches and against the base,
+    and task vectors. entries: (owner, ((branch, slot), ...), pairs) per method, pairs (student, teacher) branch
+    names or None for every ordered pair (names, not slots: placing leaves them as they are)."""
 
     full: bool = False  # every GAP_METRICS (an eval tick), else QUICK_METRICS
 
     def __call__(self, meter: Meter) -> None:
-        meter.measure_groups(self.step, [(owner, list(branches)) for owner, branches in self.entries], self.full)
+        meter.measure_groups(self.step, [(owner, list(branches), pairs) for owner, branches, pairs in self.entries],
+                             self.full)
 
     @staticmethod
     def _place(entry: tuple, owner: Callable[[object], object], slot: Place) -> tuple:
-        who, branches = entry
-        return owner(who), tuple((branch, slot(at)) for branch, at in branches)
+        who, branches, pairs = entry
+        return owner(who), tuple((branch, slot(at)) for branch, at in branches), pairs
 
 
 @dataclass(frozen=True)

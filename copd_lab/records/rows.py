@@ -36,17 +36,21 @@ class SeedRows:
     until drained (one sync, at checkpoints and at the end), in rows of their own so the row order does not depend
     on when that happens; and each branch's step and rollout counts, written at the end."""
 
-    def __init__(self, run: str, seed: int, branches: dict[str, tuple[str, str]], rollouts_per_request: int):
+    def __init__(self, run: str, seed: int, branches: dict[str, tuple[str, str]], rollouts_per_request: int,
+                 pooled: dict[str, dict[int, str]] | None = None):
         """branches: each counted branch's key, as its checkpoint names it (copd_lab.algorithm.slots), -> its
-        (method, branch)."""
+        (method, branch). pooled: the keys of branches whose RL batches pool domains -> {domain index: name}: the
+        share of their RL rollouts each domain got is logged at the end (prompt_share/<domain>)."""
         self.run, self.seed, self.rollouts_per_request = run, seed, rollouts_per_request
         self.rows: list[dict] = []
         self.signal_rows: list[dict] = []  # drained training signals: they follow self.rows
-        self.pending: list[tuple[int, list[tuple[str, str, str]], torch.Tensor]] = []
+        self.pending: list[tuple[int, list[tuple[str, str, str]], torch.Tensor, torch.Tensor | None]] = []
         self.branches = dict(branches)
         self.key_of = {pair: key for key, pair in self.branches.items()}
         self.steps_done = dict.fromkeys(self.branches, 0)
         self.rollouts_done = dict.fromkeys(self.branches, 0)
+        self.pooled = dict(pooled or {})
+        self.domain_rollouts = {key: dict.fromkeys(names, 0) for key, names in self.pooled.items()}
 
     def count_step(self, method: str, branch: str) -> None:
         """One more gradient step of this branch."""
@@ -59,15 +63,21 @@ class SeedRows:
     def log(self, method: str, step: int, branch: str, pair: str, metric: str, value: float) -> None:
         self.rows.append(self.row(method, step, branch, pair, metric, value))
 
-    def keep_signals(self, tick: int, owners: list[tuple[str, str, str]], signal: torch.Tensor) -> None:
+    def keep_signals(self, tick: int, owners: list[tuple[str, str, str]], signal: torch.Tensor,
+                     per_domain: torch.Tensor | None = None) -> None:
         """A training step's signal per request (mean reward of a GRPO batch, reverse KL of an OPD batch), owned by
-        (method, branch, edge), not yet synced to Python."""
-        self.pending.append((tick, owners, signal))
+        (method, branch, edge), and its rollouts per domain [R, D] when a request pools domains; not yet synced."""
+        self.pending.append((tick, owners, signal, per_domain))
 
     def drain(self) -> None:
-        for tick, owners, signal in self.pending:
-            for method, branch, _ in owners:
-                self.rollouts_done[self.key_of[method, branch]] += self.rollouts_per_request
+        for tick, owners, signal, per_domain in self.pending:
+            for row, (method, branch, edge) in enumerate(owners):
+                key = self.key_of[method, branch]
+                self.rollouts_done[key] += self.rollouts_per_request
+                if key in self.pooled and not edge and per_domain is not None:  # its own RL batch
+                    counts = self.domain_rollouts[key]
+                    for d, n in zip(self.pooled[key], per_domain[row, list(self.pooled[key])].tolist()):
+                        counts[d] += n
             for (method, branch, edge), value in zip(owners, signal.tolist()):
                 self.signal_rows.append(self.row(method, tick, branch, edge,
                                                  "opd_reverse_kl" if edge else "train_reward", value))
@@ -82,13 +92,19 @@ class SeedRows:
             method, branch = self.branches[key]
             self.log(method, -1, branch, "", "steps", float(steps))
             self.log(method, -1, branch, "", "rollouts", float(self.rollouts_done[key]))
+            counts = self.domain_rollouts.get(key, {})
+            total = sum(counts.values())
+            for d, name in self.pooled.get(key, {}).items():
+                self.log(method, -1, branch, "", f"prompt_share/{name}", counts[d] / total if total else 0.0)
         return self.rows
 
     def state_dict(self) -> dict:
         self.drain()
         return {"steps_done": dict(self.steps_done), "rollouts_done": dict(self.rollouts_done),
+                "domain_rollouts": {key: dict(c) for key, c in self.domain_rollouts.items()},
                 "rows": pack_rows(self.rows), "signal_rows": pack_rows(self.signal_rows)}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps_done, self.rollouts_done = dict(state["steps_done"]), dict(state["rollouts_done"])
+        self.domain_rollouts = {key: dict(c) for key, c in state["domain_rollouts"].items()}
         self.rows, self.signal_rows = unpack_rows(state["rows"]), unpack_rows(state["signal_rows"])

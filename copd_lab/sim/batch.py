@@ -41,7 +41,7 @@ class Scored:
 class Layout:
     """Where the prompts of a sample call come from (cached per request shape)."""
 
-    domain: torch.Tensor  # [R, N] domain of each rollout; pooled domains split evenly over a request's prompts
+    domain: torch.Tensor  # [R, N] domain of each rollout (a pooled request's: drawn per call, see SimDraws)
     first_prompt: torch.Tensor  # [R, P] id of the first prompt of each prompt's domain (train or eval)
     content: torch.Tensor | None  # [R, P] prompt index when every eval prompt is visited once, else None (drawn)
     mask: torch.Tensor  # [R, N, T] all ones: every sim answer has T tokens

@@ -1,28 +1,65 @@
-"""The simulator's toy policy as pure functions on batched weights: one linear softmax policy per weight slot.
+"""The simulator's toy policy as pure functions on batched weights: one softmax policy per weight slot.
 
-For a prompt with features x, the answer's logits at position t after token y_{t-1} are
+For a prompt of domain d with features x, the answer's logits at position t after token y_{t-1} are
 
-    logits_t(token) = W_t x + b_t + σ_t[style of the token] + U[style of y_{t-1}]
+    logits_t(token m·Q + q) = √ρ · W_t[m·Q + q] x' + √(1−ρ) · R_t[q] x' + b_t + σ_t[m] + U[style of y_{t-1}]
 
-W reads the shared features (the weights every domain pulls on) and each domain's own ones (weights only
-that domain moves); every token has its own row, so a style's digits are learnt in that style (a style
-that is sampled more also gets better: symmetry between equally rewarded styles breaks under RL). σ is
-one logit per style (filler tokens have none), so that a style rises or falls as a whole, as a format or
-a language does in a real model; U, by the style of the previous token (a row for filler and one for the
-start), lets a response keep the style its first token chose. The
-x-part does not depend on earlier tokens, so a prompt's logits at every position are one matmul, and
-sampling only adds a row of U per token.
+with x' = [x; h] and h = (B x + c) ⊙ G_d, a hidden layer of `sim.capacity` units whose gate G_d depends on the
+prompt's domain (its modality tag): a multiplicative, domain-conditional path, so that one model can read the
+shared features one way in one domain and another way in another (capacity 0: x' = x, one linear readout for
+every domain, which cannot represent opposed rules). Its units are shared by every domain, so a pooled update of B
+moves what the other domains read.
+
+Where the skill lives against the style (ρ = `sim.style_private`): W gives every token its own row, so each style
+learns its digits apart (private copies: a skill learnt in one style is not there in another); R is one row per
+digit shared by every style (formats over one skill: a style only chooses how the answer is written). σ is one
+logit per style (filler tokens have none), so that a style rises or falls as a whole, as a format or a language
+does in a real model; U, by the style of the previous token (a row for filler and one for the start), lets a
+response keep the style its first token chose. The x-part does not depend on earlier tokens, so a prompt's logits
+at every position are a few matmuls, and sampling only adds a row of U per token.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
+from copd_lab.config import SimConfig
+from copd_lab.streams import stream_seed
 
-def param_shapes(features: int, answer_len: int, vocab: int, styles: int) -> dict[str, tuple]:
+
+@dataclass(frozen=True)
+class NetShape:
+    """The sizes and fixed mixing weights of one simulator policy (from SimConfig and the number of domains)."""
+
+    features: int  # F, prompt features
+    answer_len: int  # T
+    digits: int  # Q
+    styles: int  # M
+    vocab: int  # V = M * Q + filler
+    hidden: int  # H, units of the domain-gated hidden layer (sim.capacity)
+    domains: int  # D, gates of the hidden layer
+    private: float  # ρ, share of a digit's logit read from its style's own row (sim.style_private)
+    coupling: float = 0.0  # κ, share of a style's score read from the hidden state rather than a free logit
+
+    @property
+    def inputs(self) -> int:
+        """F + H: what the readouts read."""
+        return self.features + self.hidden
+
+    @classmethod
+    def of(cls, cfg: SimConfig, n_domains: int) -> NetShape:
+        return cls(cfg.n_features(n_domains), cfg.answer_len, cfg.digits, cfg.styles, cfg.vocab_size, cfg.capacity,
+                   n_domains, cfg.style_private, cfg.pattern_coupling)
+
+
+def param_shapes(shape: NetShape) -> dict[str, tuple]:
     """The named blocks of one slot's flat weight vector, in order."""
-    return {"weight": (features, answer_len * vocab), "bias": (answer_len * vocab,), "style": (answer_len, styles),
-            "bigram": (styles + 2, vocab)}
+    f, t, v, q, m, h = shape.features, shape.answer_len, shape.vocab, shape.digits, shape.styles, shape.hidden
+    return {"weight": (f + h, t * v), "bias": (t * v,), "style": (t, m), "bigram": (m + 2, v), "rule": (f + h, t * q),
+            "hidden": (f, h), "hidden_bias": (h,), "gate": (shape.domains, h)}
 
 
 def previous_rows(digits: int, styles: int, vocab: int) -> torch.Tensor:
@@ -40,16 +77,47 @@ def split(flat: torch.Tensor, shapes: dict[str, tuple]) -> dict[str, torch.Tenso
     return {name: part.view(flat.shape[0], *shape) for (name, shape), part in zip(shapes.items(), flat.split(sizes, 1))}
 
 
-def prompt_logits(blocks: dict[str, torch.Tensor], where: torch.Tensor, x: torch.Tensor, digits: int) -> torch.Tensor:
-    """[R, P, T, V] x-part logits of prompts x [R, P, F] under slot where[r] of `blocks` (the named [k, ...] blocks
-    of k slots); the first `digits` * styles tokens are the styles' digits, the rest filler."""
+def prompt_logits(blocks: dict[str, torch.Tensor], where: torch.Tensor, x: torch.Tensor,
+                  domain: torch.Tensor | None, shape: NetShape, pattern: torch.Tensor | None = None) -> torch.Tensor:
+    """[R, P, T, V] x-part logits of prompts x [R, P, F] of domains `domain` [R, P] under slot where[r] of `blocks`
+    (the named [k, ...] blocks of k slots); the first Q * M tokens are the styles' digits, the rest filler.
+    pattern: [H, T * M] the fixed projection that reads each style's score from the hidden layer (shape.coupling)."""
     n, p, _ = x.shape
+    t, q, m, v, kappa = shape.answer_len, shape.digits, shape.styles, shape.vocab, shape.coupling
     style = blocks["style"].index_select(0, where)  # [R, T, M]
-    t, m = style.shape[1:]
-    style = torch.nn.functional.pad(style.repeat_interleave(digits, -1), (0, blocks["bigram"].shape[-1] - m * digits))
+    if kappa > 0:
+        style = style * math.sqrt(1 - kappa)
+    style = torch.nn.functional.pad(style.repeat_interleave(q, -1), (0, v - m * q))
     bias = blocks["bias"].index_select(0, where) + style.view(n, -1)  # [R, T * V]
-    out = torch.baddbmm(bias[:, None], x, blocks["weight"].index_select(0, where))
-    return out.view(n, p, t, -1)
+    if shape.hidden:  # the domain-gated hidden layer: h = (B x + c) ⊙ G_d
+        pre = torch.baddbmm(blocks["hidden_bias"].index_select(0, where)[:, None], x,
+                            blocks["hidden"].index_select(0, where))  # [R, P, H]
+        gate = blocks["gate"].index_select(0, where)  # [R, D, H]
+        hidden = pre * gate.gather(1, domain[..., None].expand(n, p, shape.hidden))
+        x = torch.cat([x, hidden], -1)
+    rho = shape.private
+    inputs = x if rho == 1.0 else x * math.sqrt(rho)  # x * 1.0 is x: skip the op
+    out = torch.baddbmm(bias[:, None], inputs, blocks["weight"].index_select(0, where)).view(n, p, t, v)
+    per_digit = None  # [R, P, T, M or 1, Q or 1]: what a style's digit tokens get beyond their own rows
+    if rho < 1.0:  # the digit rows every style shares
+        per_digit = torch.bmm(x * math.sqrt(1 - rho), blocks["rule"].index_select(0, where)).view(n, p, t, 1, q)
+    if kappa > 0:  # the styles' scores read from the hidden state the skill reads
+        coupled = (hidden @ (pattern * math.sqrt(kappa))).view(n, p, t, m, 1)
+        per_digit = coupled if per_digit is None else per_digit + coupled
+    if per_digit is not None:
+        per_digit = per_digit.expand(n, p, t, m, q).reshape(n, p, t, m * q)
+        out = out + torch.nn.functional.pad(per_digit, (0, v - m * q))
+    return out
+
+
+def pattern_projection(cfg: SimConfig, shape: NetShape) -> torch.Tensor | None:
+    """[H, T * M] the fixed (never trained) projection of the hidden state onto the styles' scores: a format is
+    a direction of the hidden state the skill also reads, not a logit of its own (None: shape.coupling is 0). It
+    belongs to the task (the task seed), as the rules do."""
+    if not shape.coupling:
+        return None
+    gen = torch.Generator().manual_seed(stream_seed(cfg.task_seed, "sim/pattern"))
+    return torch.randn(shape.hidden, shape.answer_len * shape.styles, generator=gen) / math.sqrt(max(shape.hidden, 1))
 
 
 def logprobs(hidden: torch.Tensor, bigram: torch.Tensor, bigram_first: torch.Tensor, prev: torch.Tensor,

@@ -40,7 +40,9 @@ class SimWorld:
         self.tasks = SimTasks.build(cfg, len(domains))
         self.vocab_size = v = cfg.vocab_size
         self.max_new_tokens = cfg.answer_len  # every answer has T tokens
-        self.shapes = net.param_shapes(cfg.n_features(len(domains)), cfg.answer_len, v, cfg.styles)
+        self.shape = net.NetShape.of(cfg, len(domains))
+        self.shapes = net.param_shapes(self.shape)
+        self.pattern = net.pattern_projection(cfg, self.shape)  # the styles' fixed read-out of the hidden layer
         self.n_params = sum(torch.Size(shape).numel() for shape in self.shapes.values())
         self.rows_of = net.previous_rows(cfg.digits, cfg.styles, v)  # the row of U each previous token reads
         self.u_rows = cfg.styles + 2
@@ -50,6 +52,7 @@ class SimWorld:
         self._draws = CallDraws(cfg)
         self._cache: SlotWeights | None = None
         self._graded: SlotWeights | None = None  # the weights the last gradient caller got (see step)
+        self._paths: tuple | None = None  # exact_accuracy's last logits, with the weights and requests they are of
 
     # ---------------------------------------------------------------- slots and optimizer
     # Every method that changes weights drops the cached slot weights (see _weights).
@@ -194,8 +197,9 @@ class SimWorld:
         """[R, P * group, T, V] x-part logits (net.prompt_logits) of prompts `prompt` [R, P] under slot rows where
         [R], each prompt's row repeated for its `group` adjacent rollouts: computed once per prompt, not per rollout."""
         x = self.tasks.features.index_select(0, prompt.view(-1)).view(*prompt.shape, -1)
+        domain = self.tasks.domain.index_select(0, prompt.view(-1)).view(prompt.shape) if self.shape.hidden else None
         with torch.set_grad_enabled(grad):
-            hidden = net.prompt_logits(weights.blocks, where, x, self.cfg.digits)
+            hidden = net.prompt_logits(weights.blocks, where, x, domain, self.shape, self.pattern)
             return hidden if group == 1 else hidden.repeat_interleave(group, 1)
 
     def _prompt_layout(self, requests: list[Request], prompts: int, group: int, every: bool) -> Layout:
@@ -205,8 +209,9 @@ class SimWorld:
             visited = prompts if 0 < prompts < self.cfg.eval_prompts else self.cfg.eval_prompts
             rows = []
             for r in requests:  # every: the first `prompts` eval prompts of each domain (0: all); else drawn
+                # a drawn prompt's domain: the request's one domain (a pooled one's is drawn with it: see draw)
                 rows.append(torch.tensor([d for d in r.domains for _ in range(visited)] if every else
-                                         [r.domains[i % len(r.domains)] for i in range(prompts)]))
+                                         [r.domains[0]] * prompts))
             domain = torch.stack(rows)  # [R, P]
             first = self.tasks.first_prompt(domain, eval=every)
             content = torch.arange(visited).repeat(len(requests[0].domains)).expand_as(domain) if every else None
@@ -222,12 +227,14 @@ class SimWorld:
     def sample(self, requests: list[Request], prompts: int, group: int, temperature: float,
                greedy: bool = False, every_prompt: bool = False, draws: SimDraws | None = None) -> Batch:
         layout = self._prompt_layout(requests, prompts, group, every_prompt)
-        domain, content = layout.domain, layout.content
+        domain, content, first = layout.domain, layout.content, layout.first_prompt
         n_rows, n = domain.shape
         draws = draws or self.draw(requests, prompts, group, greedy, every_prompt)
         if content is None:
             content = draws.content
-        prompt = layout.first_prompt + content  # [R, P]
+        if draws.domain is not None:  # pooled requests: each prompt's domain was drawn
+            first, domain = self.tasks.first_prompt(draws.domain, eval=False), draws.domain.repeat_interleave(group, 1)
+        prompt = first + content  # [R, P]
         v, length = self.vocab_size, self.cfg.answer_len
         # the teachers that will score these rollouts join the cache now, rather than take their weights then
         slots = [r.slot for r in requests]
@@ -296,25 +303,44 @@ class SimWorld:
         q, m = self.cfg.digits, self.cfg.styles
         return f"s{token // q}:{token % q}" if token < q * m else f"filler{token - q * m}"
 
-    def exact_accuracy(self, requests: list[Request], grad: bool = False) -> torch.Tensor:
+    def exact_accuracy(self, requests: list[Request], grad: bool = False, temperature: float = 1.0,
+                       split: str = "eval") -> torch.Tensor:
         """[R] expected accuracy (= expected reward) of slot r.slot on every eval prompt of domain r.domains[0],
         from its probabilities: a style's right answer is one path of T tokens, so P(right) = Σ_m Π_t
         p(m·Q + a_t | the path's previous token): M paths per prompt, no sampling.
-        grad: keep the graph to the slots' weights (then flat_grads gives the exact gradient of the accuracy)."""
+        grad: keep the graph to the slots' weights (then flat_grads gives the exact gradient of the accuracy).
+        temperature: of the policy whose accuracy it is (logits / τ). split "train": on the domain's first
+        `eval_prompts` train prompts instead (what a calibration may look at)."""
         slots = [r.slot for r in requests]
         weights = self._weights(slots)
-        where, bigram_first = self._first_rows(weights, slots)
         n, s, m = len(requests), self.cfg.eval_prompts, self.cfg.styles
         domain = torch.tensor([r.domains[0] for r in requests])
-        prompt = self.tasks.first_prompt(domain, eval=True)[:, None] + torch.arange(s)  # [R, S]
+        prompt = self.tasks.first_prompt(domain, eval=split == "eval")[:, None] + torch.arange(s)  # [R, S]
+        key = (tuple(slots), tuple(domain.tolist()), split)
+        cached = self._paths
         with torch.set_grad_enabled(grad):
-            paths = self.tasks.answers.index_select(0, prompt.view(-1)).view(n, s * m, -1)  # the right sequences
-            hidden = self._prompt_logits(weights, where, prompt, m, grad)  # [R, S * M, T, V]: a prompt's M paths
-            prev = torch.cat([torch.full_like(paths[..., :1], self.vocab_size), paths[..., :-1]], -1)
-            bigram = weights.bigram if grad else weights.bigram.detach()
-            logp = net.logprobs(hidden, bigram, bigram_first, prev, self.rows_of)  # τ = 1: the policy itself
-            right = logp.gather(-1, paths[..., None]).squeeze(-1).sum(-1).exp().view(n, s, m)
+            if grad or cached is None or cached[0] is not weights or cached[1] != key:
+                logits = self._path_logits(weights, slots, prompt, grad)
+                if not grad:  # a calibration asks again at other temperatures: the logits are the same
+                    self._paths = (weights, key, logits)
+            else:
+                logits = cached[2]
+            paths = self.tasks.answers.index_select(0, prompt.view(-1)).view(n, s, m, -1)  # the right sequences
+            logp = (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
+            right = logp.gather(-1, paths[..., None]).squeeze(-1).sum(-1).exp()  # [R, S, M]
             return self._handed(right.sum(-1).mean(-1), grad)
+
+    def _path_logits(self, weights: SlotWeights, slots: list[int], prompt: torch.Tensor, grad: bool) -> torch.Tensor:
+        """[R, S, M, T, V] the logits along each style's right path of prompts [R, S]: the x-part of a prompt, once,
+        plus the row of U its previous token reads (the start row at t = 0, then the path's style)."""
+        where, bigram_first = self._first_rows(weights, slots)
+        m, t = self.cfg.styles, self.cfg.answer_len
+        hidden = self._prompt_logits(weights, where, prompt, 1, grad)  # [R, S, T, V]
+        row = torch.arange(m)[:, None].expand(m, t).clone()
+        row[:, 0] = m + 1  # net.previous_rows: the start token's row
+        bigram = weights.bigram if grad else weights.bigram.detach()
+        u = bigram.index_select(0, (bigram_first[:, :, None] + row).view(-1)).view(len(slots), m, t, -1)
+        return hidden[:, :, None] + u[:, None]
 
     def pair_logprobs(self, batch: Batch, rows: list[int], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
         # every row reads its slot's weights with the same ops whatever the other rows of a call, so the students'

@@ -160,14 +160,20 @@ class VLMWorld:
     # ---------------------------------------------------------------- prompts and rollouts
 
     def _prompt_rows(self, request: Request, prompts: int, every_prompt: bool) -> list[tuple[int, int]]:
-        """(domain, row) of each distinct prompt, domain by domain; pooled domains split evenly; drawn from the
-        request's stream."""
-        out = []
+        """(domain, row) of each distinct prompt, domain by domain, drawn from the request's stream: a pooled
+        request first draws each prompt's domain by its shares (a one-domain request draws only its rows)."""
+        out, counts = [], [prompts]
+        if len(request.domains) > 1 and not every_prompt:
+            picks = torch.multinomial(request.domain_probs(), prompts, replacement=True,
+                                      generator=self.streams(request.stream))
+            counts = torch.bincount(picks, minlength=len(request.domains)).tolist()
         for j, d in enumerate(request.domains):
             if every_prompt:  # the first `prompts` eval prompts (0: all of them)
                 out += [(d, i) for i in range(prompts if 0 < prompts < self.n_eval else self.n_eval)]
                 continue
-            count = len(range(j, prompts, len(request.domains)))
+            count = counts[j]
+            if count == 0:
+                continue
             size, gen = len(self.suites[d].train), self.streams(request.stream)
             rows = torch.randint(size, (count,), generator=gen) if count > size else torch.randperm(size, generator=gen)
             out += [(d, int(i)) for i in rows[:count]]

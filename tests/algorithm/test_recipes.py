@@ -44,6 +44,11 @@ def test_static_opd_mopd_and_ablations():
     assert {e.label: e.beta for e in build_recipe("copd", c).stages[1].edges}["image<-text"] == 0.5
     assert build_recipe("copd_no_merge", c).merge is None
     assert not any(e.live for e in build_recipe("copd_frozen", c).stages[1].edges)
+    fixed = build_recipe("copd_fixed_experts", c)  # CoPD's schedule, graded by the finished experts
+    assert [(e.student, e.teacher, e.domain, e.live) for e in fixed.stages[1].edges] == [
+        (e.student, SlotKey("experts", e.teacher), e.teacher, False) for e in build_recipe("copd", c).stages[1].edges]
+    assert fixed.requires == ("experts",) and [s.name for s in fixed.stages] == [s.name for s in
+                                                                               build_recipe("copd", c).stages]
     adaptive = build_recipe("copd", cfg("copd.adaptive_threshold=0.6"))
     assert len(adaptive.stages) == 1 and adaptive.stages[0].adaptive_threshold == 0.6
 
@@ -79,6 +84,7 @@ BUDGETS = {
     "copd_no_merge": ("copd_no_merge", {"text": 200, "image": 200, "video": 200}),
     "copd_drop:text<-image": ("copd_drop:text<-image", {"text": 200, "image": 200, "video": 200}),
     "copd_frozen": ("copd_frozen", {"text": 200, "image": 200, "video": 200}),
+    "copd_fixed_experts": ("copd_fixed_experts", {"text": 200, "image": 200, "video": 200}),
 }
 
 
@@ -94,5 +100,6 @@ def test_every_listed_method_builds_with_its_budget():
         name, steps = expected
         assert recipe.name == name and recipe.steps_per_branch() == steps, method
         merged = recipe.merge is not None
-        assert merged == (method in ("copd", "copd_drop:text<-image", "copd_frozen")), method
-        assert recipe.requires == (("experts",) if method in ("static_opd:image->text", "mopd") else ()), method
+        assert merged == (method in ("copd", "copd_drop:text<-image", "copd_frozen", "copd_fixed_experts")), method
+        assert recipe.requires == (("experts",) if method in ("static_opd:image->text", "mopd", "copd_fixed_experts")
+                                   else ()), method

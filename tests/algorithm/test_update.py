@@ -67,10 +67,10 @@ def test_a_teacher_equal_to_its_student_gives_exactly_zero_advantage(kind):
     for estimator in ("sampled", "topk", "full"):
         cfg = dataclasses.replace(CFG, opd=OPDConfig(estimator=estimator))
         before = world.flat_weights([1]).clone()
-        signal = update.train_step(world, cfg, [Request(1, (1,), teacher=2, beta=1.0, stream="a")], refuse)
+        signal, _ = update.train_step(world, cfg, [Request(1, (1,), teacher=2, beta=1.0, stream="a")], refuse)
         assert signal.tolist() == [0.0], estimator
         assert torch.equal(world.flat_weights([1]), before), estimator
-    moved = update.train_step(world, cfg, [Request(1, (1,), teacher=3, beta=1.0, stream="a")], refuse)
+    moved, _ = update.train_step(world, cfg, [Request(1, (1,), teacher=3, beta=1.0, stream="a")], refuse)
     assert moved.item() != 0 and not torch.equal(world.flat_weights([1]), before)
 
 

@@ -46,7 +46,7 @@ def test_logged_task_vector_norm_distance_and_cosine_match_a_loop_over_the_weigh
               ("copd", [("text", 4), ("image", 5), ("video", 6)]), ("mixed", [("mixed", 1)])]
 
     rows = []
-    Meter(cfg, world, lambda *row: rows.append(row)).measure_groups(7, groups, full=True)
+    Meter(cfg, world, lambda *row: rows.append(row)).measure_groups(7, [(*group, None) for group in groups], full=True)
     logged = {(method, branch, pair, metric): value for method, step, branch, pair, metric, value in rows}
     assert all(step == 7 for _, step, *_ in rows) and len(logged) == len(rows)  # one row per statistic
 
@@ -73,3 +73,41 @@ def test_logged_task_vector_norm_distance_and_cosine_match_a_loop_over_the_weigh
     pairs = {(method, s, f"{s}<-{t}") for method, branches in groups for s, _ in branches
              for t in [b for b, _ in branches] + ["base"] if t != s}
     assert gap_rows == {(*pair, metric) for pair in pairs for metric in GAP_METRICS}
+
+
+def test_calibrated_accuracy_is_held_out_exact_accuracy_at_the_temperature_best_on_train_prompts():
+    """acc_calibrated (a reported model's skill apart from its confidence): for each model, the temperature of the
+    grid with the best mean exact accuracy over its domains' train prompts (the first of equal ones), and its held-out
+    exact accuracy per domain at that temperature; against a loop over models, temperatures and domains."""
+    from copd_lab.records.measure import CALIBRATION_GRID
+
+    cfg = ExperimentConfig(domains=("text", "image", "video"), sim=SMALL, metrics=MetricsConfig(topk=3))
+    world = SimWorld(cfg.sim, cfg.domains)
+    world.reset(4, seed=0)
+    base = world.get_slot(0)
+    for slot in (1, 2, 3):  # models of different sharpness: the base scaled (sharper or flatter), and a random one
+        world.set_slot(slot, base * (0.4, 3.0, 1.0)[slot - 1] + (slot == 3) * torch.randn(
+            base.shape, generator=torch.Generator().manual_seed(slot)))
+    outputs = [("m", f"model{slot}", slot) for slot in (0, 1, 2, 3)]
+    rows = []
+    Meter(cfg, world, lambda *row: rows.append(row)).accuracy_of(outputs, 9, final=True)
+    logged = {(branch, metric): value for _, _, branch, _, metric, value in rows}
+
+    chosen = set()
+    for _, label, slot in outputs:
+        best, best_train = None, -1.0
+        for t in CALIBRATION_GRID:
+            train = sum(world.exact_accuracy([Request(slot, (d,))], temperature=t, split="train").item()
+                        for d in range(3)) / 3
+            if train > best_train + 1e-12:
+                best, best_train = t, train
+        chosen.add(best)
+        assert logged[(label, "final_calibrated_temperature")] == pytest.approx(best)
+        for d, name in enumerate(cfg.domains):
+            want = world.exact_accuracy([Request(slot, (d,))], temperature=best).item()
+            assert logged[(label, f"final_acc_calibrated/{name}")] == pytest.approx(want, abs=1e-6)
+    assert len(chosen) > 1  # the models were made to prefer different temperatures
+    # evaluations during training log no calibration (it costs 14 exact passes)
+    rows.clear()
+    Meter(cfg, world, lambda *row: rows.append(row)).accuracy_of(outputs, 10, final=False)
+    assert not any("calibrated" in metric for *_, metric, _ in rows)

@@ -74,8 +74,11 @@ def test_train_and_eval_prompts_are_disjoint_draws():
     assert batch.payload.prompt[0].tolist() == list(range(n_train + cfg.eval_prompts, n_train + 2 * cfg.eval_prompts))
     drawn = w.sample([Request(0, (1,))], 64, 2, 1.0)
     assert drawn.payload.prompt.min() >= cfg.train_prompts and drawn.payload.prompt.max() < 2 * cfg.train_prompts
-    pooled = w.sample([Request(0, (0, 1, 2))], 6, 2, 1.0)  # a pooled request's prompts go round its domains
-    assert pooled.domain[0].tolist() == [0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]
+    pooled = w.sample([Request(0, (0, 1, 2))], 6, 2, 1.0)  # a pooled prompt's domain is drawn; its group shares it
+    domain = pooled.domain[0].view(6, 2)
+    assert bool((domain[:, 0] == domain[:, 1]).all()) and set(domain.flatten().tolist()) <= {0, 1, 2}
+    first = pooled.payload.prompt[0] - pooled.payload.content[0]  # each prompt is one of its domain's train prompts
+    assert first.tolist() == (domain[:, 0] * cfg.train_prompts).tolist()
 
 
 def test_the_base_is_capable_deterministic_and_spread_over_styles():
@@ -100,21 +103,29 @@ def test_prompt_logits_match_a_naive_loop():
     gen = torch.Generator().manual_seed(0)
     q, m, filler, t, f = 3, 2, 1, 2, 4
     v = q * m + filler
-    shapes = net.param_shapes(f, t, v, m)
-    flat = torch.randn(3, sum(math.prod(s) for s in shapes.values()), generator=gen)
-    blocks = net.split(flat, shapes)
-    where, x = torch.tensor([2, 0]), torch.randn(2, 6, f, generator=gen)
-    got = net.prompt_logits(blocks, where, x, q)
-    for r in range(2):
-        b = {name: block[where[r]] for name, block in blocks.items()}
-        for p in range(6):
-            for position in range(t):
-                for token in range(v):
-                    column = position * v + token
-                    expected = x[r, p] @ b["weight"][:, column] + b["bias"][column]
-                    if token < q * m:  # a style's digit: plus its style's logit
-                        expected = expected + b["style"][position, token // q]
-                    assert abs(got[r, p, position, token] - expected) < 1e-5
+    for hidden, private in ((0, 1.0), (3, 1.0), (0, 0.0), (3, 0.3)):
+        shape = net.NetShape(f, t, q, m, v, hidden, 2, private)
+        shapes = net.param_shapes(shape)
+        flat = torch.randn(3, sum(math.prod(s) for s in shapes.values()), generator=gen)
+        blocks = net.split(flat, shapes)
+        where, x = torch.tensor([2, 0]), torch.randn(2, 6, f, generator=gen)
+        domain = torch.randint(2, (2, 6), generator=gen)
+        got = net.prompt_logits(blocks, where, x, domain, shape)
+        for r in range(2):
+            b = {name: block[where[r]] for name, block in blocks.items()}
+            for p in range(6):
+                units = [(x[r, p] @ b["hidden"][:, j] + b["hidden_bias"][j]) * b["gate"][domain[r, p], j]
+                         for j in range(hidden)]  # the domain-gated hidden layer
+                inputs = torch.cat([x[r, p], torch.stack(units)]) if hidden else x[r, p]
+                for position in range(t):
+                    for token in range(v):
+                        column = position * v + token
+                        expected = math.sqrt(private) * (inputs @ b["weight"][:, column]) + b["bias"][column]
+                        if token < q * m:  # a style's digit: its style's logit, and the digit's row every style shares
+                            expected = expected + b["style"][position, token // q]
+                            expected = expected + math.sqrt(1 - private) * (inputs @ b["rule"][:, position * q +
+                                                                                               token % q])
+                        assert abs(got[r, p, position, token] - expected) < 1e-5, (hidden, private)
 
 
 def test_adam_step_matches_torch_adam():
@@ -191,8 +202,9 @@ def test_rows_that_need_no_score_are_left_out():
     assert (w.full_logprobs(batch, [-1, -1, 2], grad=False)[:2] == 0).all()
 
 
-def all_answers(w: SimWorld, request: Request, prompts: list[int]) -> Batch:
-    """A batch of every one of the V^T answers to each of `prompts` (a row each), for `request`'s slot."""
+def all_answers(w: SimWorld, request: Request, prompts: list[int], temperature: float = 1.0) -> Batch:
+    """A batch of every one of the V^T answers to each of `prompts` (a row each), for `request`'s slot, scored at
+    `temperature`."""
     v, t, r = w.vocab_size, w.cfg.answer_len, len(prompts)
     sequences = torch.tensor(list(itertools.product(range(v), repeat=t)))  # [V^T, T]
     n = len(sequences)
@@ -200,7 +212,7 @@ def all_answers(w: SimWorld, request: Request, prompts: list[int]) -> Batch:
     domain = w.tasks.domain[prompts][:, None].expand(r, n)
     return Batch([request] * r, domain, sequences.expand(r, n, t), torch.ones(r, n, t), torch.zeros(r, n),
                  torch.zeros(r, n), torch.zeros(r, n, t),
-                 SimPayload(torch.zeros(r, 1), torch.tensor(prompts)[:, None], prev.expand(r, n, t), n, 1.0))
+                 SimPayload(torch.zeros(r, 1), torch.tensor(prompts)[:, None], prev.expand(r, n, t), n, temperature))
 
 
 def eval_prompts(w: SimWorld, domain: int) -> list[int]:
@@ -230,6 +242,22 @@ def test_exact_accuracy_equals_the_sum_over_every_answer_sequence():
         _, correct = w.tasks.score_prompts(batch.payload.prompt.expand_as(p), batch.tokens)
         assert abs(got[r].item() - (p * correct).sum(-1).mean().item()) < 1e-6, (r, got[r])
     assert got[0] != got[2]  # a trained slot and the base differ
+
+
+def test_exact_accuracy_at_a_temperature_and_on_train_prompts_equals_the_enumerated_sum():
+    """The calibrated accuracy's parts: exact accuracy of the policy at τ (logits / τ), on eval or train prompts."""
+    w = trained_small_world()
+    request = Request(1, (1,))
+    for temperature, split in ((0.3, "eval"), (0.3, "train"), (1.7, "train")):
+        got = w.exact_accuracy([request], temperature=temperature, split=split).item()
+        first = w.tasks.first_prompt(torch.tensor(1), eval=split == "eval")
+        prompts = (first + torch.arange(w.cfg.eval_prompts)).tolist()
+        batch = all_answers(w, request, prompts, temperature)
+        p = w.full_logprobs(batch, [1] * len(prompts), grad=False)
+        p = p.gather(-1, batch.tokens[..., None]).squeeze(-1).sum(-1).exp()
+        _, correct = w.tasks.score_prompts(batch.payload.prompt.expand_as(p), batch.tokens)
+        assert abs(got - (p * correct).sum(-1).mean().item()) < 1e-6, (temperature, split)
+    assert w.exact_accuracy([request], temperature=0.3).item() != w.exact_accuracy([request]).item()
 
 
 def test_exact_accuracy_gradient_matches_the_enumerated_one():
