@@ -5,7 +5,7 @@
 Every number is mean ± sample std (ddof = 1) over run seeds s..s+n-1 (s = --seed, n = --seeds) on one task, task
 seed t+s (t = sim.task_seed, 0 by default), except the gradient cosine and the base's own figures, which depend on
 no run seed: their spread is over task seeds t+s..t+s+n-1 (the first of them the runs' task). One seed: no ±.
-Absorption and merge damage pool their points over the seeds and fit one line. The seeds used are printed above
+Merge damage pools its points over the seeds and fits one line. The seeds used are printed above
 the table. See docs/simulator.md for what each row means.
 """
 
@@ -21,6 +21,8 @@ import pandas as pd
 from copd_lab.config_io import load_config
 from copd_lab.sim.world import SimWorld
 from copd_lab.studies import mechanisms as mech
+from copd_lab.studies.absorption import absorption_pilot, pilot_summary
+from copd_lab.studies.divergence import divergence_summary, divergence_trace
 from copd_lab.world import Request
 
 
@@ -51,6 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ceiling-steps", type=int, default=3000,
+                        help="supervised steps of the single-model ceiling's pooled fit (converged at 3000)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run (e.g. expert_steps=50)")
     args = parser.parse_args()
@@ -84,14 +88,26 @@ def main() -> None:
             f"{spread([d['kl_first'] for d in drift], 2)} → {spread([d['kl_last'] for d in drift], 2)}")
         row("drift", knob, setting, "  growth (last / first)", spread([d["kl_growth"] for d in drift], 1))
 
-    for shared, conflict, note in ((s, 0.0, "0 (off)"), (s, c, f"{c:g} (default)"), (s, 1 - s, f"{1 - s:g} (max)"),
-                                   (0.0, 0.0, "0, shared_skill 0"), (0.0, 1.0, "1, shared_skill 0")):
-        cosine = [mech.base_gradient_cosine(mech.with_sim(t, shared_skill=shared, conflict=conflict)) for t in tasks]
-        row("conflict", "sim.conflict", note, "exact gradient cosine between domains at the base", spread(cosine))
-        if shared == s:
-            deficit = [mech.mixed_deficit(mech.with_sim(r, conflict=conflict)) for r in runs]
-            row("conflict", "sim.conflict", note, "mixed RLVR's worst-domain deficit vs the expert (points)",
-                spread([d["worst_deficit"] for d in deficit], 1))
+    ceiling = {h: [mech.pooled_fit_ceiling(mech.with_sim(t, conflict=1 - s, capacity=h), args.ceiling_steps)
+                   for t in tasks]
+               for h in (0, cfg.sim.capacity)}
+    for h, values in ceiling.items():
+        row("capacity", "sim.capacity", f"{h}" + (" (default)" if h == cfg.sim.capacity else " (off)"),
+            f"single-model ceiling at conflict {1 - s:g}: pooled supervised fit, greedy held-out %", spread(values, 1))
+
+    for capacity in (0, cfg.sim.capacity):
+        note = "linear policy, " if capacity == 0 else ""
+        for shared, conflict, what in ((s, 0.0, "0 (off)"), (s, c, f"{c:g} (default)"), (s, 1 - s, f"{1 - s:g} (max)"),
+                                       (0.0, 0.0, "0, shared_skill 0"), (0.0, 1.0, "1, shared_skill 0")):
+            knobs = {"shared_skill": shared, "conflict": conflict, "capacity": capacity}
+            cosine = [mech.base_gradient_cosine(mech.with_sim(t, **knobs)) for t in tasks]
+            row("conflict", "sim.conflict", f"{note}{what}", "exact gradient cosine between domains at the base",
+                spread(cosine))
+            if shared == s:
+                deficit = [mech.mixed_deficit(mech.with_sim(r, **knobs)) for r in runs]
+                row("conflict", "sim.conflict", f"{note}{what}",
+                    "mixed RLVR's worst-domain deficit vs the expert (points)",
+                    spread([d["worst_deficit"] for d in deficit], 1))
 
     for shared, conflict, note in ((0.0, 0.0, "0, conflict 0"), (s, 0.0, f"{s:g}, conflict 0"),
                                    (1.0, 0.0, "1, conflict 0"), (0.0, c, f"0, conflict {c:g}"),
@@ -100,18 +116,54 @@ def main() -> None:
         row("transfer", "sim.shared_skill", note, "expert's gain over the base: own domain; other domains (points)",
             f"{spread([g['own_gain'] for g in gains], 1)}; {spread([g['off_gain'] for g in gains], 1)}")
 
-    pilot = pd.concat([mech.absorption(r) for r in runs])
-    for name, column in (("OPD gain (points)", "gain"), ("fraction of the gap to the teacher closed", "absorbed")):
-        line = mech.fit(pilot.overlap.tolist(), pilot[column].tolist())
-        row("absorption", "pilot", f"{line['n']} students", f"{name} vs overlap with the teacher",
-            f"slope {line['slope']:.2f}, r = {line['r']:.2f} over overlap {line['x_min']:.2f}-{line['x_max']:.2f}")
+    k = len(cfg.domains)
+    for conflict in (0.0, c, 1 - s):
+        equal, quarter = ([mech.share_gain(mech.with_sim(r, conflict=conflict), share) for r in runs]
+                          for share in (1 / k, 0.25))
+        row("pooled shares", "mixed.weights", f"conflict {conflict:g}",
+            f"mixed RLVR's gain on {cfg.domains[0]} (points): equal share; 25 % share; paired difference",
+            f"{spread(equal, 1)}; {spread(quarter, 1)}; {spread(np.subtract(quarter, equal), 1)}")
 
-    damage = [mech.merge_damage(dataclasses.replace(r, opd=dataclasses.replace(r.opd, beta=beta)))
-              for r in runs for beta in (0.0, 0.3, 1.0)]
-    line = mech.fit([d["branch_kl"] for d in damage], [d["damage"] for d in damage])
-    row("merge damage", "opd.beta", "0, 0.3, 1", "best CoPD branch − merged (points) vs the branches' symmetric KL",
-        f"slope {line['slope']:.2f}, r = {line['r']:.2f} over KL {line['x_min']:.2f}-{line['x_max']:.2f} "
-        f"(damage over its {len(damage)} runs {spread([d['damage'] for d in damage], 1)})")
+    for note, knobs in ((f"defaults (capacity {cfg.sim.capacity}, conflict {c:g})", {}),
+                        ("conflict 0", {"conflict": 0.0}), (f"conflict {1 - s:g}", {"conflict": 1 - s}),
+                        (f"conflict {1 - s:g}, capacity {2 * cfg.sim.capacity}",
+                         {"conflict": 1 - s, "capacity": 2 * cfg.sim.capacity}),
+                        ("capacity 0", {"capacity": 0}), (f"sim.lr {2 * cfg.sim.lr:g}", {"lr": 2 * cfg.sim.lr})):
+        summary = [divergence_summary(divergence_trace(mech.with_sim(r, **knobs))) for r in runs]
+        row("divergence", "sim.conflict, sim.capacity", note,
+            "mixed RLVR: worst domain's lowest gain over the base (points); evaluations below it (of 30); "
+            "experts: lowest own-domain gain",
+            f"{spread([x['mixed_worst_dip'] for x in summary], 1)}; "
+            f"{spread([x['mixed_evals_below'] for x in summary], 1)}; "
+            f"{spread([x['expert_own_min'] for x in summary], 1)}")
+        row("divergence", "", note, "mixed RLVR's mean exact gradient cosine between domains during training",
+            spread([x["mixed_grad_cosine"] for x in summary]))
+
+    for rho in (cfg.sim.style_private, 1.0, 0.0):
+        summary = [pilot_summary(absorption_pilot(mech.with_sim(r, style_private=rho))) for r in runs]
+        setting = f"{rho:g}" + (" (default)" if rho == cfg.sim.style_private else "")
+        row("absorption", "sim.style_private", setting,
+            "pilot: r(overlap, OPD gain); partial r given headroom; r(headroom, gain)",
+            f"{spread([x['r'] for x in summary], 2)}; {spread([x['partial_r'] for x in summary], 2)}; "
+            f"{spread([x['r_headroom'] for x in summary], 2)}")
+        row("absorption", "", setting, "  students' overlap range; headroom range (points); mean OPD gain",
+            f"{np.mean([x['overlap_min'] for x in summary]):.2f}-{np.mean([x['overlap_max'] for x in summary]):.2f}; "
+            f"{np.mean([x['headroom_min'] for x in summary]):.1f}-{np.mean([x['headroom_max'] for x in summary]):.1f}"
+            f"; {spread([x['gain_mean'] for x in summary], 1)}")
+
+    for rho in (0.0, cfg.sim.style_private, 1.0):
+        lengths = tuple(max(1, round(cfg.expert_steps * f)) for f in (1 / 8, 1 / 4, 1 / 2, 1, 2))
+        trace = pd.concat([mech.merge_vs_drift(mech.with_sim(r, style_private=rho), lengths) for r in runs])
+        line = mech.fit(trace.branch_kl.tolist(), trace.damage.tolist())
+        row("merge damage", "sim.style_private", f"{rho:g}" + (" (default)" if rho == cfg.sim.style_private else ""),
+            f"experts' own-domain loss in the merge (points) vs their symmetric KL, {lengths[0]}-{lengths[-1]} steps",
+            f"slope {line['slope']:.2f}, r = {line['r']:.2f} over KL {line['x_min']:.2f}-{line['x_max']:.2f}")
+
+    for rho in (cfg.sim.style_private, 0.0):
+        evolved = [mech.coevolution(mech.with_sim(r, style_private=rho)) for r in runs]
+        row("co-evolution", "sim.style_private", f"{rho:g}" + (" (default)" if rho == cfg.sim.style_private else ""),
+            "CoPD − copd_fixed_experts, overall (points, paired by seed); experts' symmetric KL at their end",
+            f"{spread([e['copd_minus_fixed'] for e in evolved], 1)}; {spread([e['experts_kl'] for e in evolved], 2)}")
 
     print(f"run seeds {seeds(r.seed for r in runs)} on task seed {cfg.sim.task_seed}; base and gradient-cosine "
           f"rows over task seeds {seeds(task_seeds)}\n")
@@ -120,7 +172,7 @@ def main() -> None:
     for r in rows:
         print("| " + " | ".join(r) + " |")
     if args.seeds > 1:
-        print(f"\nmean ± sample std over {args.seeds} seeds (ddof = 1); the merge damage: over all its runs")
+        print(f"\nmean ± sample std over {args.seeds} seeds (ddof = 1); the merge damage: one line over all its runs")
     print(f"\n{args.seeds} seed(s) in {time.perf_counter() - start:.0f} s")
 
 

@@ -20,7 +20,14 @@ from copd_lab.local_world import check_world, make_world
 from copd_lab.preflight import check_run, clear_run
 from copd_lab.records.checkpoint import STATE_FORMAT, checkpoint_path, load_checkpoint, resume_key
 from copd_lab.records.rows import ROW_COLUMNS, unpack_rows
-from copd_lab.results import format_paired, format_table, paired_differences, results_table
+from copd_lab.results import (
+    format_paired,
+    format_scores,
+    format_table,
+    paired_differences,
+    results_table,
+    scores_overall,
+)
 from copd_lab.world import SideBySide, World, has
 
 
@@ -35,13 +42,17 @@ class Comparison:
     # copd_lab.studies.inspector, reads them)
 
     def table(self) -> str:
-        """The results table; with several seeds, then CoPD minus each other model, paired by seed."""
+        """The results table; with several seeds, then CoPD minus each other model, paired by seed; then, where the
+        world logged more than one score, the ranking under each."""
         text = format_table(self.results, self.config.domains, self.config.seeds)
         if self.config.seeds > 1:
             paired = paired_differences(self.metrics, self.config.domains, list(self.results.index),
                                         self.config.metrics.score)
             if not paired.empty:
                 text += "\n" + format_paired(paired, self.config.domains)
+        scores = scores_overall(self.metrics, self.config.domains, list(self.results.index))
+        if len(scores.columns) > 2:
+            text += "\n" + format_scores(scores)
         return text
 
     def save(self, out: str | Path) -> Path:

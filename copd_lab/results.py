@@ -158,6 +158,35 @@ def format_table(table: pd.DataFrame, domains: tuple[str, ...], seeds: int) -> s
     return "\n".join(lines) + "\n"
 
 
+RANKED_SCORES = ("acc_exact", "acc_calibrated", "acc_greedy", "acc_sampled")  # the scores a ranking is shown under
+
+
+def scores_overall(metrics: pd.DataFrame, domains: tuple[str, ...], models: list[str]) -> pd.DataFrame:
+    """Each reported model's overall score (mean over domains, then over seeds) under every score of RANKED_SCORES
+    the run logged, with its rank under each (1 = best): whether a ranking rests on skill or on confidence."""
+    out = pd.DataFrame(index=pd.Index(models, name="model"))
+    for score in RANKED_SCORES:
+        if not metrics.metric.str.startswith(f"final_{score}/").any():
+            continue
+        overall = per_seed_scores(metrics, domains, score)["overall"].groupby(level="branch").mean()
+        out[score] = overall.reindex(models)
+        out[f"{score}_rank"] = out[score].rank(ascending=False, method="min")
+    return out
+
+
+def format_scores(table: pd.DataFrame) -> str:
+    """scores_overall as markdown: each score's overall accuracy and (rank)."""
+    scores = [c for c in table.columns if not c.endswith("_rank")]
+    lines = ["| model | " + " | ".join(scores) + " |", "|" + "---|" * (len(scores) + 1)]
+    for label, row in table.iterrows():
+        cells = ["-" if math.isnan(row[c]) else f"{100 * row[c]:.1f} ({row[c + '_rank']:.0f})" for c in scores]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    note = ("overall accuracy (rank) under each score: acc_exact at temperature 1 (rewards confidence), "
+            "acc_calibrated at each model's best temperature on train prompts, acc_greedy (skill alone), "
+            "acc_sampled (sampled pass@1)")
+    return "\n".join(lines + ["", note]) + "\n"
+
+
 def format_paired(table: pd.DataFrame, domains: tuple[str, ...]) -> str:
     """paired_differences as markdown, in points, with the line saying what the ± is; empty for an empty table."""
     if table.empty:

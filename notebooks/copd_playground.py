@@ -139,6 +139,11 @@ def _(mo, paper_checks, result):
 def _(mo, result):
     mo.md(f"""
     ## Results (exact held-out accuracy, %)\n\n{result.table()}
+
+    The last table ranks the models under each score. `acc_exact` is the expected accuracy at temperature 1 (the
+    expectation of the paper's avg@k at temperature 1): it rewards a model's confidence as well as its skill.
+    `acc_greedy` (the arg-max answer) and `acc_calibrated` (each model at its best temperature on train prompts)
+    score the skill alone. A method that leads under `acc_exact` only is sharper, not better.
     """)
     return
 

@@ -83,14 +83,15 @@ def test_sim_speed_prints_its_table_and_both_result_lines_last():
 
 
 def test_sim_mechanisms_prints_a_row_per_signature():
-    command = [sys.executable, str(ROOT / "benchmarks" / "sim_mechanisms.py"), "--seeds", "1", "--set",
-               "expert_steps=20", "--set", "distill_steps=10", "--set", "copd.cycles=1"]
+    command = [sys.executable, str(ROOT / "benchmarks" / "sim_mechanisms.py"), "--seeds", "1", "--ceiling-steps", "50",
+               "--set", "expert_steps=20", "--set", "distill_steps=10", "--set", "copd.cycles=1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
-    assert {line.split(" | ")[0].lstrip("| ") for line in table} == {"base", "drift", "conflict", "transfer",
-                                                                    "absorption", "merge damage"}
+    assert {line.split(" | ")[0].lstrip("| ") for line in table} == {
+        "base", "drift", "capacity", "conflict", "transfer", "pooled shares", "divergence", "absorption",
+        "merge damage", "co-evolution"}
     assert all(line.count(" | ") == 4 for line in table)  # five cells: no stray "|" inside one
 
 
@@ -109,3 +110,15 @@ def test_playground_latency_prints_its_table_and_the_figure_last():
     assert lines[0].startswith("case") and "cached" in lines[-2]
     name, _, value = lines[-1].partition("=")
     assert name == "knob_to_redraw_s" and float(value) > 0
+
+
+def test_sim_map_prints_a_cell_per_setting_with_paired_differences():
+    command = [sys.executable, str(ROOT / "benchmarks" / "sim_map.py"), "--seeds", "2", "--capacity", "0", "48",
+               "--conflict", "0.25", "--private", "0.5", "--set", "expert_steps=10", "--set", "distill_steps=5",
+               "--set", "copd.cycles=1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = [line for line in done.stdout.split("\n\n")[1].splitlines() if line.startswith("| ")][1:]
+    assert [line.split(" | ")[:3] for line in table] == [["| 0", "0.25", "0.5"], ["| 48", "0.25", "0.5"]]
+    assert all(line.count(" ± ") == 4 for line in table)  # two seeds: every difference has its std

@@ -78,7 +78,7 @@ def test_an_unfinished_run_is_not_replaced_and_resume_names_the_field_that_diffe
     assert tick == 4
     refused(capsys, run("--set", "grpo.aggregation='constant'"), "holds a run (checkpoints)")
     refused(capsys, run("--set", "sim.lr=0.05", "--set", "copd.rl_steps=3", "--resume"),
-            "sim.lr is 0.02 there, 0.05 here", "copd.rl_steps is 2 there, 3 here")
+            "sim.lr is 0.01 there, 0.05 here", "copd.rl_steps is 2 there, 3 here")
     assert load_checkpoint(checkpoint_path(tmp_path, 0))["tick"] == tick
     assert main(run("--resume")) == 0
 

@@ -128,3 +128,20 @@ def test_paired_differences_without_the_reference_are_empty():
     metrics, _ = fake_metrics([0, 1])
     assert paired_differences(metrics, DOMAINS, ["base", "mixed"], "acc_exact").empty
     assert format_paired(paired_differences(metrics, DOMAINS, ["base", "mixed"], "acc_exact"), DOMAINS) == ""
+
+
+def test_the_ranking_under_each_score_matches_a_loop():
+    """scores_overall: each model's overall score (mean over domains, then over seeds) under every logged score,
+    and its rank (1 = best, ties share the best rank); a score the run did not log is left out."""
+    from copd_lab.results import scores_overall
+
+    exact, score = fake_metrics([0, 1, 2], rng_seed=1)
+    greedy, greedy_score = fake_metrics([0, 1, 2], rng_seed=2)
+    greedy["metric"] = greedy.metric.str.replace("acc_exact", "acc_greedy")
+    table = scores_overall(pd.concat([exact, greedy]), DOMAINS, MODELS)
+    assert list(table.columns) == ["acc_exact", "acc_exact_rank", "acc_greedy", "acc_greedy_rank"]
+    for name, values in (("acc_exact", score), ("acc_greedy", greedy_score)):
+        means = {m: sum(overall(values, m, s) for s in (0, 1, 2)) / 3 for m in MODELS}
+        for model in MODELS:
+            assert table.loc[model, name] == pytest.approx(means[model])
+            assert table.loc[model, f"{name}_rank"] == 1 + sum(means[o] > means[model] + 1e-12 for o in MODELS)

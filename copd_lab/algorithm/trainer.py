@@ -328,7 +328,7 @@ class Trainer:
         if not closed:
             return
         pairs = [(self.slot(recipe, e.student), self.teacher_slot(recipe, e)) for e in closed]
-        overlap = self.meter.overlap(pairs, recipe.name)
+        overlap = self.meter.overlap(pairs, recipe.name, [self.domain_index[e.domain] for e in closed])
         for edge, value in zip(closed, overlap):
             if value < stage.adaptive_threshold:
                 cur.windows[edge.label] = stage.adaptive_window

@@ -43,24 +43,42 @@ class Meter:
         self.cfg, self.world, self.log, self.stream = cfg, world, log, stream
         self.all_domains = tuple(range(len(world.domains)))
 
-    def _student_rollouts(self, slots: list[int], methods: dict[int, str]):
-        """One sampled rollout per eval prompt of every domain, for each student slot (of methods[slot])."""
-        requests = [Request(s, self.all_domains, stream=self.stream(methods[s])) for s in slots]
+    def _student_rollouts(self, keys: list[tuple[int, int | None]], methods: dict[int, str]):
+        """One sampled rollout per eval prompt of a domain (None: of every domain), for each (student slot, domain)
+        key (a student of methods[slot]); keys of one kind (one domain, or every domain), as one world call."""
+        requests = [Request(s, self.all_domains if d is None else (d,), stream=self.stream(methods[s]))
+                    for s, d in keys]
         return self.world.sample(requests, self.cfg.metrics.gap_prompts, 1, self.cfg.grpo.temperature,
                                  every_prompt=True)
 
-    def gap(self, pairs: list[tuple[int, int]], methods: dict[int, str], full: bool = True) -> torch.Tensor:
+    def gap(self, pairs: list[tuple[int, int]], methods: dict[int, str], full: bool = True,
+            on: list[int | None] | None = None) -> torch.Tensor:
         """[len(pairs), M] gap metrics of (student, teacher) slot pairs on the student's visited prefixes
         (the paper's μ_θ): all GAP_METRICS if `full`, else QUICK_METRICS, in their order.
-        methods: student slot -> the method it belongs to (whose stream its rollouts draw from)."""
-        students = sorted({s for s, _ in pairs})
-        rows = torch.tensor([students.index(s) for s, _ in pairs])
+        methods: student slot -> the method it belongs to (whose stream its rollouts draw from).
+        on: the domain each pair is measured on (the student's rollouts on its eval prompts; None, or no list: on
+        every domain's): an OPD edge's gap belongs on the domain its OPD acts on."""
+        on = on or [None] * len(pairs)
+        out = torch.empty(len(pairs), len(GAP_METRICS if full else QUICK_METRICS))
+        for every in (False, True):  # one-domain keys, then every-domain keys: a world call takes one kind
+            index = [i for i, d in enumerate(on) if (d is None) == every]
+            if index:
+                out[index] = self._gap_of([pairs[i] for i in index], [on[i] for i in index], methods, full)
+        return out
+
+    def _gap_of(self, pairs: list[tuple[int, int]], on: list[int | None], methods: dict[int, str],
+                full: bool) -> torch.Tensor:
+        """gap() of pairs measured on one kind of domain key."""
+        keys = sorted({(s, d) for (s, _), d in zip(pairs, on)}, key=lambda key: (key[0], -1 if key[1] is None
+                                                                                   else key[1]))
+        rows = torch.tensor([keys.index((s, d)) for (s, _), d in zip(pairs, on)])
+        students = [s for s, _ in keys]
         k = self.cfg.metrics.topk
         with torch.no_grad():
-            batch = self._student_rollouts(students, methods)
+            batch = self._student_rollouts(keys, methods)
             # students on their own rollouts and teachers on the students' in one call: a world may then run
             # a prompt once per slot however many pairs share it (VLMWorld does)
-            n = len(students)
+            n = len(keys)
             scored = self.world.full_logprobs(batch.take(list(range(n)) + rows.tolist()),
                                               students + [t for _, t in pairs], grad=False)
             if bool(scored.isnan().any()):  # -inf is a suppressed token; NaN is logits that overflowed
@@ -81,16 +99,20 @@ class Meter:
                            metrics.overlap_token_advantage(p_full, q_full, mask, k, tops)]
         return torch.stack(values, dim=1)
 
-    def overlap(self, pairs: list[tuple[int, int]], method: str) -> list[float]:
-        """Top-k overlap O_k of (student, teacher) slot pairs of one method (the adaptive schedule's signal)."""
-        return self.gap(pairs, {s: method for s, _ in pairs}, full=False)[:, 0].tolist()
+    def overlap(self, pairs: list[tuple[int, int]], method: str, on: list[int | None] | None = None) -> list[float]:
+        """Top-k overlap O_k of (student, teacher) slot pairs of one method (the adaptive schedule's signal), each on
+        its domain of `on` (see gap)."""
+        return self.gap(pairs, {s: method for s, _ in pairs}, full=False, on=on)[:, 0].tolist()
 
     def measure_groups(self, step: int, groups: list[tuple[str, list[tuple[str, int]], Pairs | None]],
                        full: bool) -> None:
         """Gap metrics between a group's (student, teacher) branch pairs (None: every ordered pair; the caller
         chooses them, see copd_lab.algorithm.topology.gap_pairs) and of each branch vs the base, plus each task
-        vector's norm and the task-vector distance and cosine of the same pairs, unordered."""
-        pairs, labels = [], []
+        vector's norm and the task-vector distance and cosine of the same pairs, unordered. A pair is measured on
+        its teacher's domain (the prompts an OPD edge student<-teacher samples), a branch against the base on its
+        own domain; a branch that is no domain's (mixed RLVR, MOPD's student) on every domain."""
+        pairs, labels, on = [], [], []
+        domain = {name: i for i, name in enumerate(self.world.domains)}
         for method, branches, chosen in groups:
             wanted = None if chosen is None else set(chosen)
             for student, s_slot in branches:
@@ -99,10 +121,13 @@ class Meter:
                 for teacher, t_slot in teachers + [("base", 0)]:
                     pairs.append((s_slot, t_slot))
                     labels.append((method, student, f"{student}<-{teacher}"))
+                    # on the teacher's domain (where an edge's OPD acts), against the base on the student's own;
+                    # a branch named by no domain (mixed RLVR, MOPD's student) on every domain
+                    on.append(domain.get(teacher, domain.get(student)))
         if not pairs:
             return
         methods = {slot: method for method, branches, _ in groups for _, slot in branches}
-        values = self.gap(pairs, methods, full).tolist()
+        values = self.gap(pairs, methods, full, on).tolist()
         for (method, branch, pair), row in zip(labels, values):
             for name, value in zip(GAP_METRICS, row):
                 self.log(method, step, branch, pair, name, value)

@@ -66,7 +66,6 @@ def supervised_fit(flat: torch.Tensor, cfg: SimConfig, n_domains: int, x: torch.
     [D, M], with FILLER_MASS on a Zipf-ordered tail of filler tokens. batch: prompts drawn per step (0: all)."""
     shape = net.NetShape.of(cfg, n_domains)
     shapes, q, m, v = net.param_shapes(shape), cfg.digits, cfg.styles, cfg.vocab_size
-    pattern = net.pattern_projection(cfg, shape)
     where, first = torch.zeros(1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long)
     rows_of = net.previous_rows(q, m, v)
     flat = flat.clone().requires_grad_(True)
@@ -82,7 +81,7 @@ def supervised_fit(flat: torch.Tensor, cfg: SimConfig, n_domains: int, x: torch.
         path = digits_step + style * q  # [n, T] the right answer in the domain's style of this example
         prev = torch.cat([torch.full_like(path[:, :1], v), path[:, :-1]], 1)
         blocks = net.split(flat, shapes)
-        hidden = net.prompt_logits(blocks, where, x_step[None], domain_step[None], shape, pattern)
+        hidden = net.prompt_logits(blocks, where, x_step[None], domain_step[None], shape)
         logp = net.logprobs(hidden, blocks["bigram"].reshape(-1, v), first, prev[None], rows_of)[0]  # [n, T, V]
         loss = -(1 - FILLER_MASS * bool(cfg.filler)) * logp.gather(-1, path[..., None]).mean()
         if cfg.filler:

@@ -4,7 +4,7 @@ For a prompt of domain d with features x, the answer's logits at position t afte
 
     logits_t(token m·Q + q) = √ρ · W_t[m·Q + q] x' + √(1−ρ) · R_t[q] x' + b_t + σ_t[m] + U[style of y_{t-1}]
 
-with x' = [x; h] and h = (B x + c) ⊙ G_d, a hidden layer of `sim.capacity` units whose gate G_d depends on the
+with x' = [x; h] and h = (B x + c) ⊙ G_d / √H, a hidden layer of `sim.capacity` units whose gate G_d depends on the
 prompt's domain (its modality tag): a multiplicative, domain-conditional path, so that one model can read the
 shared features one way in one domain and another way in another (capacity 0: x' = x, one linear readout for
 every domain, which cannot represent opposed rules). Its units are shared by every domain, so a pooled update of B
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import torch
 
 from copd_lab.config import SimConfig
-from copd_lab.streams import stream_seed
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,6 @@ class NetShape:
     hidden: int  # H, units of the domain-gated hidden layer (sim.capacity)
     domains: int  # D, gates of the hidden layer
     private: float  # ρ, share of a digit's logit read from its style's own row (sim.style_private)
-    coupling: float = 0.0  # κ, share of a style's score read from the hidden state rather than a free logit
 
     @property
     def inputs(self) -> int:
@@ -52,7 +50,7 @@ class NetShape:
     @classmethod
     def of(cls, cfg: SimConfig, n_domains: int) -> NetShape:
         return cls(cfg.n_features(n_domains), cfg.answer_len, cfg.digits, cfg.styles, cfg.vocab_size, cfg.capacity,
-                   n_domains, cfg.style_private, cfg.pattern_coupling)
+                   n_domains, cfg.style_private)
 
 
 def param_shapes(shape: NetShape) -> dict[str, tuple]:
@@ -78,46 +76,31 @@ def split(flat: torch.Tensor, shapes: dict[str, tuple]) -> dict[str, torch.Tenso
 
 
 def prompt_logits(blocks: dict[str, torch.Tensor], where: torch.Tensor, x: torch.Tensor,
-                  domain: torch.Tensor | None, shape: NetShape, pattern: torch.Tensor | None = None) -> torch.Tensor:
-    """[R, P, T, V] x-part logits of prompts x [R, P, F] of domains `domain` [R, P] under slot where[r] of `blocks`
-    (the named [k, ...] blocks of k slots); the first Q * M tokens are the styles' digits, the rest filler.
-    pattern: [H, T * M] the fixed projection that reads each style's score from the hidden layer (shape.coupling)."""
+                  domain: torch.Tensor | None, shape: NetShape) -> torch.Tensor:
+    """[R, P, T, V] x-part logits of prompts x [R, P, F] of domains `domain` [R, P] (None without a hidden layer)
+    under slot where[r] of `blocks` (the named [k, ...] blocks of k slots); the first Q * M tokens are the styles'
+    digits, the rest filler."""
     n, p, _ = x.shape
-    t, q, m, v, kappa = shape.answer_len, shape.digits, shape.styles, shape.vocab, shape.coupling
+    t, q, m, v = shape.answer_len, shape.digits, shape.styles, shape.vocab
     style = blocks["style"].index_select(0, where)  # [R, T, M]
-    if kappa > 0:
-        style = style * math.sqrt(1 - kappa)
     style = torch.nn.functional.pad(style.repeat_interleave(q, -1), (0, v - m * q))
     bias = blocks["bias"].index_select(0, where) + style.view(n, -1)  # [R, T * V]
-    if shape.hidden:  # the domain-gated hidden layer: h = (B x + c) ⊙ G_d
+    if shape.hidden:  # the domain-gated hidden layer: h = (B x + c) ⊙ G_d / √H
         pre = torch.baddbmm(blocks["hidden_bias"].index_select(0, where)[:, None], x,
                             blocks["hidden"].index_select(0, where))  # [R, P, H]
         gate = blocks["gate"].index_select(0, where)  # [R, D, H]
-        hidden = pre * gate.gather(1, domain[..., None].expand(n, p, shape.hidden))
+        # scaled by 1/√H: Adam moves every weight by about its lr, so without it the H units' weights would move the
+        # logits about √H times faster than the linear readout's (RL then lost the base's skill in a few steps)
+        hidden = pre * gate.gather(1, domain[..., None].expand(n, p, shape.hidden)) / math.sqrt(shape.hidden)
         x = torch.cat([x, hidden], -1)
     rho = shape.private
     inputs = x if rho == 1.0 else x * math.sqrt(rho)  # x * 1.0 is x: skip the op
     out = torch.baddbmm(bias[:, None], inputs, blocks["weight"].index_select(0, where)).view(n, p, t, v)
-    per_digit = None  # [R, P, T, M or 1, Q or 1]: what a style's digit tokens get beyond their own rows
     if rho < 1.0:  # the digit rows every style shares
-        per_digit = torch.bmm(x * math.sqrt(1 - rho), blocks["rule"].index_select(0, where)).view(n, p, t, 1, q)
-    if kappa > 0:  # the styles' scores read from the hidden state the skill reads
-        coupled = (hidden @ (pattern * math.sqrt(kappa))).view(n, p, t, m, 1)
-        per_digit = coupled if per_digit is None else per_digit + coupled
-    if per_digit is not None:
-        per_digit = per_digit.expand(n, p, t, m, q).reshape(n, p, t, m * q)
-        out = out + torch.nn.functional.pad(per_digit, (0, v - m * q))
+        rule = torch.bmm(x * math.sqrt(1 - rho), blocks["rule"].index_select(0, where)).view(n, p, t, 1, q)
+        shared = torch.nn.functional.pad(rule.expand(n, p, t, m, q).reshape(n, p, t, m * q), (0, v - m * q))
+        out = out + shared
     return out
-
-
-def pattern_projection(cfg: SimConfig, shape: NetShape) -> torch.Tensor | None:
-    """[H, T * M] the fixed (never trained) projection of the hidden state onto the styles' scores: a format is
-    a direction of the hidden state the skill also reads, not a logit of its own (None: shape.coupling is 0). It
-    belongs to the task (the task seed), as the rules do."""
-    if not shape.coupling:
-        return None
-    gen = torch.Generator().manual_seed(stream_seed(cfg.task_seed, "sim/pattern"))
-    return torch.randn(shape.hidden, shape.answer_len * shape.styles, generator=gen) / math.sqrt(max(shape.hidden, 1))
 
 
 def logprobs(hidden: torch.Tensor, bigram: torch.Tensor, bigram_first: torch.Tensor, prev: torch.Tensor,

@@ -42,7 +42,6 @@ class SimWorld:
         self.max_new_tokens = cfg.answer_len  # every answer has T tokens
         self.shape = net.NetShape.of(cfg, len(domains))
         self.shapes = net.param_shapes(self.shape)
-        self.pattern = net.pattern_projection(cfg, self.shape)  # the styles' fixed read-out of the hidden layer
         self.n_params = sum(torch.Size(shape).numel() for shape in self.shapes.values())
         self.rows_of = net.previous_rows(cfg.digits, cfg.styles, v)  # the row of U each previous token reads
         self.u_rows = cfg.styles + 2
@@ -199,7 +198,7 @@ class SimWorld:
         x = self.tasks.features.index_select(0, prompt.view(-1)).view(*prompt.shape, -1)
         domain = self.tasks.domain.index_select(0, prompt.view(-1)).view(prompt.shape) if self.shape.hidden else None
         with torch.set_grad_enabled(grad):
-            hidden = net.prompt_logits(weights.blocks, where, x, domain, self.shape, self.pattern)
+            hidden = net.prompt_logits(weights.blocks, where, x, domain, self.shape)
             return hidden if group == 1 else hidden.repeat_interleave(group, 1)
 
     def _prompt_layout(self, requests: list[Request], prompts: int, group: int, every: bool) -> Layout:

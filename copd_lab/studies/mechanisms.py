@@ -1,16 +1,19 @@
-"""The simulator's mechanisms, each measured by its signature (issue 10, docs/simulator.md).
+"""The simulator's mechanisms, each measured by its signature (issues 10 and 22, docs/simulator.md).
 
-Each function runs the ordinary recipes, trainer and losses (or, for the absorption pilot, the one training
-step of copd_lab.algorithm.update) on the simulator and returns the numbers its signature is read from. Nothing here
+Each function runs the ordinary recipes, trainer and losses (or the one training step of
+copd_lab.algorithm.update) on the simulator and returns the numbers its signature is read from. Nothing here
 is tuned toward any method: a signature is what the knob does, whichever method it then favours.
 
 * drift: independent experts leave the base (top-k overlap with it falls) and each other (symmetric KL
   between experts grows); `sim.styles = 1` turns the equally rewarded styles off.
+* capacity: the single-model ceiling (a pooled supervised fit) as `sim.capacity` grows.
 * conflict: the exact gradient cosine between domains at the base, and mixed RLVR's worst-domain deficit
   against that domain's expert, as `sim.conflict` grows.
 * transfer: an expert's accuracy gain on the other domains, as `sim.shared_skill` grows.
-* absorption: OPD gain of students at graded overlap with one fixed teacher (the paper's pilot).
-* merge damage: best branch minus the merged model against the branches' symmetric KL before the merge.
+* pooled shares: mixed RLVR's gain on a domain as its share of the pooled batch (`mixed.weights`) moves.
+* absorption: copd_lab.studies.absorption (the headroom-controlled pilot); divergence: copd_lab.studies.divergence.
+* merge damage: the experts' own-domain loss in the merge against their distance, as they train longer.
+* co-evolution: CoPD against CoPD graded by the finished experts.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from copd_lab.algorithm import update
-from copd_lab.config import ExperimentConfig, MergeConfig
+from copd_lab.config import ExperimentConfig
 from copd_lab.experiment import cached_comparison
-from copd_lab.local_world import make_world
 from copd_lab.records.measure import Meter
+from copd_lab.sim.base import initial_weights, supervised_fit
+from copd_lab.sim.tasks import SimTasks
 from copd_lab.sim.world import SimWorld
-from copd_lab.world import NonFiniteError, Request
+from copd_lab.studies.absorption import train
+from copd_lab.world import Request
 
 
 def with_sim(cfg: ExperimentConfig, **sim) -> ExperimentConfig:
@@ -71,6 +75,26 @@ def base_gradient_cosine(cfg: ExperimentConfig) -> float:
     return float((cosine.sum() - cosine.trace()) / (k * (k - 1)))
 
 
+def pooled_fit_ceiling(cfg: ExperimentConfig, steps: int = 3000, lr: float = 0.02, batch: int = 3072) -> float:
+    """The single-model ceiling of the policy class: greedy held-out accuracy (mean over domains) of one model
+    fitted, supervised, to the right answers of every domain's train prompts pooled (all in style 0), from the
+    base's random initialisation. Mixed RLVR and a merged model live in this class: they cannot beat it."""
+    k = len(cfg.domains)
+    tasks = SimTasks.build(cfg.sim, k)
+    n = k * cfg.sim.train_prompts
+    flat, gen = initial_weights(cfg.sim, k)
+    habits = torch.zeros(k, cfg.sim.styles)
+    habits[:, 0] = 1.0
+    fitted = supervised_fit(flat, dataclasses.replace(cfg.sim, base_lr=lr), k, tasks.features[:n], tasks.domain[:n],
+                            tasks.digits_of[:n], habits, steps, gen, batch=batch)
+    world = SimWorld(cfg.sim, cfg.domains)
+    world.reset(1, cfg.seed)
+    world.set_slot(0, fitted[0])
+    with torch.no_grad():
+        greedy = world.sample([Request(0, (d,)) for d in range(k)], 0, 1, 1.0, greedy=True, every_prompt=True)
+    return 100 * float(greedy.correct.mean())
+
+
 def mixed_deficit(cfg: ExperimentConfig) -> dict[str, float]:
     """Mixed RLVR against the experts: its worst-domain deficit (expert on its domain minus mixed there), and
     its mean accuracy minus the experts' mean own-domain accuracy."""
@@ -96,54 +120,6 @@ def task_vector_ratio(cfg: ExperimentConfig) -> float:
     return float(norms.mean() / base)
 
 
-def _train(world, cfg: ExperimentConfig, requests: list[Request], steps: int) -> None:
-    def stop(row: int, what: str) -> None:
-        raise NonFiniteError(f"absorption pilot: request {requests[row]} went non-finite ({what})")
-
-    for _ in range(steps):
-        update.train_step(world, cfg, requests, stop)
-
-
-def absorption(cfg: ExperimentConfig, student_steps: tuple[int, ...] = (50, 100, 200, 400),
-               temperatures: tuple[float, ...] = (0.5, 1.0, 2.0),
-               between: tuple[float, ...] = (0.25, 0.5, 0.75)) -> pd.DataFrame:
-    """The paper's pilot: one fixed teacher (the first domain's expert), students at graded overlap with it, then
-    `distill_steps` of OPD from the teacher on its prompts. Students: the base; GRPO on each domain for a number of
-    steps at a sampling temperature (the paper's way); and points on the line from the base to the teacher,
-    θ_0 + α (θ_teacher − θ_0), which reach the overlaps near the teacher's. One row per student: its top-k overlap
-    with the teacher before OPD, its accuracy gain from OPD (points), and the fraction of its accuracy gap to the
-    teacher that OPD closed (NaN where it was not behind by a point)."""
-    world = make_world(cfg)
-    students = [(0, 0, 1.0)] + [(d, n, t) for d in range(len(cfg.domains)) for n in student_steps for t in temperatures]
-    teacher, first = 1, 2
-    world.reset(first + len(students) + len(between), cfg.seed)
-    _train(world, cfg, [Request(teacher, (0,), stream="pilot/teacher")], cfg.expert_steps)
-    for i, alpha in enumerate(between):
-        world.merge([teacher], first + len(students) + i, MergeConfig("task_arithmetic", scale=alpha))
-    for temperature in temperatures:  # the students of one temperature train side by side
-        hot = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, temperature=temperature))
-        rows = [(first + i, d, n) for i, (d, n, t) in enumerate(students) if t == temperature and n]
-        for tick in range(max((n for _, _, n in rows), default=0)):
-            requests = [Request(slot, (d,), stream=f"pilot/student{slot}") for slot, d, n in rows if tick < n]
-            _train(world, hot, requests, 1)
-    slots = [first + i for i in range(len(students) + len(between))]
-    meter = Meter(cfg, world, lambda *row: None)
-    with torch.no_grad():
-        overlap = meter.gap([(s, teacher) for s in slots], {s: "pilot" for s in slots}, full=False)[:, 0].tolist()
-        before = world.exact_accuracy([Request(s, (0,)) for s in [teacher] + slots]).tolist()
-    target, before = before[0], before[1:]
-    _train(world, cfg, [Request(s, (0,), teacher=teacher, beta=cfg.opd.beta, stream=f"pilot/opd{s}") for s in slots],
-           cfg.distill_steps)
-    with torch.no_grad():
-        after = world.exact_accuracy([Request(s, (0,)) for s in slots]).tolist()
-    behind = [target - b for b in before]
-    kind = [f"grpo {cfg.domains[d]} {n} steps τ={t:g}" if n else "base" for d, n, t in students]
-    return pd.DataFrame({"student": kind + [f"base + {a:g} (teacher - base)" for a in between], "overlap": overlap,
-                         "gain": [100 * (a - b) for a, b in zip(after, before)],
-                         "absorbed": [(a - b) / gap if gap > 0.01 else math.nan
-                                      for a, b, gap in zip(after, before, behind)]})
-
-
 def fit(x: list[float], y: list[float]) -> dict[str, float]:
     """Least-squares line y = slope·x + intercept and Pearson's r (pairs with a NaN are left out)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -155,12 +131,45 @@ def fit(x: list[float], y: list[float]) -> dict[str, float]:
             "x_max": float(x.max()), "n": int(len(x))}
 
 
-def merge_damage(cfg: ExperimentConfig) -> dict[str, float]:
-    """CoPD's best branch minus its merged model (overall accuracy, points), and the branches' mean symmetric KL
-    at their last measurement before the merge."""
-    c = _run(dataclasses.replace(cfg, copd=dataclasses.replace(cfg.copd, report_branches=True)), "copd")
-    branches = [f"copd[{d}]" for d in cfg.domains]
-    damage = 100 * (c.results.loc[branches, "overall"].max() - c.results.loc["copd", "overall"])
+def merge_vs_drift(cfg: ExperimentConfig, steps: tuple[int, ...] = (25, 50, 100, 200, 400)) -> pd.DataFrame:
+    """Merge damage against the experts' distance: independent experts trained `steps` steps (longer: farther
+    apart), averaged (merge.method). One row per length: the experts' mean symmetric KL between each other (each
+    pair on its teacher's domain) and the damage, the mean over domains of (the domain's expert − the merged model)
+    on that domain (points)."""
+    k = len(cfg.domains)
+    rows = []
+    for n in steps:
+        world = SimWorld(cfg.sim, cfg.domains)
+        world.reset(k + 2, cfg.seed)
+        train(world, cfg, [Request(1 + d, (d,), stream="experts") for d in range(k)], n)
+        world.merge(list(range(1, k + 1)), k + 1, cfg.merge)
+        with torch.no_grad():
+            accuracy = world.exact_accuracy([Request(s, (d,)) for s in range(1, k + 2) for d in range(k)]).view(
+                k + 1, k)
+        pairs = [(1 + a, 1 + b) for a in range(k) for b in range(k) if a != b]
+        gap = Meter(cfg, world, lambda *row: None).gap(pairs, {1 + d: "experts" for d in range(k)}, full=False,
+                                                       on=[b - 1 for _, b in pairs])
+        rows.append({"steps": n, "branch_kl": float(gap[:, 1].mean()),
+                     "damage": 100 * float(np.mean([accuracy[d, d] - accuracy[k, d] for d in range(k)]))})
+    return pd.DataFrame(rows)
+
+
+def share_gain(cfg: ExperimentConfig, share: float) -> float:
+    """Mixed RLVR's gain over the base on the first domain (points) when that domain has `share` of the pooled
+    batch and the others split the rest equally."""
+    k = len(cfg.domains)
+    weights = (share,) + ((1 - share) / (k - 1),) * (k - 1)
+    mixed = _run(dataclasses.replace(cfg, mixed=dataclasses.replace(cfg.mixed, weights=weights)), "base", "mixed")
+    first = cfg.domains[0]
+    return 100 * float(mixed.results.loc["mixed", first] - mixed.results.loc["base", first])
+
+
+def coevolution(cfg: ExperimentConfig) -> dict[str, float]:
+    """What co-evolving teachers add: CoPD minus CoPD graded by the finished experts (copd_fixed_experts), overall
+    (points), and the finished experts' symmetric KL between each other at their end."""
+    c = _run(cfg, "base", "experts", "copd", "copd_fixed_experts")
     m = c.metrics
-    kl = m[(m.method == "copd") & (m.metric == "symmetric_kl") & (m.pair != "") & ~m.pair.str.endswith("<-base")]
-    return {"damage": float(damage), "branch_kl": float(kl[kl.step == kl.step.max()].value.mean())}
+    kl = m[(m.method == "experts") & (m.metric == "symmetric_kl") & (m.pair != "") & ~m.pair.str.endswith("<-base")]
+    return {"copd_minus_fixed": 100 * float(c.results.loc["copd", "overall"] -
+                                            c.results.loc["copd_fixed_experts", "overall"]),
+            "experts_kl": float(kl[kl.step == kl.step.max()].value.mean())}

@@ -96,7 +96,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     cfg = load_config(None, ["methods=['experts']", "expert_steps=4", "seeds=1"])
     run_comparison(cfg, progress=False, out=tmp_path)
     other = load_config(None, ["methods=['experts']", "expert_steps=4", "sim.lr=0.05", "seeds=3"])
-    with pytest.raises(ConfigError, match=r"sim\.lr is 0\.02 there, 0\.05 here"):
+    with pytest.raises(ConfigError, match=r"sim\.lr is 0\.01 there, 0\.05 here"):
         run_comparison(other, progress=False, out=tmp_path, resume=True)
     more_seeds = load_config(None, ["methods=['experts']", "expert_steps=4", "seeds=2", "checkpoint_every=2"])
     assert run_comparison(more_seeds, progress=False, out=tmp_path, resume=True).metrics.seed.nunique() == 2
@@ -162,7 +162,7 @@ def test_non_finite_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_p
     with pytest.raises(NonFiniteError) as info:
         run_comparison(cfg, progress=False, world=world, out=tmp_path)
     message = str(info.value)
-    for text in words + ["lower learning rate than sim.lr = 0.02", "last good checkpoint stays", "seed0.pt"]:
+    for text in words + ["lower learning rate than sim.lr = 0.01", "last good checkpoint stays", "seed0.pt"]:
         assert text in message
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path, 0))
     assert state["tick"] == saved and not state["done"]

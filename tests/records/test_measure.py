@@ -111,3 +111,27 @@ def test_calibrated_accuracy_is_held_out_exact_accuracy_at_the_temperature_best_
     rows.clear()
     Meter(cfg, world, lambda *row: rows.append(row)).accuracy_of(outputs, 10, final=False)
     assert not any("calibrated" in metric for *_, metric, _ in rows)
+
+
+def test_a_pair_is_measured_on_its_teachers_domain_and_against_the_base_on_its_own():
+    """The gap of student<-teacher uses the student's rollouts on the teacher's domain (where the edge's OPD acts);
+    <-base on the student's own domain; a branch that is no domain's (mixed) on every domain."""
+    cfg = ExperimentConfig(domains=("text", "image", "video"), sim=SMALL, metrics=MetricsConfig(topk=3))
+    world = SimWorld(cfg.sim, cfg.domains)
+    world.reset(5, seed=0)
+    asked = []
+    sample = world.sample
+
+    def recording(requests, *args, **kwargs):
+        asked.extend((r.slot, r.domains) for r in requests)
+        return sample(requests, *args, **kwargs)
+
+    world.sample = recording
+    rows = []
+    groups = [("copd", [("text", 1), ("image", 2), ("video", 3)], [("image", "text"), ("text", "image")]),
+              ("mixed", [("mixed", 4)], None)]
+    Meter(cfg, world, lambda *row: rows.append(row)).measure_groups(3, groups, full=False)
+    # the students' own rollouts: one request per (student, domain) key, and no other
+    assert sorted(asked) == sorted({(2, (0,)), (1, (1,)), (1, (0,)), (2, (1,)), (3, (2,)), (4, (0, 1, 2))})
+    pairs = {pair for _, _, _, pair, metric, _ in rows if metric == "overlap"}
+    assert pairs == {"image<-text", "text<-image", "text<-base", "image<-base", "video<-base", "mixed<-base"}

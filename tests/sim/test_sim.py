@@ -114,8 +114,8 @@ def test_prompt_logits_match_a_naive_loop():
         for r in range(2):
             b = {name: block[where[r]] for name, block in blocks.items()}
             for p in range(6):
-                units = [(x[r, p] @ b["hidden"][:, j] + b["hidden_bias"][j]) * b["gate"][domain[r, p], j]
-                         for j in range(hidden)]  # the domain-gated hidden layer
+                units = [(x[r, p] @ b["hidden"][:, j] + b["hidden_bias"][j]) * b["gate"][domain[r, p], j] /
+                         math.sqrt(hidden) for j in range(hidden)]  # the domain-gated hidden layer
                 inputs = torch.cat([x[r, p], torch.stack(units)]) if hidden else x[r, p]
                 for position in range(t):
                     for token in range(v):
@@ -152,7 +152,7 @@ def world(slots=4, seed=0):
 def test_greedy_every_prompt_covers_each_prompt_once():
     w = world()
     batch = w.sample([Request(0, (1,))], 0, 1, 1.0, greedy=True, every_prompt=True)
-    assert batch.tokens.shape == (1, 128, 2) and batch.payload.content[0].tolist() == list(range(128))
+    assert batch.tokens.shape == (1, 128, w.cfg.answer_len) and batch.payload.content[0].tolist() == list(range(128))
     again = w.sample([Request(0, (1,))], 0, 1, 1.0, greedy=True, every_prompt=True)
     assert torch.equal(batch.tokens, again.tokens)
     first = w.sample([Request(0, (1, 2))], 5, 2, 1.0, greedy=True, every_prompt=True)  # the gap's subset

@@ -18,7 +18,8 @@ def run():
 def test_the_advantage_is_beta_times_the_teachers_minus_the_students_log_prob(run):
     world, batch, edge = inspector.sample_edge(run, "image<-text", rollouts=3)
     tokens = inspector.token_table(world, batch, edge)
-    assert len(tokens) == 3 * 2 and set(tokens.position) == {0, 1} and edge.beta == 0.5
+    length = world.max_new_tokens  # every simulator answer has answer_len tokens
+    assert len(tokens) == 3 * length and set(tokens.position) == set(range(length)) and edge.beta == 0.5
     _, slots = run.final
     # the reference: each slot scores the batch on its own (World.token_logprobs, not the paired call)
     student = world.token_logprobs(batch, [slots[SlotKey("copd", "image")]], grad=False)[0]
