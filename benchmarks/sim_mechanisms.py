@@ -159,6 +159,15 @@ def main() -> None:
             f"experts' own-domain loss in the merge (points) vs their symmetric KL, {lengths[0]}-{lengths[-1]} steps",
             f"slope {line['slope']:.2f}, r = {line['r']:.2f} over KL {line['x_min']:.2f}-{line['x_max']:.2f}")
 
+    for length in (cfg.sim.answer_len, max(1, cfg.sim.answer_len // 2), 1):
+        shortfall = {combine: [mech.length_shortfall(mech.with_sim(r, conflict=0.0), length, combine) for r in runs]
+                     for combine in ("mean", "tokens")}
+        row("answer lengths", "sim.answer_lens, opd.combine", f"{cfg.domains[0]} {length} tokens, others "
+            f"{cfg.sim.answer_len}; conflict 0", "MOPD's shortfall on it vs its expert (points): combine mean; "
+            "tokens; paired difference",
+            f"{spread(shortfall['mean'], 1)}; {spread(shortfall['tokens'], 1)}; "
+            f"{spread(np.subtract(shortfall['tokens'], shortfall['mean']), 1)}")
+
     for rho in (cfg.sim.style_private, 0.0):
         evolved = [mech.coevolution(mech.with_sim(r, style_private=rho)) for r in runs]
         row("co-evolution", "sim.style_private", f"{rho:g}" + (" (default)" if rho == cfg.sim.style_private else ""),

@@ -50,7 +50,7 @@ OPD_ESTIMATORS = ("sampled", "topk", "full")
 TOPOLOGIES = ("hub", "all_pairs", "ring", "one_way", "edges")
 MERGE_METHODS = ("average", "task_arithmetic", "ties", "dare")
 TEACHER_MODES = ("live", "frozen")
-COMBINE_MODES = ("mean", "split")
+COMBINE_MODES = ("mean", "split", "tokens")
 WORLDS = ("sim", "vlm")
 GAP_PAIRS = ("auto", "all", "edges")
 ALL_PAIRS_UP_TO = 10  # metrics.gap_pairs = auto measures every pair up to this many branches
@@ -99,7 +99,9 @@ class OPDConfig:
     # How a branch's batches of one Phase II update weigh against each other (the paper: "combine and update",
     # no weights given). mean: each batch alike, so the hub of K=3 keeps 1/3 on its own GRPO loss and each spoke
     # 1/2 | split: the own GRPO batch weighs rlvr_weight and the OPD batches share the rest, whatever the number
-    # of neighbours. Default mean: the plain reading of one update on B_nat ∪ (∪_j B_j).
+    # of neighbours | tokens: each batch by its share of the branch's tokens, one token-mean over the union (naive
+    # multi-teacher OPD: longer answers take more of the update). Default mean: the plain reading of one update on
+    # B_nat ∪ (∪_j B_j).
     combine: str = "mean"
     rlvr_weight: float = 0.5  # the own GRPO batch's weight with combine = "split"
     # Divide each OPD batch's advantages β·(log π_teacher − log π_student) by their std over its tokens, to GRPO's
@@ -204,6 +206,8 @@ class SimConfig:
     train_prompts: int = 4096  # prompts per domain RLVR and OPD draw from (many: RL learns rules, not prompts)
     eval_prompts: int = 128  # held-out prompts per domain (disjoint from train): accuracy and gap measurements
     answer_len: int = 4  # T, digits per answer: a format is chosen at the first token and must be held to the end
+    answer_lens: tuple[int, ...] = ()  # each domain's answer length, one per domain, each in [1, answer_len] (empty:
+    # answer_len for all): unequal lengths give token-mean losses unequal weights per domain (Open-MOPD's token budget)
     digits: int = 6  # Q, values a digit takes
     styles: int = 8  # M, equally rewarded ways to write an answer: lets experts drift apart while accurate
     # (the drift knob; 1 = off)
@@ -245,6 +249,8 @@ class SimConfig:
             require(least <= getattr(self, name) <= most, name, getattr(self, name),
                     f"an integer in [{least}, {most:,}]")
         require(0 <= self.capacity <= 1024, "capacity", self.capacity, "an integer in [0, 1,024]")
+        require(all(isinstance(n, int) and 1 <= n <= self.answer_len for n in self.answer_lens), "answer_lens",
+                self.answer_lens, f"empty or integers in [1, answer_len = {self.answer_len}]")
         for name in ("shared_skill", "conflict", "style_habit", "style_private"):
             require(0 <= getattr(self, name) <= 1, name, getattr(self, name), "a number in [0, 1]")
         require(self.shared_skill + self.conflict <= 1, "conflict", self.conflict,
@@ -425,5 +431,7 @@ class ExperimentConfig:
                 "expert's actor is not built yet)")
         require(not self.merge.weights or len(self.merge.weights) == len(self.domains), "merge.weights",
                  self.merge.weights, f"empty (uniform) or one weight per domain ({len(self.domains)})")
+        require(not self.sim.answer_lens or len(self.sim.answer_lens) == len(self.domains), "sim.answer_lens",
+                 self.sim.answer_lens, f"empty (answer_len for all) or one length per domain ({len(self.domains)})")
         require(not self.mixed.weights or len(self.mixed.weights) == len(self.domains), "mixed.weights",
                  self.mixed.weights, f"empty (equal shares) or one weight per domain ({len(self.domains)})")

@@ -37,7 +37,8 @@ def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
     is_opd = torch.tensor([t >= 0 for t in teachers]) if opd_rows else None
     beta = torch.tensor([r.beta for r in requests]) if opd_rows else None
     # each branch's loss weighs its requests' losses (opd.combine): one update on B_nat ∪ (∪_j B_j)
-    weights = batch_weights(requests, c.combine, c.rlvr_weight)
+    tokens = batch.mask.sum((1, 2)).tolist() if c.combine == "tokens" else None
+    weights = batch_weights(requests, c.combine, c.rlvr_weight, tokens)
     share = torch.tensor(weights) if any(w != 1.0 for w in weights) else None
     full = c.estimator != "sampled" and bool(opd_rows)
     constant = world.max_new_tokens  # Dr.GRPO divides by N x the longest completion, whatever this batch's padding
@@ -87,12 +88,20 @@ def train_step(world: World, cfg: ExperimentConfig, requests: list[Request],
     return signal, per_domain
 
 
-def batch_weights(requests: list[Request], combine: str = "mean", rlvr_weight: float = 0.5) -> list[float]:
+def batch_weights(requests: list[Request], combine: str = "mean", rlvr_weight: float = 0.5,
+                  tokens: list[float] | None = None) -> list[float]:
     """The weight of each request's loss in its slot's update (opd.combine).
 
     mean: a slot's batches weigh alike (1 / its number of batches). split: a slot's own GRPO batch weighs
     rlvr_weight and its OPD batches share 1 − rlvr_weight equally; a slot with only one kind gives it all.
+    tokens: each batch its share of the slot's tokens (`tokens`, per request): with token-mean batches, the
+    token-mean of their union.
     """
+    if combine == "tokens":
+        total = Counter()
+        for r, n in zip(requests, tokens):
+            total[r.slot] += n
+        return [n / total[r.slot] if total[r.slot] else 0.0 for r, n in zip(requests, tokens)]
     native = Counter(r.slot for r in requests if r.teacher < 0)
     opd = Counter(r.slot for r in requests if r.teacher >= 0)
     out = []

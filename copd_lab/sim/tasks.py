@@ -95,13 +95,18 @@ class SimTasks:
         """The id of the first train (or eval) prompt of each domain in `domain`."""
         return self.rules.shape[0] * self.n_train + domain * self.n_eval if eval else domain * self.n_train
 
-    def score_prompts(self, prompt: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_prompts(self, prompt: torch.Tensor, tokens: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(reward, correct) [...] of responses tokens [..., T] to prompts `prompt` [...] (ids): right when the
-        response is the right answer in one style; the reward is the correctness."""
+        response is the right answer in one style (on the positions `mask` [..., T] keeps: a domain's shorter
+        answers); the reward is the correctness."""
         digits = self.digits_of.index_select(0, prompt.reshape(-1)).view(tokens.shape)
         offset = tokens - digits  # m·Q at every position when the response is the answer in style m
         first = offset[..., :1]
-        correct = (offset == first).all(-1) & (first[..., 0] % self.digits == 0) & (first[..., 0] >= 0) & \
+        same = offset == first
+        if mask is not None:
+            same = same | (mask == 0)
+        correct = same.all(-1) & (first[..., 0] % self.digits == 0) & (first[..., 0] >= 0) & \
             (first[..., 0] < self.digits * self.styles)
         correct = correct.float()
         return correct, correct

@@ -39,7 +39,10 @@ class SimWorld:
         self.cfg, self.domains = cfg, tuple(domains)
         self.tasks = SimTasks.build(cfg, len(domains))
         self.vocab_size = v = cfg.vocab_size
-        self.max_new_tokens = cfg.answer_len  # every answer has T tokens
+        self.max_new_tokens = cfg.answer_len  # the longest answer: T tokens
+        # each domain's answer length (sim.answer_lens), None when every answer has T tokens (no mask to build)
+        self.lengths = (torch.tensor(cfg.answer_lens) if cfg.answer_lens and min(cfg.answer_lens) < cfg.answer_len
+                        else None)
         self.shape = net.NetShape.of(cfg, len(domains))
         self.shapes = net.param_shapes(self.shape)
         self.n_params = sum(torch.Size(shape).numel() for shape in self.shapes.values())
@@ -214,9 +217,15 @@ class SimWorld:
             domain = torch.stack(rows)  # [R, P]
             first = self.tasks.first_prompt(domain, eval=every)
             content = torch.arange(visited).repeat(len(requests[0].domains)).expand_as(domain) if every else None
-            mask = torch.ones(*domain.shape[:1], domain.shape[1] * group, self.cfg.answer_len)
-            self._layouts[key] = Layout(domain.repeat_interleave(group, 1), first, content, mask)
+            rollouts = domain.repeat_interleave(group, 1)
+            self._layouts[key] = Layout(rollouts, first, content, self._mask(rollouts))
         return self._layouts[key]
+
+    def _mask(self, domain: torch.Tensor) -> torch.Tensor:
+        """[R, N, T] 1.0 on the answer positions of each rollout's domain (sim.answer_lens; all T by default)."""
+        if self.lengths is None:
+            return torch.ones(*domain.shape, self.cfg.answer_len)
+        return (torch.arange(self.cfg.answer_len) < self.lengths[domain][..., None]).float()
 
     def draw(self, requests: list[Request], prompts: int, group: int, greedy: bool = False,
              every_prompt: bool = False) -> SimDraws:
@@ -231,8 +240,11 @@ class SimWorld:
         draws = draws or self.draw(requests, prompts, group, greedy, every_prompt)
         if content is None:
             content = draws.content
+        mask = layout.mask
         if draws.domain is not None:  # pooled requests: each prompt's domain was drawn
             first, domain = self.tasks.first_prompt(draws.domain, eval=False), draws.domain.repeat_interleave(group, 1)
+            if self.lengths is not None:
+                mask = self._mask(domain)
         prompt = first + content  # [R, P]
         v, length = self.vocab_size, self.cfg.answer_len
         # the teachers that will score these rollouts join the cache now, rather than take their weights then
@@ -272,8 +284,9 @@ class SimWorld:
         with torch.no_grad():
             logps = (token.detach() if token is not None else torch.stack(logits, 1).view(*tokens.shape, v)
                      .log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1))
-            reward, correct = self.tasks.score_prompts(prompt.repeat_interleave(group, 1), tokens)
-        return Batch(list(requests), domain, tokens, layout.mask, reward, correct, logps,
+            reward, correct = self.tasks.score_prompts(prompt.repeat_interleave(group, 1), tokens,
+                                                       None if self.lengths is None else mask)
+        return Batch(list(requests), domain, tokens, mask, reward, correct, logps,
                      SimPayload(content, prompt, prev, group, temperature, scored))
 
     def _first_rows(self, weights: SlotWeights, slots: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,7 +339,10 @@ class SimWorld:
                 logits = cached[2]
             paths = self.tasks.answers.index_select(0, prompt.view(-1)).view(n, s, m, -1)  # the right sequences
             logp = (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
-            right = logp.gather(-1, paths[..., None]).squeeze(-1).sum(-1).exp()  # [R, S, M]
+            on_path = logp.gather(-1, paths[..., None]).squeeze(-1)  # [R, S, M, T]
+            if self.lengths is not None:  # a shorter answer is right on its first positions
+                on_path = on_path * self._mask(domain)[:, None, None]
+            right = on_path.sum(-1).exp()  # [R, S, M]
             return self._handed(right.sum(-1).mean(-1), grad)
 
     def _path_logits(self, weights: SlotWeights, slots: list[int], prompt: torch.Tensor, grad: bool) -> torch.Tensor:

@@ -14,6 +14,7 @@ is tuned toward any method: a signature is what the knob does, whichever method 
 * absorption: copd_lab.studies.absorption (the headroom-controlled pilot); divergence: copd_lab.studies.divergence.
 * merge damage: the experts' own-domain loss in the merge against their distance, as they train longer.
 * co-evolution: CoPD against CoPD graded by the finished experts.
+* answer lengths: MOPD's shortfall on a domain with short answers, its batches combined by token-mean or not.
 """
 
 from __future__ import annotations
@@ -162,6 +163,19 @@ def share_gain(cfg: ExperimentConfig, share: float) -> float:
     mixed = _run(dataclasses.replace(cfg, mixed=dataclasses.replace(cfg.mixed, weights=weights)), "base", "mixed")
     first = cfg.domains[0]
     return 100 * float(mixed.results.loc["mixed", first] - mixed.results.loc["base", first])
+
+
+def length_shortfall(cfg: ExperimentConfig, first_length: int, combine: str) -> float:
+    """MOPD's shortfall on the first domain (its expert there minus MOPD there, points) when that domain's answers
+    are `first_length` tokens and the others' answer_len, with MOPD's batches combined by `combine` (opd.combine:
+    mean, each domain's batch alike; tokens, one token-mean over them all, as naive multi-teacher OPD): Open-MOPD's
+    token budget, misallocated by unequal answer lengths."""
+    lengths = (first_length,) + (cfg.sim.answer_len,) * (len(cfg.domains) - 1)
+    run = _run(dataclasses.replace(with_sim(cfg, answer_lens=lengths), opd=dataclasses.replace(cfg.opd,
+                                                                                               combine=combine)),
+               "base", "experts", "mopd")
+    first = cfg.domains[0]
+    return 100 * float(run.results.loc[f"expert:{first}", first] - run.results.loc["mopd", first])
 
 
 def coevolution(cfg: ExperimentConfig) -> dict[str, float]:

@@ -99,3 +99,10 @@ def test_phase_two_weights_of_a_hub_and_a_spoke():
     assert update.batch_weights(tick, "mean") == [1 / 3, 1 / 3, 1 / 3, 1 / 2, 1 / 2, 1 / 2, 1 / 2]
     assert update.batch_weights(tick, "split", 0.6) == pytest.approx([0.6, 0.2, 0.2, 0.6, 0.4, 1 / 2, 1 / 2])
     assert update.batch_weights([Request(1, (0,))], "split", 0.6) == [1.0]  # Phase I: all on GRPO
+    # tokens: a batch weighs its share of its slot's tokens (the token-mean of the union of the slot's batches)
+    tokens = [40.0, 10.0, 30.0, 20.0, 20.0, 64.0, 16.0]
+    want = []
+    for r, n in zip(tick, tokens):
+        want.append(n / sum(m for q, m in zip(tick, tokens) if q.slot == r.slot))
+    assert update.batch_weights(tick, "tokens", tokens=tokens) == pytest.approx(want)
+    assert want[:3] == pytest.approx([0.5, 0.125, 0.375])

@@ -1,6 +1,8 @@
+import dataclasses
 import itertools
 import math
 
+import pytest
 import torch
 
 from copd_lab.config import SimConfig
@@ -272,3 +274,35 @@ def test_exact_accuracy_gradient_matches_the_enumerated_one():
     _, correct = w.tasks.score_prompts(batch.payload.prompt.expand_as(logp), batch.tokens)
     expected = w.flat_grads((logp.exp() * correct).sum(-1).mean(), [1])
     assert got.abs().sum() > 0 and torch.allclose(got, expected, atol=1e-6)
+
+
+def test_a_shorter_answer_is_masked_scored_and_counted_on_its_own_positions():
+    """sim.answer_lens: a domain's answers are right on their first T_d tokens; the rest is masked out of every loss
+    and metric, and exact accuracy sums the paths' first T_d tokens only (against the first token's log-probs)."""
+    cfg = dataclasses.replace(SMALL, answer_lens=(1, 2, 2))
+    w = SimWorld(cfg, DOMAINS)
+    w.reset(2, 0)
+    with torch.no_grad():
+        w.flat[1] += torch.randn(w.n_params, generator=torch.Generator().manual_seed(3))
+    batch = w.sample([Request(1, (0,)), Request(1, (1,))], 5, 3, 1.0)
+    assert batch.mask[0, :, 1].sum() == 0 and batch.mask[0, :, 0].all() and batch.mask[1].all()
+    digits = w.tasks.digits_of[batch.payload.prompt[0].repeat_interleave(3)]  # [N, T]
+    first_right = (batch.tokens[0, :, 0] % cfg.digits == digits[:, 0]) & (batch.tokens[0, :, 0] < cfg.digits *
+                                                                          cfg.styles)
+    assert torch.equal(batch.correct[0].bool(), first_right)  # the second token is never looked at
+    got = w.exact_accuracy([Request(1, (0,))]).item()
+    prompts = eval_prompts(w, 0)
+    every = all_answers(w, Request(1, (0,)), prompts)
+    first = w.full_logprobs(every, [1] * len(prompts), grad=False)[:, 0, 0].exp()  # [prompts, V] at position 0
+    answer = w.tasks.digits_of[prompts, 0]
+    want = sum(first[:, m * cfg.digits + answer].diagonal() for m in range(cfg.styles)).mean().item()
+    assert abs(got - want) < 1e-6
+
+
+def test_answer_lens_must_be_one_per_domain_and_at_most_answer_len():
+    from copd_lab.config import ConfigError, ExperimentConfig
+
+    with pytest.raises(ConfigError, match=r"answer_lens = \(1, 5\) is not allowed: empty or integers in \[1, "):
+        SimConfig(answer_lens=(1, 5))
+    with pytest.raises(ConfigError, match=r"sim.answer_lens = \(1, 2\) is not allowed: .* one length per domain \(3\)"):
+        ExperimentConfig(sim=SimConfig(answer_lens=(1, 2)))
