@@ -189,10 +189,13 @@ class Meter:
         with torch.no_grad():
             train = torch.stack([self.world.exact_accuracy(requests, temperature=t, split="train")
                                  for t in CALIBRATION_GRID])
-            held_out = torch.stack([self.world.exact_accuracy(requests, temperature=t) for t in CALIBRATION_GRID])
-        best = train.view(len(grid), models, -1).mean(-1).argmax(0)  # [models]: the first of equal ones
-        per_request = best.repeat_interleave(len(requests) // models)
-        return held_out.gather(0, per_request[None])[0], grid[best]
+            best = train.view(len(grid), models, -1).mean(-1).argmax(0)  # [models]: the first of equal ones
+            per_request = best.repeat_interleave(len(requests) // models)
+            held_out = torch.zeros(len(requests))
+            for g in per_request.unique().tolist():  # held out only at the temperatures chosen (one or two)
+                chosen = per_request == g
+                held_out[chosen] = self.world.exact_accuracy(requests, temperature=CALIBRATION_GRID[g])[chosen]
+        return held_out, grid[best]
 
     def conflict_of(self, branches: list[tuple[str, str, int]], step: int) -> None:
         """Cosine between per-domain GRPO gradients of each (method, branch, slot) branch (mixed RLVR's divergence
