@@ -12,33 +12,23 @@ Overlap and gain are measured on the domain OPD acts on: the teacher's.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 import pandas as pd
 import torch
 
-from copd_lab.algorithm import update
 from copd_lab.config import ExperimentConfig
 from copd_lab.math import metrics
 from copd_lab.math.losses import TopK
 from copd_lab.sim.base import supervised_fit
 from copd_lab.sim.world import SimWorld
-from copd_lab.world import NonFiniteError, Request
+from copd_lab.studies.training import train
+from copd_lab.world import Request
 
 TEACHER, FIRST_STUDENT = 1, 2  # slots: 0 the base, 1 the teacher, then the students
 RESTYLE_STEPS = 60  # supervised steps that move a student's format (lr sim.base_lr, the warm start's)
 RESTYLE_PROMPTS = 1024  # prompts of the teacher's domain whose base answers a student learns to rewrite
-
-
-def train(world: SimWorld, cfg: ExperimentConfig, requests: list[Request], steps: int) -> None:
-    """`steps` training steps of these requests (GRPO, or OPD where a request names a teacher)."""
-    def stop(row: int, what: str) -> None:
-        raise NonFiniteError(f"absorption pilot: request {requests[row]} went non-finite ({what})")
-
-    for _ in range(steps):
-        update.train_step(world, cfg, requests, stop)
 
 
 def style_mass(world: SimWorld, slot: int, domain: int) -> torch.Tensor:
@@ -122,6 +112,3 @@ def pilot_summary(rows: pd.DataFrame) -> dict[str, float]:
             "headroom_min": float(rows.headroom.min()), "headroom_max": float(rows.headroom.max()),
             "gain_mean": float(rows.gain.mean())}
 
-
-def with_sim(cfg: ExperimentConfig, **sim) -> ExperimentConfig:
-    return dataclasses.replace(cfg, sim=dataclasses.replace(cfg.sim, **sim))

@@ -15,7 +15,7 @@ import torch
 
 from copd_lab.config import ExperimentConfig
 from copd_lab.sim.world import SimWorld
-from copd_lab.studies.absorption import train
+from copd_lab.studies.training import train
 from copd_lab.world import Request
 
 MIXED = 1  # slot of mixed RLVR; the experts' slots follow, one per domain

@@ -32,7 +32,7 @@ from copd_lab.records.measure import Meter
 from copd_lab.sim.base import initial_weights, supervised_fit
 from copd_lab.sim.tasks import SimTasks
 from copd_lab.sim.world import SimWorld
-from copd_lab.studies.absorption import train
+from copd_lab.studies.training import train
 from copd_lab.world import Request
 
 
