@@ -168,6 +168,19 @@ def main() -> None:
             f"{spread(shortfall['mean'], 1)}; {spread(shortfall['tokens'], 1)}; "
             f"{spread(np.subtract(shortfall['tokens'], shortfall['mean']), 1)}")
 
+    for rl, opd in ((cfg.copd.rl_steps, cfg.copd.opd_steps), (2 * cfg.copd.rl_steps, 2 * cfg.copd.opd_steps)):
+        longer = [dataclasses.replace(r, copd=dataclasses.replace(r.copd, rl_steps=rl, opd_steps=opd,
+                                                                  cycles=max(1, cfg.copd.cycles * cfg.copd.rl_steps
+                                                                             // rl))) for r in runs]
+        for metric in ("overlap", "symmetric_kl"):
+            tooth = [mech.sawtooth(r, metric) for r in longer]
+            row("saw-tooth", "copd.rl_steps, copd.opd_steps", f"S_RL {rl}, S_OPD {opd}",
+                f"CoPD's edge {metric}: mean change over a Phase I; over a Phase II; share of phases I, II that move "
+                "as the paper draws; amplitude",
+                f"{spread([t['phase1'] for t in tooth])}; {spread([t['phase2'] for t in tooth])}; "
+                f"{spread([t['phase1_right'] for t in tooth], 2)}, {spread([t['phase2_right'] for t in tooth], 2)}; "
+                f"{spread([t['amplitude'] for t in tooth])}")
+
     for rho in (cfg.sim.style_private, 0.0):
         evolved = [mech.coevolution(mech.with_sim(r, style_private=rho)) for r in runs]
         row("co-evolution", "sim.style_private", f"{rho:g}" + (" (default)" if rho == cfg.sim.style_private else ""),

@@ -91,7 +91,7 @@ def test_sim_mechanisms_prints_a_row_per_signature():
     table = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
     assert {line.split(" | ")[0].lstrip("| ") for line in table} == {
         "base", "drift", "capacity", "conflict", "transfer", "pooled shares", "divergence", "absorption",
-        "merge damage", "answer lengths", "co-evolution"}
+        "merge damage", "answer lengths", "saw-tooth", "co-evolution"}
     assert all(line.count(" | ") == 4 for line in table)  # five cells: no stray "|" inside one
 
 

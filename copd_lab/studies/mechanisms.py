@@ -14,6 +14,7 @@ is tuned toward any method: a signature is what the knob does, whichever method 
 * absorption: copd_lab.studies.absorption (the headroom-controlled pilot); divergence: copd_lab.studies.divergence.
 * merge damage: the experts' own-domain loss in the merge against their distance, as they train longer.
 * co-evolution: CoPD against CoPD graded by the finished experts.
+* saw-tooth: CoPD's edge overlap (or distance) through its Phase I and Phase II.
 * answer lengths: MOPD's shortfall on a domain with short answers, its batches combined by token-mean or not.
 """
 
@@ -176,6 +177,28 @@ def length_shortfall(cfg: ExperimentConfig, first_length: int, combine: str) -> 
                "base", "experts", "mopd")
     first = cfg.domains[0]
     return 100 * float(run.results.loc[f"expert:{first}", first] - run.results.loc["mopd", first])
+
+
+def sawtooth(cfg: ExperimentConfig, metric: str = "overlap") -> dict[str, float]:
+    """CoPD's edge gap through its phases (the paper's saw-tooth): the mean change of `metric` between branches (its
+    edges, each on its teacher's domain) over each Phase I and each Phase II, and the share of phases that move
+    the way the paper draws it (overlap falls in Phase I and rises in Phase II; a distance the other way). The
+    gap is measured at every phase end (metrics.gap_at_phase_end): the tick before the next phase starts."""
+    c = _run(dataclasses.replace(cfg, metrics=dataclasses.replace(cfg.metrics, gap_at_phase_end=True)), "copd")
+    m = c.metrics
+    gap = m[(m.method == "copd") & (m.metric == metric) & (m.pair != "") & ~m.pair.str.endswith("<-base")]
+    series = gap.groupby("step").value.mean()
+    period, rl = cfg.copd.rl_steps + cfg.copd.opd_steps, cfg.copd.rl_steps
+    starts = [0] + [k * period + period - 1 for k in range(cfg.copd.cycles - 1)]
+    ends1 = [k * period + rl - 1 for k in range(cfg.copd.cycles)]
+    ends2 = [k * period + period - 1 for k in range(cfg.copd.cycles)]
+    phase1 = [series[e] - series[b] for b, e in zip(starts, ends1) if b in series and e in series]
+    phase2 = [series[e] - series[b] for b, e in zip(ends1, ends2) if b in series and e in series]
+    sign = 1 if metric in ("overlap", "top1_overlap") else -1  # overlap should fall in Phase I; a distance rise
+    return {"phase1": float(np.mean(phase1)), "phase2": float(np.mean(phase2)),
+            "phase1_right": float(np.mean([sign * d < 0 for d in phase1])),
+            "phase2_right": float(np.mean([sign * d > 0 for d in phase2])),
+            "amplitude": float(np.mean(np.abs(phase1 + phase2)))}
 
 
 def coevolution(cfg: ExperimentConfig) -> dict[str, float]:

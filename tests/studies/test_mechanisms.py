@@ -95,3 +95,14 @@ def test_partial_r_matches_the_formula_by_hand():
 
     want = (r(x, y) - r(x, z) * r(y, z)) / math.sqrt((1 - r(x, z) ** 2) * (1 - r(y, z) ** 2))
     assert abs(partial_r(x, y, z) - want) < 1e-9
+
+
+def test_copds_edges_saw_tooth_and_the_tooth_grows_with_s_rl():
+    """Phase I drives the branches apart (symmetric KL on each edge's teacher domain rises, overlap falls), Phase II
+    pulls them back (KL falls); a longer Phase I gives a larger tooth."""
+    long = load_config(None, ["copd.rl_steps=24", "copd.opd_steps=16", "copd.cycles=3", "metrics.eval_every=1000"])
+    short = load_config(None, ["copd.rl_steps=12", "copd.opd_steps=8", "copd.cycles=3", "metrics.eval_every=1000"])
+    kl = mech.sawtooth(long, "symmetric_kl")
+    assert kl["phase1"] > 0.05 and kl["phase2"] < 0 and kl["phase1_right"] == 1.0
+    assert mech.sawtooth(long, "overlap")["phase1"] < 0
+    assert kl["amplitude"] > mech.sawtooth(short, "symmetric_kl")["amplitude"]
