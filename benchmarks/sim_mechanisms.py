@@ -25,6 +25,8 @@ from copd_lab.studies.absorption import absorption_pilot, pilot_summary
 from copd_lab.studies.divergence import divergence_summary, divergence_trace
 from copd_lab.world import Request
 
+WRITES_SOME = (0.1, 0.3, 0.5, 0.7, 0.9)  # pilot students' shares of the teacher's format, none at 0
+
 
 def spread(values: list[float], digits: int = 3) -> str:
     """Mean ± sample std (ddof = 1); the mean alone for one value (its std is undefined)."""
@@ -83,7 +85,10 @@ def main() -> None:
         drift = [mech.drift(mech.with_sim(r, **knobs)) for r in runs]
         row("drift", knob, setting, "experts' top-10 overlap with the base, first → last",
             f"{spread([d['overlap_first'] for d in drift])} → {spread([d['overlap_last'] for d in drift])}")
-        row("drift", knob, setting, "  drop of that overlap", spread([d["overlap_drop"] for d in drift]))
+        row("drift", knob, setting, "  drop of that overlap; share of measurements where it does not rise",
+            f"{spread([d['overlap_drop'] for d in drift])}; {spread([d['overlap_monotone'] for d in drift], 2)}")
+        row("drift", knob, setting, "experts' nucleus overlap (0.9 of the mass, ≤ 10 tokens) with the base, first → "
+            "last", f"{spread([d['nucleus_first'] for d in drift])} → {spread([d['nucleus_last'] for d in drift])}")
         row("drift", knob, setting, "symmetric KL between experts, first → last",
             f"{spread([d['kl_first'] for d in drift], 2)} → {spread([d['kl_last'] for d in drift], 2)}")
         row("drift", knob, setting, "  growth (last / first)", spread([d["kl_growth"] for d in drift], 1))
@@ -94,6 +99,9 @@ def main() -> None:
     for h, values in ceiling.items():
         row("capacity", "sim.capacity", f"{h}" + (" (default)" if h == cfg.sim.capacity else " (off)"),
             f"single-model ceiling at conflict {1 - s:g}: pooled supervised fit, greedy held-out %", spread(values, 1))
+    free = [mech.pooled_fit_ceiling(mech.with_sim(t, conflict=0.0), args.ceiling_steps) for t in tasks]
+    row("capacity", "sim.capacity", f"{cfg.sim.capacity} (default), conflict 0",
+        "the same fit with no conflict: the class's ceiling from finite prompts (T digits all right)", spread(free, 1))
 
     for capacity in (0, cfg.sim.capacity):
         note = "linear policy, " if capacity == 0 else ""
@@ -124,18 +132,24 @@ def main() -> None:
             f"mixed RLVR's gain on {cfg.domains[0]} (points): equal share; 25 % share; paired difference",
             f"{spread(equal, 1)}; {spread(quarter, 1)}; {spread(np.subtract(quarter, equal), 1)}")
 
-    for note, knobs in ((f"defaults (capacity {cfg.sim.capacity}, conflict {c:g})", {}),
-                        ("conflict 0", {"conflict": 0.0}), (f"conflict {1 - s:g}", {"conflict": 1 - s}),
-                        (f"conflict {1 - s:g}, capacity {2 * cfg.sim.capacity}",
-                         {"conflict": 1 - s, "capacity": 2 * cfg.sim.capacity}),
-                        ("capacity 0", {"capacity": 0}), (f"sim.lr {2 * cfg.sim.lr:g}", {"lr": 2 * cfg.sim.lr})):
+    uneven = {"pretrain_mix": (3.0,) + (1.0,) * (k - 1)}  # a base pretrained mostly on the first domain
+    mix = "pretrain_mix 3:1:1" if k == 3 else "pretrain_mix 3:1.."
+    for note, knobs in ((f"defaults (capacity {cfg.sim.capacity}, conflict {c:g}, equal pretraining)", {}),
+                        (f"{mix}, capacity 0, conflict 0", {**uneven, "capacity": 0, "conflict": 0.0}),
+                        (f"{mix}, capacity 0, conflict {c:g}", {**uneven, "capacity": 0}),
+                        (f"{mix}, capacity 0, conflict {1 - s:g}", {**uneven, "capacity": 0, "conflict": 1 - s}),
+                        (f"{mix}, capacity 16, conflict {1 - s:g}", {**uneven, "capacity": 16, "conflict": 1 - s}),
+                        (f"{mix}, capacity {cfg.sim.capacity}, conflict {1 - s:g}", {**uneven, "conflict": 1 - s}),
+                        (f"equal pretraining, capacity 0, conflict {1 - s:g}", {"capacity": 0,
+                                                                                      "conflict": 1 - s})):
         summary = [divergence_summary(divergence_trace(mech.with_sim(r, **knobs))) for r in runs]
-        row("divergence", "sim.conflict, sim.capacity", note,
+        row("divergence", "sim.conflict, sim.capacity, sim.pretrain_mix", note,
             "mixed RLVR: worst domain's lowest gain over the base (points); evaluations below it (of 30); "
-            "experts: lowest own-domain gain",
+            "experts: lowest own-domain gain; mixed's largest shortfall against an expert at the end",
             f"{spread([x['mixed_worst_dip'] for x in summary], 1)}; "
             f"{spread([x['mixed_evals_below'] for x in summary], 1)}; "
-            f"{spread([x['expert_own_min'] for x in summary], 1)}")
+            f"{spread([x['expert_own_min'] for x in summary], 1)}; "
+            f"{spread([x['mixed_shortfall'] for x in summary], 1)}")
         row("divergence", "", note, "mixed RLVR's mean exact gradient cosine between domains during training",
             spread([x["mixed_grad_cosine"] for x in summary]))
 
@@ -150,6 +164,11 @@ def main() -> None:
             f"{np.mean([x['overlap_min'] for x in summary]):.2f}-{np.mean([x['overlap_max'] for x in summary]):.2f}; "
             f"{np.mean([x['headroom_min'] for x in summary]):.1f}-{np.mean([x['headroom_max'] for x in summary]):.1f}"
             f"; {spread([x['gain_mean'] for x in summary], 1)}")
+        inside = [pilot_summary(absorption_pilot(mech.with_sim(r, style_private=rho), shares=WRITES_SOME))
+                  for r in runs]
+        row("absorption", "", setting, "  the same with every student writing some of the teacher's format "
+            "(λ 0.1-0.9): r; partial r", f"{spread([x['r'] for x in inside], 2)}; "
+            f"{spread([x['partial_r'] for x in inside], 2)}")
 
     for rho in (0.0, cfg.sim.style_private, 1.0):
         lengths = tuple(max(1, round(cfg.expert_steps * f)) for f in (1 / 8, 1 / 4, 1 / 2, 1, 2))
@@ -172,7 +191,7 @@ def main() -> None:
         longer = [dataclasses.replace(r, copd=dataclasses.replace(r.copd, rl_steps=rl, opd_steps=opd,
                                                                   cycles=max(1, cfg.copd.cycles * cfg.copd.rl_steps
                                                                              // rl))) for r in runs]
-        for metric in ("overlap", "symmetric_kl"):
+        for metric in ("overlap", "nucleus_overlap", "symmetric_kl"):
             tooth = [mech.sawtooth(r, metric) for r in longer]
             row("saw-tooth", "copd.rl_steps, copd.opd_steps", f"S_RL {rl}, S_OPD {opd}",
                 f"CoPD's edge {metric}: mean change over a Phase I; over a Phase II; share of phases I, II that move "

@@ -218,6 +218,8 @@ class SimConfig:
     # features (the transfer knob)
     conflict: float = 0.25  # c, share of a domain's rule that reads the shared features in a way opposed to the
     # other domains' (the interference knob); the rest, 1 - s - c, reads the domain's own features
+    pretrain_mix: tuple[float, ...] = ()  # each domain's share of the base's pretraining prompts, one weight per
+    # domain (empty: equal): a base that saw more of one domain fits the shared features that domain's way
     base_steps: int = 150  # supervised warm-start steps that make the base π_0 (its skill; 0: a random network)
     base_lr: float = 0.05  # Adam lr of the warm start
     lr: float = 0.01  # the simulator world's Adam lr (paper: 1e-6 for a 4B model); the VLM world's is vlm.lr. 0.01:
@@ -256,6 +258,8 @@ class SimConfig:
         require(self.shared_skill + self.conflict <= 1, "conflict", self.conflict,
                 f"a number in [0, {1 - self.shared_skill:g}] (shared_skill + conflict <= 1: the rest of a rule reads "
                 f"the domain's own features)")
+        require(all(w >= 0 for w in self.pretrain_mix) and (not self.pretrain_mix or sum(self.pretrain_mix) > 0),
+                "pretrain_mix", self.pretrain_mix, "empty (equal) or weights >= 0 with a positive sum")
         require(0 < self.base_lr <= 1, "base_lr", self.base_lr, "a number in (0, 1]")
         require(self.lr > 0, "lr", self.lr, "a number > 0")
         require(0 <= self.task_seed <= MAX_SEED, "task_seed", self.task_seed, f"an integer in [0, {MAX_SEED}]")
@@ -316,6 +320,8 @@ class MetricsConfig:
     """What is measured and how often (docs/design.md §4)."""
 
     topk: int = 10  # k of the top-k overlap O_k (paper: 10)
+    nucleus: float = 0.9  # mass of the sets nucleus_overlap compares (O_k over the tokens that carry mass: the top
+    # tokens holding this much probability, at most topk of them)
     gap_every: int = 20  # ticks between behavioural-gap measurements
     gap_at_phase_end: bool = True  # also measure the gap at every phase end (the saw-tooth's corners)
     gap_prompts: int = 16  # eval prompts per domain whose student rollouts the gap metrics use (0: all of them;
@@ -332,6 +338,7 @@ class MetricsConfig:
     def __post_init__(self) -> None:
         require_finite(self)
         require(self.topk >= 1, "topk", self.topk, "an integer >= 1")
+        require(0 < self.nucleus <= 1, "nucleus", self.nucleus, "a number in (0, 1]")
         require(self.gap_every >= 1, "gap_every", self.gap_every, "an integer >= 1")
         require(self.gap_prompts >= 0, "gap_prompts", self.gap_prompts, "an integer >= 0 (0: all eval prompts)")
         require(self.eval_every >= 1, "eval_every", self.eval_every, "an integer >= 1")
@@ -433,5 +440,7 @@ class ExperimentConfig:
                  self.merge.weights, f"empty (uniform) or one weight per domain ({len(self.domains)})")
         require(not self.sim.answer_lens or len(self.sim.answer_lens) == len(self.domains), "sim.answer_lens",
                  self.sim.answer_lens, f"empty (answer_len for all) or one length per domain ({len(self.domains)})")
+        require(not self.sim.pretrain_mix or len(self.sim.pretrain_mix) == len(self.domains), "sim.pretrain_mix",
+                 self.sim.pretrain_mix, f"empty (equal) or one weight per domain ({len(self.domains)})")
         require(not self.mixed.weights or len(self.mixed.weights) == len(self.domains), "mixed.weights",
                  self.mixed.weights, f"empty (equal shares) or one weight per domain ({len(self.domains)})")

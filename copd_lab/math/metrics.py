@@ -33,6 +33,24 @@ def topk_overlap(p_logp: Tensor, q_logp: Tensor, mask: Tensor, k: int = 10,
     return _mean(shared.to(p_logp.dtype) / min(k, p_logp.shape[-1]), mask)
 
 
+def nucleus_set(logp: Tensor, k: int, mass: float) -> Tensor:
+    """Bool [..., V]: the top tokens of each position, in order, until they hold `mass` of its probability (the
+    token that crosses it included), at most k: the tokens that carry mass, never a near-zero tail."""
+    top = logp.topk(min(k, logp.shape[-1]), dim=-1)
+    prob = top.values.exp()
+    keep = (prob.cumsum(dim=-1) - prob) < mass  # the mass of the tokens ranked above this one
+    return torch.zeros_like(logp, dtype=torch.bool).scatter_(-1, top.indices, keep)
+
+
+def nucleus_overlap(p_logp: Tensor, q_logp: Tensor, mask: Tensor, k: int = 10, mass: float = 0.9) -> Tensor:
+    """E_t |S(p_t) ∩ S(q_t)| / |S(p_t) ∪ S(q_t)| with S = nucleus_set(·, k, mass), [...]: O_k counted only over
+    the tokens that carry mass. O_k's top-k also counts tail tokens once k exceeds the plausible ones (top 10 of a
+    6-digit answer is 6 digits and 4 tail ranks); this is 1 for one behaviour and 0 for disjoint ones."""
+    p_set, q_set = nucleus_set(p_logp, k, mass), nucleus_set(q_logp, k, mass)
+    shared = (p_set & q_set).sum(dim=-1).to(p_logp.dtype)
+    return _mean(shared / (p_set | q_set).sum(dim=-1).clamp(min=1), mask)
+
+
 def top1_overlap(p_logp: Tensor, q_logp: Tensor, mask: Tensor) -> Tensor:
     """E_t [argmax p_t = argmax q_t], [...]: topk_overlap at k = 1 (ties to the lowest id, as TopK's), from two
     argmaxes instead of two top-k sets."""

@@ -25,7 +25,8 @@ from copd_lab.world import ExactAccuracy, NonFiniteError, Request, World, has
 Log = Callable[[str, int, str, str, str, float], None]  # method, step, branch, pair, metric, value
 Pairs = tuple[tuple[str, str], ...]  # (student, teacher) branch names whose gap is measured
 QUICK_METRICS = ("overlap", "symmetric_kl", "sampled_reverse_kl", "top1_overlap", "student_overlap_mass",
-                 "teacher_overlap_mass")  # every gap_every ticks (overlap is top-k, k = metrics.topk)
+                 "teacher_overlap_mass", "nucleus_overlap")  # every gap_every ticks (overlap is top-k, k =
+# metrics.topk; nucleus_overlap the same over the tokens holding metrics.nucleus of the mass)
 CALIBRATION_GRID = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5)  # temperatures a calibrated accuracy chooses from
 GAP_METRICS = QUICK_METRICS + ("entropy_gap", "overlap_token_advantage")  # also at every eval
 
@@ -93,7 +94,8 @@ class Meter:
             p_tok, q_tok = p_full.gather(-1, tokens).squeeze(-1), q_full.gather(-1, tokens).squeeze(-1)
             values = [metrics.topk_overlap(p_full, q_full, mask, k, tops), metrics.symmetric_kl(p_full, q_full, mask),
                       metrics.sampled_reverse_kl(p_tok, q_tok, mask), metrics.top1_overlap(p_full, q_full, mask),
-                      *metrics.overlap_mass(p_full, q_full, mask, k, tops)]
+                      *metrics.overlap_mass(p_full, q_full, mask, k, tops),
+                      metrics.nucleus_overlap(p_full, q_full, mask, k, self.cfg.metrics.nucleus)]
             if full:
                 values += [metrics.entropy_gap(p_full, q_full, mask),
                            metrics.overlap_token_advantage(p_full, q_full, mask, k, tops)]

@@ -33,7 +33,7 @@ def base_weights(cfg: SimConfig, n_domains: int) -> torch.Tensor:
     flat, gen = initial_weights(cfg, n_domains)
     if cfg.base_steps == 0:
         return flat[0]
-    domain = torch.arange(n_domains).repeat_interleave(PRETRAIN_PROMPTS)
+    domain = torch.arange(n_domains).repeat_interleave(pretrain_counts(cfg, n_domains))
     x = draw_features(cfg, domain, n_domains, gen)
     # each domain's habitual style: style d mod M with the extra probability style_habit
     m = cfg.styles
@@ -41,6 +41,15 @@ def base_weights(cfg: SimConfig, n_domains: int) -> torch.Tensor:
     habits[torch.arange(n_domains), torch.arange(n_domains) % m] += cfg.style_habit
     return supervised_fit(flat, cfg, n_domains, x, domain, answer_digits(tasks.rules, x, domain), habits,
                           cfg.base_steps, gen)[0]
+
+
+def pretrain_counts(cfg: SimConfig, n_domains: int) -> torch.Tensor:
+    """[D] pretraining prompts of each domain: PRETRAIN_PROMPTS each, or D x PRETRAIN_PROMPTS split by
+    sim.pretrain_mix (rounded)."""
+    if not cfg.pretrain_mix:
+        return torch.full((n_domains,), PRETRAIN_PROMPTS)
+    share = torch.tensor(cfg.pretrain_mix, dtype=torch.float64)
+    return (share / share.sum() * n_domains * PRETRAIN_PROMPTS).round().long()
 
 
 def initial_weights(cfg: SimConfig, n_domains: int) -> tuple[torch.Tensor, torch.Generator]:

@@ -66,11 +66,16 @@ def _measure(world: SimWorld, tick: int, base: list[float], k: int) -> list[dict
 def divergence_summary(trace: pd.DataFrame) -> dict[str, float]:
     """Mixed RLVR's worst dip: the minimum over evaluations (after the start) of its lowest domain's gain over the
     base, and how many evaluations have some domain below the base; the same minimum for each expert on its own
-    domain (the lowest of them); and mixed RLVR's mean gradient cosine over training."""
+    domain (the lowest of them); mixed RLVR's largest shortfall against a domain's expert on that domain at the
+    end (points; the form the cost takes when capacity lets no domain fall); and its mean gradient cosine."""
     later = trace[trace.tick > 0]
     mixed = later[later.model == "mixed"]
     worst = mixed.groupby("tick").gain.min()
     own = later[later.model == "expert:" + later.domain]
+    end = later[later.tick == later.tick.max()]
+    end_own = end[end.model == "expert:" + end.domain].set_index("domain").gain
+    end_mixed = end[end.model == "mixed"].set_index("domain").gain
     return {"mixed_worst_dip": float(worst.min()), "mixed_evals_below": int((worst < 0).sum()),
             "evals": int(len(worst)), "expert_own_min": float(own.gain.min()),
+            "mixed_shortfall": float((end_own - end_mixed).max()),
             "mixed_grad_cosine": float(mixed.grad_cosine.mean())}

@@ -53,14 +53,18 @@ def _off(domains: tuple[str, ...], domain: str) -> list[str]:
 
 def drift(cfg: ExperimentConfig) -> dict[str, float]:
     """Independent experts: their top-k overlap with the base on their own rollouts (first and last measurement,
-    mean over experts) and the symmetric KL between experts (first measurement after the start, and last)."""
+    mean over experts; the same for the nucleus overlap) and the symmetric KL between experts (first measurement
+    after the start, and last)."""
     m = _run(cfg, "base", "experts").metrics
     gap = m[(m.method == "experts") & (m.pair != "")]
     to_base = gap[(gap.metric == "overlap") & gap.pair.str.endswith("<-base")].groupby("step").value.mean()
+    nucleus = gap[(gap.metric == "nucleus_overlap") & gap.pair.str.endswith("<-base")].groupby("step").value.mean()
     between = gap[(gap.metric == "symmetric_kl") & ~gap.pair.str.endswith("<-base")].groupby("step").value.mean()
     between = between[between.index > 0]
     return {"overlap_first": to_base.iloc[0], "overlap_last": to_base.iloc[-1],
-            "overlap_drop": to_base.iloc[0] - to_base.iloc[-1], "kl_first": between.iloc[0],
+            "overlap_drop": to_base.iloc[0] - to_base.iloc[-1], "nucleus_first": nucleus.iloc[0],
+            "nucleus_last": nucleus.iloc[-1], "overlap_monotone": float((to_base.diff().dropna() <= 0).mean()),
+            "kl_first": between.iloc[0],
             "kl_last": between.iloc[-1], "kl_growth": between.iloc[-1] / max(between.iloc[0], 1e-12)}
 
 
@@ -194,7 +198,7 @@ def sawtooth(cfg: ExperimentConfig, metric: str = "overlap") -> dict[str, float]
     ends2 = [k * period + period - 1 for k in range(cfg.copd.cycles)]
     phase1 = [series[e] - series[b] for b, e in zip(starts, ends1) if b in series and e in series]
     phase2 = [series[e] - series[b] for b, e in zip(ends1, ends2) if b in series and e in series]
-    sign = 1 if metric in ("overlap", "top1_overlap") else -1  # overlap should fall in Phase I; a distance rise
+    sign = 1 if "overlap" in metric else -1  # overlap should fall in Phase I; a distance rise
     return {"phase1": float(np.mean(phase1)), "phase2": float(np.mean(phase2)),
             "phase1_right": float(np.mean([sign * d < 0 for d in phase1])),
             "phase2_right": float(np.mean([sign * d > 0 for d in phase2])),

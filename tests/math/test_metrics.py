@@ -11,6 +11,7 @@ import torch
 from copd_lab.math.metrics import (
     entropy_gap,
     gradient_conflict,
+    nucleus_overlap,
     overlap_mass,
     overlap_token_advantage,
     sampled_reverse_kl,
@@ -233,3 +234,37 @@ def test_gradient_conflict_matches_loop():
     torch.testing.assert_close(gradient_conflict(grads[0]), got[0])
     opposite = torch.tensor([[1.0, 2.0], [-2.0, -4.0]])
     torch.testing.assert_close(gradient_conflict(opposite), torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("k,mass", [(3, 0.5), (10, 0.9), (10, 1.0)])
+def test_nucleus_overlap_matches_loop(k, mass):
+    """O_k over the tokens that carry mass: each side's top tokens, in order, until they hold `mass` (the one that
+    crosses it included), at most k; Jaccard of the two sets, averaged over counted positions."""
+    torch.manual_seed(5)
+    p, q = _pair()
+    mask = _mask()
+
+    def nucleus(logp):
+        order = sorted(range(V), key=lambda v: (-float(logp[v]), v))[:k]
+        kept, held = set(), 0.0
+        for v in order:
+            if held >= mass:
+                break
+            kept.add(v)
+            held += math.exp(float(logp[v]))
+        return kept
+
+    values = {}
+    for pos in _positions(*LEAD, N, T):
+        a, b = nucleus(p[pos]), nucleus(q[pos])
+        values[pos] = len(a & b) / len(a | b)
+    torch.testing.assert_close(nucleus_overlap(p, q, mask, k, mass), ref_mean(values, lambda *pos: mask[pos] > 0))
+
+
+def test_nucleus_overlap_is_one_for_one_behaviour_and_zero_for_disjoint_ones():
+    sharp = torch.log_softmax(torch.tensor([[[[9.0, 8.5, 0.0, 0.0, 0.0, 0.0]]]], dtype=F64), dim=-1)
+    other = torch.log_softmax(torch.tensor([[[[0.0, 0.0, 9.0, 8.5, 0.0, 0.0]]]], dtype=F64), dim=-1)
+    one = torch.ones(1, 1, 1)
+    assert nucleus_overlap(sharp, sharp, one, 4).item() == 1.0
+    assert nucleus_overlap(sharp, other, one, 4).item() == 0.0
+    assert topk_overlap(sharp, other, one, 4).item() == 1.0  # top-4 counts the tail: it calls the two identical

@@ -8,6 +8,7 @@ from copd_lab.config_io import load_config
 from copd_lab.experiment import run_comparison
 from copd_lab.studies import mechanisms as mech
 from copd_lab.studies.absorption import absorption_pilot, partial_r, pilot_summary
+from copd_lab.studies.divergence import divergence_summary, divergence_trace
 
 SMALL = ["expert_steps=60", "distill_steps=30", "copd.rl_steps=3", "copd.opd_steps=2", "copd.cycles=12",
          "metrics.gap_every=20", "metrics.eval_every=1000"]
@@ -31,6 +32,30 @@ def test_conflict_turns_the_gradient_cosine_negative_and_hurts_mixed_rlvr_in_a_l
     assert abs(off) < 0.1 and high < -0.2
     mild, strong = (mech.mixed_deficit(mech.with_sim(linear, conflict=c))["worst_deficit"] for c in (0.0, 0.5))
     assert strong > mild + 5
+
+
+def test_mixed_rlvr_dips_below_an_unevenly_pretrained_base_with_conflict_and_short_capacity():
+    """The divergence cost as the paper shows it: a domain of mixed RLVR below the base. It needs conflict, a base
+    that fits the shared features one domain's way (sim.pretrain_mix) and too little capacity to read them per
+    domain; no expert falls on its own domain."""
+    cfg = mech.with_sim(load_config(None, []), capacity=0, pretrain_mix=(3.0, 1.0, 1.0))
+    off, on = (divergence_summary(divergence_trace(mech.with_sim(cfg, conflict=c))) for c in (0.0, 0.5))
+    assert on["mixed_worst_dip"] < -0.5 and on["mixed_evals_below"] > on["evals"] / 2
+    assert off["mixed_worst_dip"] > 0 and off["mixed_evals_below"] == 0
+    assert min(on["expert_own_min"], off["expert_own_min"]) > -0.5
+    wide = divergence_summary(divergence_trace(mech.with_sim(cfg, conflict=0.5, capacity=48)))
+    assert wide["mixed_evals_below"] < on["mixed_evals_below"] / 3
+
+
+def test_pretrain_mix_splits_the_bases_pretraining_prompts_and_is_checked():
+    from copd_lab.config import ConfigError, SimConfig
+    from copd_lab.sim.base import PRETRAIN_PROMPTS, pretrain_counts
+    assert pretrain_counts(SimConfig(), 3).tolist() == [PRETRAIN_PROMPTS] * 3
+    assert pretrain_counts(SimConfig(pretrain_mix=(3.0, 1.0, 0.0)), 3).tolist() == [576, 192, 0]
+    with pytest.raises(ConfigError, match=r"pretrain_mix = \(-1.0, 1.0\) is not allowed"):
+        SimConfig(pretrain_mix=(-1.0, 1.0))
+    with pytest.raises(ConfigError, match="one weight per domain"):
+        load_config(None, ["sim.pretrain_mix=[1.0, 2.0]"])
 
 
 def test_capacity_lifts_the_single_model_ceiling_and_removes_conflicts_cost(cfg):
