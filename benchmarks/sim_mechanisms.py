@@ -26,6 +26,7 @@ from copd_lab.studies.divergence import divergence_summary, divergence_trace
 from copd_lab.world import Request
 
 WRITES_SOME = (0.1, 0.3, 0.5, 0.7, 0.9)  # pilot students' shares of the teacher's format, none at 0
+SHORT_OPD = 20  # a short OPD budget for the pilot (CoPD's Phase II is 8 steps; static OPD's stage distill_steps)
 
 
 def spread(values: list[float], digits: int = 3) -> str:
@@ -164,11 +165,12 @@ def main() -> None:
             f"{np.mean([x['overlap_min'] for x in summary]):.2f}-{np.mean([x['overlap_max'] for x in summary]):.2f}; "
             f"{np.mean([x['headroom_min'] for x in summary]):.1f}-{np.mean([x['headroom_max'] for x in summary]):.1f}"
             f"; {spread([x['gain_mean'] for x in summary], 1)}")
-        inside = [pilot_summary(absorption_pilot(mech.with_sim(r, style_private=rho), shares=WRITES_SOME))
-                  for r in runs]
-        row("absorption", "", setting, "  the same with every student writing some of the teacher's format "
-            "(λ 0.1-0.9): r; partial r", f"{spread([x['r'] for x in inside], 2)}; "
-            f"{spread([x['partial_r'] for x in inside], 2)}")
+        for steps, shares in ((cfg.distill_steps, WRITES_SOME), (SHORT_OPD, None), (SHORT_OPD, WRITES_SOME)):
+            short = [dataclasses.replace(mech.with_sim(r, style_private=rho), distill_steps=steps) for r in runs]
+            other = [pilot_summary(absorption_pilot(r, **({"shares": shares} if shares else {}))) for r in short]
+            row("absorption", "", setting, f"  {steps} OPD steps, " + ("every student writing some of the teacher's "
+                "format (λ 0.1-0.9)" if shares else "the same students") + ": r; partial r",
+                f"{spread([x['r'] for x in other], 2)}; {spread([x['partial_r'] for x in other], 2)}")
 
     for rho in (0.0, cfg.sim.style_private, 1.0):
         lengths = tuple(max(1, round(cfg.expert_steps * f)) for f in (1 / 8, 1 / 4, 1 / 2, 1, 2))
@@ -200,9 +202,12 @@ def main() -> None:
                 f"{spread([t['phase1_right'] for t in tooth], 2)}, {spread([t['phase2_right'] for t in tooth], 2)}; "
                 f"{spread([t['amplitude'] for t in tooth])}")
 
-    for rho in (cfg.sim.style_private, 0.0):
-        evolved = [mech.coevolution(mech.with_sim(r, style_private=rho)) for r in runs]
-        row("co-evolution", "sim.style_private", f"{rho:g}" + (" (default)" if rho == cfg.sim.style_private else ""),
+    for rho, steps in ((cfg.sim.style_private, cfg.expert_steps), (0.0, cfg.expert_steps), (1.0, cfg.expert_steps),
+                       (1.0, 2 * cfg.expert_steps)):
+        evolved = [mech.coevolution(dataclasses.replace(mech.with_sim(r, style_private=rho), expert_steps=steps))
+                   for r in runs]
+        row("co-evolution", "sim.style_private, expert_steps", f"{rho:g}" +
+            (" (default)" if rho == cfg.sim.style_private else "") + f", experts {steps} steps",
             "CoPD − copd_fixed_experts, overall (points, paired by seed); experts' symmetric KL at their end",
             f"{spread([e['copd_minus_fixed'] for e in evolved], 1)}; {spread([e['experts_kl'] for e in evolved], 2)}")
 
