@@ -1,5 +1,7 @@
 """Where each method wins in the simulator: CoPD − mixed RLVR and CoPD − MOPD over capacity x conflict x the
-absorption barrier (sim.style_private), under the exact and the greedy score (issue 22).
+absorption barrier (sim.style_private) x the base's pretraining mix (sim.pretrain_mix: with conflict and little
+capacity an uneven one is what makes mixed RLVR's divergence cost a fall below the base), under the exact and the
+greedy score (issue 22).
 
     python benchmarks/sim_map.py --seeds 5
 
@@ -36,22 +38,27 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, nargs="+", default=[0, 48])
     parser.add_argument("--conflict", type=float, nargs="+", default=[0.0, 0.25, 0.5])
     parser.add_argument("--private", type=float, nargs="+", default=[0.0, 0.5, 1.0])
+    parser.add_argument("--pretrain", nargs="+", default=["equal", "3:1:1"],
+                        help="sim.pretrain_mix values: 'equal', or weights joined by ':' (one per domain)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()
     start = time.perf_counter()
-    head = "| capacity | conflict | style_private | " + " | ".join(
+    head = "| pretrain_mix | capacity | conflict | style_private | " + " | ".join(
         f"CoPD − {other} ({score})" for score in SCORES for other in ("mixed", "MOPD")) + " |"
-    lines = [head, "|" + "---|" * (3 + 2 * len(SCORES))]
-    for capacity, conflict, private in itertools.product(args.capacity, args.conflict, args.private):
+    lines = [head, "|" + "---|" * (4 + 2 * len(SCORES))]
+    for mix, capacity, conflict, private in itertools.product(args.pretrain, args.capacity, args.conflict,
+                                                              args.private):
+        weights = [] if mix == "equal" else [float(w) for w in mix.split(":")]
         cfg = load_config(None, [f"methods={METHODS}", f"seeds={args.seeds}", f"sim.capacity={capacity}",
-                                 f"sim.conflict={conflict}", f"sim.style_private={private}", *args.set])
+                                 f"sim.conflict={conflict}", f"sim.style_private={private}",
+                                 f"sim.pretrain_mix={weights}", *args.set])
         metrics = run_comparison(cfg, progress=False).metrics
         cells = []
         for score in SCORES:
             overall = per_seed_scores(metrics, cfg.domains, score)["overall"]
             copd = overall.loc["copd"]
             cells += [cell(paired_difference(copd, overall.loc[other])) for other in ("mixed", "mopd")]
-        lines.append(f"| {capacity} | {conflict:g} | {private:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {mix} | {capacity} | {conflict:g} | {private:g} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     print("\n" + "\n".join(lines))
     print(f"\npaired by seed: mean ± sample std over {args.seeds} seeds (ddof = 1) of the per-seed difference, in "

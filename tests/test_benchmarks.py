@@ -114,11 +114,13 @@ def test_playground_latency_prints_its_table_and_the_figure_last():
 
 def test_sim_map_prints_a_cell_per_setting_with_paired_differences():
     command = [sys.executable, str(ROOT / "benchmarks" / "sim_map.py"), "--seeds", "2", "--capacity", "0", "48",
-               "--conflict", "0.25", "--private", "0.5", "--set", "expert_steps=10", "--set", "distill_steps=5",
+               "--conflict", "0.25", "--private", "0.5", "--pretrain", "equal", "3:1:1",
+               "--set", "expert_steps=10", "--set", "distill_steps=5",
                "--set", "copd.cycles=1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     table = [line for line in done.stdout.split("\n\n")[1].splitlines() if line.startswith("| ")][1:]
-    assert [line.split(" | ")[:3] for line in table] == [["| 0", "0.25", "0.5"], ["| 48", "0.25", "0.5"]]
+    assert [line.split(" | ")[:4] for line in table] == [[f"| {mix}", capacity, "0.25", "0.5"] for mix in
+                                                         ("equal", "3:1:1") for capacity in ("0", "48")]
     assert all(line.count(" ± ") == 4 for line in table)  # two seeds: every difference has its std
