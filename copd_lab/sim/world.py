@@ -332,22 +332,28 @@ class SimWorld:
         cached = self._paths
         with torch.set_grad_enabled(grad):
             if grad or cached is None or cached[0] is not weights or cached[1] != key:
-                logits = self._path_logits(weights, slots, prompt, grad)
+                parts = self._path_parts(weights, slots, prompt, grad)
                 if not grad:  # a calibration asks again at other temperatures: the logits are the same
-                    self._paths = (weights, key, logits)
+                    self._paths = (weights, key, parts)
             else:
-                logits = cached[2]
+                parts = cached[2]
+            hidden, u = parts
             paths = self.tasks.answers.index_select(0, prompt.view(-1)).view(n, s, m, -1)  # the right sequences
-            logp = (logits if temperature == 1.0 else logits / temperature).log_softmax(-1)
-            on_path = logp.gather(-1, paths[..., None]).squeeze(-1)  # [R, S, M, T]
+            # a chunk of requests at a time: their [c, S, M, T, V] path logits (1.6 GB at K = 30 whole), row-wise ops
+            # only, so a request's value does not depend on the chunk it falls in
+            size = max(1, EXACT_CHUNK // (s * m * hidden.shape[2] * hidden.shape[3]))
+            on_path = torch.cat([_on_path(hidden[c: c + size], u[c: c + size], paths[c: c + size], temperature)
+                                 for c in range(0, n, size)])  # [R, S, M, T]
             if self.lengths is not None:  # a shorter answer is right on its first positions
                 on_path = on_path * self._mask(domain)[:, None, None]
             right = on_path.sum(-1).exp()  # [R, S, M]
             return self._handed(right.sum(-1).mean(-1), grad)
 
-    def _path_logits(self, weights: SlotWeights, slots: list[int], prompt: torch.Tensor, grad: bool) -> torch.Tensor:
-        """[R, S, M, T, V] the logits along each style's right path of prompts [R, S]: the x-part of a prompt, once,
-        plus the row of U its previous token reads (the start row at t = 0, then the path's style)."""
+    def _path_parts(self, weights: SlotWeights, slots: list[int], prompt: torch.Tensor,
+                    grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two parts of the logits along each style's right path of prompts [R, S]: the x-part of a prompt,
+        once ([R, S, T, V]), and the row of U each position's previous token reads ([R, M, T, V]: the start row at
+        t = 0, then the path's style); a path's logits are their sum."""
         where, bigram_first = self._first_rows(weights, slots)
         m, t = self.cfg.styles, self.cfg.answer_len
         hidden = self._prompt_logits(weights, where, prompt, 1, grad)  # [R, S, T, V]
@@ -355,7 +361,7 @@ class SimWorld:
         row[:, 0] = m + 1  # net.previous_rows: the start token's row
         bigram = weights.bigram if grad else weights.bigram.detach()
         u = bigram.index_select(0, (bigram_first[:, :, None] + row).view(-1)).view(len(slots), m, t, -1)
-        return hidden[:, :, None] + u[:, None]
+        return hidden, u
 
     def pair_logprobs(self, batch: Batch, rows: list[int], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
         # every row reads its slot's weights with the same ops whatever the other rows of a call, so the students'
@@ -418,6 +424,31 @@ class SimWorld:
         bigram = weights.bigram if grad else weights.bigram.detach()
         with torch.set_grad_enabled(grad):
             return net.logprobs(hidden, bigram, bigram_first, prev, self.rows_of, payload.temperature)
+
+
+EXACT_CHUNK = 1 << 23  # elements of the path logits exact_accuracy holds at once (32 MB)
+
+
+def _on_path(hidden: torch.Tensor, u: torch.Tensor, paths: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[c, S, M, T] log-probs of each path's tokens paths [c, S, M, T] under logits hidden[:, :, None] + u[:, None]
+    (hidden [c, S, T, V], u [c, M, T, V]) at a temperature: the token's logit minus the logsumexp over V.
+
+    The logsumexp of a sum is a product of exponentials: Σ_v e^(h_v + u_v) = e^(max h + max u) Σ_v e^(h_v − max h)
+    e^(u_v − max u), a matmul over V of [S, V] by [V, M] per position, with no [S, M, V] tensor; in float64,
+    where no finite logits underflow it."""
+    if temperature != 1.0:  # x / 1.0 is x: skip the op
+        hidden, u = hidden / temperature, u / temperature
+    c, s, t, v = hidden.shape
+    m = u.shape[1]
+    top_h, top_u = hidden.amax(-1, keepdim=True), u.amax(-1, keepdim=True)  # [c, S, T, 1], [c, M, T, 1]
+    exp_h = (hidden - top_h).double().exp().transpose(1, 2)  # [c, T, S, V]
+    exp_u = (u - top_u).double().exp().permute(0, 2, 3, 1)  # [c, T, V, M]
+    total = torch.matmul(exp_h, exp_u).log().float().permute(0, 2, 3, 1)  # [c, S, M, T]
+    lse = total + top_h[:, :, None, :, 0] + top_u[:, None, :, :, 0]
+    index = paths[..., None]
+    token = (hidden[:, :, None].expand(c, s, m, t, v).gather(-1, index) +
+             u[:, None].expand(c, s, m, t, v).gather(-1, index)).squeeze(-1)
+    return token - lse
 
 
 def _rows(slots: list[int]) -> slice | torch.Tensor:
