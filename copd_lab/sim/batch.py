@@ -3,6 +3,7 @@ sampler's own scores, where a call's rollouts come from, and the weights of the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,17 +25,26 @@ class SimPayload:
         return SimPayload(self.content[index], self.prompt[index], self.prev[index], self.group, self.temperature)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Scored:
     """Full log-probs [R, N, T, V] of a batch under its samplers' slots, with their graph to `weights`.
 
     Sampling computes them anyway (its log-probs are π_old), and the training forward, the gap's
-    student side and the conflict probe ask for the very same numbers right after: they get these.
+    student side and the conflict probe ask for the very same numbers right after: they get these. A sample
+    taken without a graph (a measurement) scores them only when asked (`make`): an evaluation's 8 rollouts a
+    prompt never are.
     """
 
     weights: SlotWeights
-    logp: torch.Tensor
+    logp: torch.Tensor | None  # None until `full()` makes it
     token: torch.Tensor | None  # [R, N, T] logp at the sampled tokens (at τ = 1: they are π_old), with the graph
+    graph: bool  # whether logp carries the graph to `weights`
+    make: Callable[[], torch.Tensor] | None = None
+
+    def full(self) -> torch.Tensor:
+        if self.logp is None:
+            self.logp, self.make = self.make(), None
+        return self.logp
 
 
 @dataclass(frozen=True)

@@ -276,14 +276,22 @@ class SimWorld:
             if not greedy and int(tokens.max()) >= v:  # a NaN cdf sends u past the last id
                 raise NonFiniteError(f"the sampling probabilities of slot(s) {sorted(set(slots))} "
                                      f"are NaN (finite weights so large that their logits overflow)")
-        logp = net.logprobs(hidden, weights.bigram, bigram_first, prev, self.rows_of, temperature)
-        # π_old: at τ = 1 the loop's logits are the scored ones (and the training forward's token log-probs are
-        # these very numbers); else h/τ + U/τ rounds unlike (h + U)/τ
-        token = logp.gather(-1, tokens[..., None]).squeeze(-1) if temperature == 1.0 else None
-        scored = Scored(weights, logp, token)
+        if torch.is_grad_enabled():  # rollouts to train on: score them now, with the graph the update will use
+            logp = net.logprobs(hidden, weights.bigram, bigram_first, prev, self.rows_of, temperature)
+            # π_old: at τ = 1 the loop's logits are the scored ones (and the training forward's token log-probs are
+            # these very numbers); else h/τ + U/τ rounds unlike (h + U)/τ
+            token = logp.gather(-1, tokens[..., None]).squeeze(-1) if temperature == 1.0 else None
+            scored = Scored(weights, logp, token, logp.requires_grad)
+            with torch.no_grad():
+                logps = (token.detach() if token is not None else torch.stack(logits, 1).view(*tokens.shape, v)
+                         .log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1))
+        else:  # a measurement: the full log-probs only if a caller asks (the gap's students do, evaluations don't)
+            scored = Scored(weights, None, None, False, torch.no_grad()(lambda: net.logprobs(
+                hidden, weights.bigram, bigram_first, prev, self.rows_of, temperature)))
+            # the loop's logits are the scored ones (at τ = 1 bitwise: h + U, as net.logprobs adds them)
+            logps = torch.stack(logits, 1).view(*tokens.shape, v).log_softmax(-1).gather(
+                -1, tokens[..., None]).squeeze(-1)
         with torch.no_grad():
-            logps = (token.detach() if token is not None else torch.stack(logits, 1).view(*tokens.shape, v)
-                     .log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1))
             reward, correct = self.tasks.score_prompts(prompt.repeat_interleave(group, 1), tokens,
                                                        None if self.lengths is None else mask)
         return Batch(list(requests), domain, tokens, mask, reward, correct, logps,
@@ -391,7 +399,7 @@ class SimWorld:
             return logp.gather(-1, chosen[..., None]).squeeze(-1)
 
         if self._current(scored, batch, slots, grad):
-            logp = pick(scored.logp)
+            logp = pick(scored.full())
         elif 2 * slots.count(-1) <= len(slots):  # rows that need no score (slot -1) get their sampler's
             slots = [s if s >= 0 else r.slot for s, r in zip(slots, batch.requests)]
             logp = pick(self._score(slots, payload, None, grad))
@@ -406,7 +414,7 @@ class SimWorld:
 
     def _current(self, scored: Scored | None, batch: Batch, slots: list[int], grad: bool) -> bool:
         """Whether the sampler's own scores answer this call: same slots, weights still current, graph if asked."""
-        return (scored is not None and scored.weights is self._cache and (scored.logp.requires_grad or not grad)
+        return (scored is not None and scored.weights is self._cache and (scored.graph or not grad)
                 and slots == [r.slot for r in batch.requests])
 
     def _handed(self, out: torch.Tensor, grad: bool) -> torch.Tensor:
