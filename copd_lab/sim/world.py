@@ -22,6 +22,7 @@ from copd_lab.sim import net
 from copd_lab.sim.base import base_weights
 from copd_lab.sim.batch import Layout, Scored, SimPayload, SlotWeights
 from copd_lab.sim.draws import CallDraws, SimDraws
+from copd_lab.sim.paths import path_logprobs
 from copd_lab.sim.tasks import SimTasks
 from copd_lab.streams import Streams
 from copd_lab.world import Batch, ExactAccuracy, NonFiniteError, Request, ShardableSlots, SideBySide, TokenText
@@ -276,21 +277,19 @@ class SimWorld:
             if not greedy and int(tokens.max()) >= v:  # a NaN cdf sends u past the last id
                 raise NonFiniteError(f"the sampling probabilities of slot(s) {sorted(set(slots))} "
                                      f"are NaN (finite weights so large that their logits overflow)")
+        token = None
         if torch.is_grad_enabled():  # rollouts to train on: score them now, with the graph the update will use
             logp = net.logprobs(hidden, weights.bigram, bigram_first, prev, self.rows_of, temperature)
             # π_old: at τ = 1 the loop's logits are the scored ones (and the training forward's token log-probs are
             # these very numbers); else h/τ + U/τ rounds unlike (h + U)/τ
             token = logp.gather(-1, tokens[..., None]).squeeze(-1) if temperature == 1.0 else None
             scored = Scored(weights, logp, token, logp.requires_grad)
-            with torch.no_grad():
-                logps = (token.detach() if token is not None else torch.stack(logits, 1).view(*tokens.shape, v)
-                         .log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1))
         else:  # a measurement: the full log-probs only if a caller asks (the gap's students do, evaluations don't)
             scored = Scored(weights, None, None, False, torch.no_grad()(lambda: net.logprobs(
                 hidden, weights.bigram, bigram_first, prev, self.rows_of, temperature)))
-            # the loop's logits are the scored ones (at τ = 1 bitwise: h + U, as net.logprobs adds them)
-            logps = torch.stack(logits, 1).view(*tokens.shape, v).log_softmax(-1).gather(
-                -1, tokens[..., None]).squeeze(-1)
+        with torch.no_grad():  # else the loop's own logits (at τ = 1 bitwise the scored ones: h + U)
+            logps = (token.detach() if token is not None else torch.stack(logits, 1).view(*tokens.shape, v)
+                     .log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1))
         with torch.no_grad():
             reward, correct = self.tasks.score_prompts(prompt.repeat_interleave(group, 1), tokens,
                                                        None if self.lengths is None else mask)
@@ -347,11 +346,7 @@ class SimWorld:
                 parts = cached[2]
             hidden, u = parts
             paths = self.tasks.answers.index_select(0, prompt.view(-1)).view(n, s, m, -1)  # the right sequences
-            # a chunk of requests at a time: their [c, S, M, T, V] path logits (1.6 GB at K = 30 whole), row-wise ops
-            # only, so a request's value does not depend on the chunk it falls in
-            size = max(1, EXACT_CHUNK // (s * m * hidden.shape[2] * hidden.shape[3]))
-            on_path = torch.cat([_on_path(hidden[c: c + size], u[c: c + size], paths[c: c + size], temperature)
-                                 for c in range(0, n, size)])  # [R, S, M, T]
+            on_path = path_logprobs(hidden, u, paths, temperature)  # [R, S, M, T]
             if self.lengths is not None:  # a shorter answer is right on its first positions
                 on_path = on_path * self._mask(domain)[:, None, None]
             right = on_path.sum(-1).exp()  # [R, S, M]
@@ -432,31 +427,6 @@ class SimWorld:
         bigram = weights.bigram if grad else weights.bigram.detach()
         with torch.set_grad_enabled(grad):
             return net.logprobs(hidden, bigram, bigram_first, prev, self.rows_of, payload.temperature)
-
-
-EXACT_CHUNK = 1 << 23  # elements of the path logits exact_accuracy holds at once (32 MB)
-
-
-def _on_path(hidden: torch.Tensor, u: torch.Tensor, paths: torch.Tensor, temperature: float) -> torch.Tensor:
-    """[c, S, M, T] log-probs of each path's tokens paths [c, S, M, T] under logits hidden[:, :, None] + u[:, None]
-    (hidden [c, S, T, V], u [c, M, T, V]) at a temperature: the token's logit minus the logsumexp over V.
-
-    The logsumexp of a sum is a product of exponentials: Σ_v e^(h_v + u_v) = e^(max h + max u) Σ_v e^(h_v − max h)
-    e^(u_v − max u), a matmul over V of [S, V] by [V, M] per position, with no [S, M, V] tensor; in float64,
-    where no finite logits underflow it."""
-    if temperature != 1.0:  # x / 1.0 is x: skip the op
-        hidden, u = hidden / temperature, u / temperature
-    c, s, t, v = hidden.shape
-    m = u.shape[1]
-    top_h, top_u = hidden.amax(-1, keepdim=True), u.amax(-1, keepdim=True)  # [c, S, T, 1], [c, M, T, 1]
-    exp_h = (hidden - top_h).double().exp().transpose(1, 2)  # [c, T, S, V]
-    exp_u = (u - top_u).double().exp().permute(0, 2, 3, 1)  # [c, T, V, M]
-    total = torch.matmul(exp_h, exp_u).log().float().permute(0, 2, 3, 1)  # [c, S, M, T]
-    lse = total + top_h[:, :, None, :, 0] + top_u[:, None, :, :, 0]
-    index = paths[..., None]
-    token = (hidden[:, :, None].expand(c, s, m, t, v).gather(-1, index) +
-             u[:, None].expand(c, s, m, t, v).gather(-1, index)).squeeze(-1)
-    return token - lse
 
 
 def _rows(slots: list[int]) -> slice | torch.Tensor:
